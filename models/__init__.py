@@ -1,0 +1,18 @@
+"""The metrics store schema (SQLAlchemy 2 typed ORM) and its engine helpers.
+
+Imports nothing from ``services``: the store is shared by the gateway, the flows and
+the dashboard, and each of them brings its own settings.
+"""
+
+from models.base import Base
+from models.db import create_store_engine, session_factory
+from models.tables import ApiKey, RequestLog, Worker
+
+__all__ = [
+    "ApiKey",
+    "Base",
+    "RequestLog",
+    "Worker",
+    "create_store_engine",
+    "session_factory",
+]

@@ -1,0 +1,93 @@
+"""Metrics-store tables.
+
+``request_log`` is the one table every optimisation is judged by: one row per request
+with what was asked, what served it, how long each part took and what it cost against
+what it would have cost without the platform. Raw prompts are not stored unless
+configured; ``prompt_hash`` lets flows find repeats without them.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import JSON, Boolean, DateTime, Double, Index, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from models.base import Base
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class RequestLog(Base):
+    __tablename__ = "request_log"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    tenant: Mapped[str] = mapped_column(String(128))
+    api_key_id: Mapped[str | None] = mapped_column(String(64))
+    endpoint: Mapped[str] = mapped_column(String(64))
+    stream: Mapped[bool] = mapped_column(Boolean, default=False)
+    model_requested: Mapped[str | None] = mapped_column(String(256))
+    model_served: Mapped[str | None] = mapped_column(String(256))
+    worker: Mapped[str | None] = mapped_column(String(512))
+    cache_layer: Mapped[str | None] = mapped_column(
+        String(32), doc="which cache tier answered (None = no cache hit)"
+    )
+    route_reason: Mapped[str | None] = mapped_column(String(256))
+    status_code: Mapped[int] = mapped_column(Integer)
+    error_type: Mapped[str | None] = mapped_column(String(64))
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    cached_tokens: Mapped[int | None] = mapped_column(Integer)
+    prompt_tokens_before_optimization: Mapped[int | None] = mapped_column(Integer)
+    ttft_ms: Mapped[float | None] = mapped_column(Double)
+    tpot_ms: Mapped[float | None] = mapped_column(Double, doc="mean time per output token")
+    latency_ms: Mapped[float | None] = mapped_column(Double)
+    upstream_ms: Mapped[float | None] = mapped_column(Double)
+    gateway_overhead_ms: Mapped[float | None] = mapped_column(Double)
+    cost_usd: Mapped[float | None] = mapped_column(Double)
+    baseline_cost_usd: Mapped[float | None] = mapped_column(
+        Double, doc="cost of the same request with no optimisation, on the baseline model"
+    )
+    prompt_hash: Mapped[str | None] = mapped_column(String(64))
+    prompt_text: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        Index("ix_request_log_created_at", "created_at"),
+        Index("ix_request_log_tenant_created_at", "tenant", "created_at"),
+        Index("ix_request_log_model_served_created_at", "model_served", "created_at"),
+        Index("ix_request_log_prompt_hash", "prompt_hash"),
+    )
+
+
+class Worker(Base):
+    __tablename__ = "workers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    url: Mapped[str] = mapped_column(String(512), unique=True)
+    models: Mapped[list[str]] = mapped_column(JSON, default=list)
+    source: Mapped[str] = mapped_column(
+        String(32), default="config", doc="config | registered | launched"
+    )
+    healthy: Mapped[bool] = mapped_column(Boolean, default=False)
+    gpu_count: Mapped[int] = mapped_column(Integer, default=0)
+    pid: Mapped[int | None] = mapped_column(Integer)
+    registered_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    deregistered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True, doc="sha256 hex of the key")
+    key_prefix: Mapped[str] = mapped_column(String(16), doc="first characters, for display")
+    tenant: Mapped[str] = mapped_column(String(128), index=True)
+    name: Mapped[str | None] = mapped_column(String(128))
+    budget_usd: Mapped[float | None] = mapped_column(Double, doc="None = unlimited")
+    spent_usd: Mapped[float] = mapped_column(Double, default=0.0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -1,0 +1,172 @@
+"""The one command line: ``optengine serve | worker | migrate | make-test-model | demo | keys``."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from services.settings import Settings, load_settings
+
+app = typer.Typer(help="Performance Optimization Engine", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys kept (hashed) in the metrics store")
+app.add_typer(keys_app, name="keys")
+
+
+def _settings(**overrides: object) -> Settings:
+    return load_settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "httpcore", "alembic.runtime.plugins"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="bind address")] = None,
+    port: Annotated[int | None, typer.Option(help="port")] = None,
+    worker: Annotated[
+        list[str] | None, typer.Option(help="upstream base URL (repeatable)")
+    ] = None,
+    log_level: str = "INFO",
+) -> None:
+    """Run the OpenAI-compatible gateway."""
+    import uvicorn
+
+    from services.gateway import create_app
+
+    _logging(log_level)
+    settings = _settings(host=host, port=port, workers=worker or None)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level=log_level.lower(),
+    )
+
+
+@app.command()
+def migrate(
+    revision: Annotated[str, typer.Argument(help="target revision")] = "head",
+    downgrade: Annotated[bool, typer.Option(help="downgrade to REVISION")] = False,
+) -> None:
+    """Bring the metrics-store schema to a revision (default: the newest)."""
+    from migrations import alembic_config, downgrade_to
+
+    settings = _settings()
+    if downgrade:
+        downgrade_to(revision, settings.database_url)
+    else:
+        from alembic import command
+
+        command.upgrade(alembic_config(settings.database_url), revision)
+    typer.echo(f"store at {revision}: {settings.database_url}")
+
+
+@app.command("make-test-model")
+def make_test_model_cmd(
+    out_dir: Annotated[Path, typer.Argument(help="folder to write the model to")],
+) -> None:
+    """Build the tiny random Llama used by tests (gibberish output, real tokens)."""
+    from services.workers import make_test_model
+
+    path = make_test_model(out_dir)
+    typer.echo(f"test model written to {path}")
+
+
+@app.command()
+def worker(
+    model: Annotated[Path, typer.Option(help="model folder vLLM serves")],
+    port: Annotated[int | None, typer.Option(help="port (default: a free one)")] = None,
+    host: str = "127.0.0.1",
+    served_model_name: Annotated[str | None, typer.Option(help="model id to serve as")] = None,
+    register: Annotated[bool, typer.Option(help="register in the shared workers table")] = True,
+) -> None:
+    """Start a vLLM worker, wait until healthy, register it; stop cleanly on Ctrl-C."""
+    from models import create_store_engine, session_factory
+    from services.execution import deregister_worker, register_worker
+    from services.workers import VllmWorker
+
+    _logging()
+    settings = _settings()
+    vllm = VllmWorker.from_settings(
+        settings, model, host=host, port=port, served_model_name=served_model_name
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    sessions = None
+    with vllm:
+        typer.echo(f"worker ready at {vllm.base_url} serving '{vllm.served_model_name}'")
+        if register:
+            from migrations import upgrade_to_head
+
+            upgrade_to_head(settings.database_url)
+            sessions = session_factory(create_store_engine(settings.database_url))
+            register_worker(
+                sessions, vllm.base_url, source="launched", models=[vllm.served_model_name],
+                pid=vllm.pid, gpu_count=vllm.gpu_count,
+            )
+            typer.echo("registered: gateways on this store will route to it")
+        while not stop.wait(1.0):
+            if not vllm.is_running():
+                typer.echo("vLLM exited unexpectedly; see " + str(vllm.log_path), err=True)
+                break
+        if sessions is not None:
+            deregister_worker(sessions, vllm.base_url)
+    typer.echo("worker stopped")
+
+
+@app.command()
+def demo(
+    model: Annotated[Path | None, typer.Option(help="serve this model folder instead")] = None,
+    fast: Annotated[bool, typer.Option(help="tiny test model (seconds, gibberish)")] = False,
+    prompts: Annotated[Path | None, typer.Option(help="ShareGPT-format JSON workload")] = None,
+    limit: Annotated[int | None, typer.Option(help="replay only the first N prompts")] = None,
+    concurrency: int = 8,
+    max_tokens: int = 64,
+    chat: Annotated[bool, typer.Option(help="use /v1/chat/completions")] = False,
+    port: Annotated[int | None, typer.Option(help="gateway port (default: a free one)")] = None,
+    keep_running: Annotated[bool, typer.Option(help="leave the gateway up afterwards")] = False,
+) -> None:
+    """The main job: worker + gateway + the demo workload, then the store's figures."""
+    from services.demo.run import DemoOptions, run_demo
+    from services.demo.workload import DEMO_PROMPTS
+
+    _logging("WARNING")
+    options = DemoOptions(
+        model_dir=model, fast=fast, prompts=prompts or DEMO_PROMPTS, limit=limit,
+        concurrency=concurrency, max_tokens=max_tokens, chat=chat, port=port,
+        keep_running=keep_running,
+    )
+    raise typer.Exit(run_demo(_settings(), options))
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="tenant the key belongs to")],
+    name: Annotated[str | None, typer.Option(help="label")] = None,
+    budget_usd: Annotated[float | None, typer.Option(help="spending limit")] = None,
+) -> None:
+    """Create an API key; it is printed once and stored only as a hash."""
+    from migrations import upgrade_to_head
+    from models import create_store_engine, session_factory
+    from services.gateway.auth import create_api_key
+
+    settings = _settings()
+    upgrade_to_head(settings.database_url)
+    sessions = session_factory(create_store_engine(settings.database_url))
+    typer.echo(create_api_key(sessions, tenant=tenant, name=name, budget_usd=budget_usd))
+
+
+if __name__ == "__main__":
+    app()

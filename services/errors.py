@@ -1,0 +1,121 @@
+"""The one exception hierarchy of the platform, and the OpenAI error body it maps to.
+
+Capabilities raise these; the gateway turns each into an OpenAI-style JSON error with
+the right status (one handler, registered with ``app.exception_handler``). Upstream
+(httpx) failures are mapped into this tree at the boundary by ``upstream_errors()``.
+
+    EngineError                      500 server_error
+    ├── InvalidRequest               400 invalid_request_error
+    │   └── PayloadTooLarge          413 invalid_request_error
+    ├── AuthenticationFailed         401 authentication_error
+    ├── PermissionDenied             403 permission_error
+    ├── ModelNotFound                404 invalid_request_error (code model_not_found)
+    ├── RateLimited                  429 rate_limit_error (Retry-After when known)
+    └── UpstreamError                502 upstream_error
+        ├── UpstreamUnavailable      503 service_unavailable (no healthy worker, connect)
+        └── UpstreamTimeout          504 timeout
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+
+
+class EngineError(Exception):
+    status_code = 500
+    error_type = "server_error"
+    default_code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code or self.default_code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.error_type, param=self.param, code=self.code)
+
+
+class InvalidRequest(EngineError):
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class PayloadTooLarge(InvalidRequest):
+    status_code = 413
+    default_code = "request_too_large"
+
+
+class AuthenticationFailed(EngineError):
+    status_code = 401
+    error_type = "authentication_error"
+    default_code = "invalid_api_key"
+
+
+class PermissionDenied(EngineError):
+    status_code = 403
+    error_type = "permission_error"
+
+
+class ModelNotFound(EngineError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    default_code = "model_not_found"
+
+
+class RateLimited(EngineError):
+    status_code = 429
+    error_type = "rate_limit_error"
+
+
+class UpstreamError(EngineError):
+    status_code = 502
+    error_type = "upstream_error"
+
+
+class UpstreamUnavailable(UpstreamError):
+    status_code = 503
+    error_type = "service_unavailable"
+
+
+class UpstreamTimeout(UpstreamError):
+    status_code = 504
+    error_type = "timeout"
+
+
+def error_body(
+    message: str, error_type: str, *, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    """The OpenAI error object: ``{"error": {message, type, param, code}}``."""
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+@contextmanager
+def upstream_errors(worker: str) -> Iterator[None]:
+    """Map httpx failures talking to ``worker`` into this hierarchy.
+
+    Connect errors become ``UpstreamUnavailable`` (safe to retry elsewhere: nothing was
+    sent), timeouts ``UpstreamTimeout``, anything else on the wire ``UpstreamError``.
+    """
+    try:
+        yield
+    except httpx.ConnectError as exc:
+        raise UpstreamUnavailable(f"cannot connect to worker {worker}: {exc}") from exc
+    except httpx.ConnectTimeout as exc:
+        raise UpstreamUnavailable(f"timed out connecting to worker {worker}") from exc
+    except httpx.TimeoutException as exc:
+        raise UpstreamTimeout(f"worker {worker} timed out: {type(exc).__name__}") from exc
+    except httpx.HTTPError as exc:
+        raise UpstreamError(f"worker {worker} failed: {type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,131 @@
+"""The gateway's app factory: services are built in the lifespan and kept on app.state."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from models import create_store_engine, session_factory
+from services.costs import PriceCatalog, UnknownModelPrice
+from services.execution import UpstreamClient, WorkerPool, store_sync
+from services.gateway.auth import KeyRing
+from services.gateway.deps import AppServices
+from services.gateway.errors import install_error_handlers
+from services.gateway.pipeline import Pipeline
+from services.gateway.routes import admin_router, openai_router, ops_router
+from services.gateway.serving import OpenAIServing
+from services.gateway.stages import DispatchStage
+from services.settings import Settings
+from services.telemetry import GatewayMetrics, RequestEvent, TelemetryWriter
+
+log = logging.getLogger(__name__)
+
+
+def make_pricer(catalog: PriceCatalog):  # type: ignore[no-untyped-def]
+    """Prices an event: what it cost as served, and what it would have cost unoptimised."""
+
+    def price(event: RequestEvent) -> None:
+        if event.prompt_tokens is None or event.completion_tokens is None:
+            return
+        if event.cache_layer is not None:
+            event.cost_usd = 0.0
+        elif event.model_served:
+            try:
+                event.cost_usd = catalog.cost(
+                    event.model_served,
+                    event.prompt_tokens,
+                    event.completion_tokens,
+                    cached_tokens=event.cached_tokens or 0,
+                )
+            except UnknownModelPrice:
+                pass  # stays NULL: unpriced, never a silent 0
+        event.baseline_cost_usd = catalog.baseline_cost(
+            event.prompt_tokens_before_optimization or event.prompt_tokens,
+            event.completion_tokens,
+        )
+
+    return price
+
+
+def build_services(settings: Settings) -> AppServices:
+    engine = create_store_engine(settings.database_url)
+    sessions = session_factory(engine)
+    client = UpstreamClient(
+        connect_timeout_s=settings.upstream_connect_timeout_s,
+        read_timeout_s=settings.upstream_read_timeout_s,
+        max_connections=settings.upstream_max_connections,
+    )
+    catalog = PriceCatalog.from_settings(settings)
+    pool = WorkerPool(
+        client,
+        health_interval_s=settings.health_interval_s,
+        store_sync=store_sync(sessions),
+        on_models=lambda models: [catalog.register_self_hosted(m) for m in models],
+    )
+    metrics = GatewayMetrics()
+    telemetry = TelemetryWriter(
+        engine,
+        spill_path=settings.spill_path,
+        metrics=metrics,
+        pricer=make_pricer(catalog),
+        queue_size=settings.telemetry_queue_size,
+        batch_size=settings.telemetry_batch_size,
+        replay_interval_s=settings.telemetry_spill_replay_interval_s,
+    )
+    keyring = KeyRing(settings.api_keys, required=settings.auth_required, sessions=sessions)
+    pipeline = Pipeline([DispatchStage(pool, client, retries=settings.retry_on_connect_error)])
+    serving = OpenAIServing(pipeline, telemetry, store_prompts=settings.store_prompts)
+    return AppServices(
+        settings=settings,
+        engine=engine,
+        sessions=sessions,
+        client=client,
+        pool=pool,
+        keyring=keyring,
+        metrics=metrics,
+        telemetry=telemetry,
+        serving=serving,
+    )
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.auto_migrate:
+            from migrations import upgrade_to_head
+
+            try:
+                await asyncio.to_thread(upgrade_to_head, settings.database_url)
+            except Exception:  # a store that is down must not keep the gateway from serving
+                log.warning("could not migrate the metrics store at startup", exc_info=True)
+        services = build_services(settings)
+        app.state.services = services
+        await services.telemetry.start()
+        await services.keyring.start()
+        await services.pool.start(settings.workers)
+        log.info("gateway ready; stages: %s", " -> ".join(services.serving.stage_names))
+        try:
+            yield
+        finally:
+            await services.pool.stop()
+            await services.keyring.stop()
+            await services.telemetry.stop()
+            await services.client.aclose()
+            services.engine.dispose()
+
+    app = FastAPI(
+        title="Performance Optimization Engine",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    install_error_handlers(app)
+    app.include_router(openai_router)
+    app.include_router(ops_router)
+    app.include_router(admin_router)
+    return app

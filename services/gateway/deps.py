@@ -1,0 +1,45 @@
+"""Typed access to the services built in the app's lifespan (kept on ``app.state``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.execution import UpstreamClient, WorkerPool
+from services.gateway.auth import KeyRing, Principal
+from services.gateway.serving import OpenAIServing
+from services.settings import Settings
+from services.telemetry import GatewayMetrics, TelemetryWriter
+
+
+@dataclass
+class AppServices:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    client: UpstreamClient
+    pool: WorkerPool
+    keyring: KeyRing
+    metrics: GatewayMetrics
+    telemetry: TelemetryWriter
+    serving: OpenAIServing
+
+
+def get_services(request: Request) -> AppServices:
+    return request.app.state.services  # type: ignore[no-any-return]
+
+
+ServicesDep = Annotated[AppServices, Depends(get_services)]
+
+
+def get_principal(
+    services: ServicesDep, authorization: Annotated[str | None, Header()] = None
+) -> Principal:
+    return services.keyring.authenticate(authorization)
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]

@@ -1,0 +1,110 @@
+"""The request path as an ordered list of stages.
+
+A stage is a small object with one async method, ``__call__(ctx, call_next)``: it may
+read or change the request context, answer on its own (a cache hit), or call the rest
+of the pipeline and look at or wrap the reply on the way back (store it in a cache,
+count its tokens). The last stage answers without ``call_next``: it dispatches to a
+worker. Later capabilities (auth and budget, cache, routing, token optimisation) slot
+in as stages without touching the routes:
+
+    auth+budget -> normalize -> cache lookup -> routing -> token optimization -> dispatch
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal, Protocol
+
+from services.gateway.auth import Principal
+from services.gateway.protocol import ChatCompletionRequest, CompletionRequest, Usage
+
+Endpoint = Literal["chat.completions", "completions"]
+
+
+@dataclass(slots=True)
+class Reply:
+    """What the pipeline answers: a whole JSON body, or a stream of chunk payloads.
+
+    ``chunks`` yields the JSON of each SSE event (without the ``data:`` framing or the
+    final ``[DONE]``, which the route adds), so stages can inspect or replay them.
+    """
+
+    body: bytes | None = None
+    chunks: AsyncIterator[bytes] | None = None
+    status_code: int = 200
+
+
+@dataclass(slots=True)
+class RequestContext:
+    request_id: str
+    endpoint: Endpoint
+    request: ChatCompletionRequest | CompletionRequest
+    principal: Principal
+    model_requested: str
+    model: str = ""  # the model that will serve; routing may change it
+    received_at: float = field(default_factory=time.perf_counter)
+    received_wall: datetime = field(default_factory=lambda: datetime.now(UTC))
+    response_headers: dict[str, str] = field(default_factory=dict)
+    # filled in as the request moves through the stages
+    worker: str | None = None
+    cache_layer: str | None = None
+    route_reason: str | None = None
+    prompt_tokens_before_optimization: int | None = None
+    upstream_started_at: float | None = None
+    upstream_finished_at: float | None = None
+    first_token_at: float | None = None
+    finished_at: float | None = None
+    usage: Usage | None = None
+    status_code: int = 200
+    error_type: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            self.model = self.model_requested
+
+    @property
+    def stream(self) -> bool:
+        return bool(self.request.stream)
+
+
+Next = Callable[[RequestContext], Awaitable[Reply]]
+
+
+class Stage(Protocol):
+    name: str
+
+    async def __call__(self, ctx: RequestContext, call_next: Next) -> Reply: ...
+
+
+class Pipeline:
+    def __init__(self, stages: Sequence[Stage]) -> None:
+        if not stages:
+            raise ValueError("a pipeline needs at least its final dispatch stage")
+        self.stages = tuple(stages)
+        self._entry = self._build()
+
+    def _build(self) -> Next:
+        async def end(ctx: RequestContext) -> Reply:
+            raise RuntimeError(f"the last stage ({self.stages[-1].name}) called call_next")
+
+        call: Next = end
+        for stage in reversed(self.stages):
+            call = _bind(stage, call)
+        return call
+
+    async def __call__(self, ctx: RequestContext) -> Reply:
+        return await self._entry(ctx)
+
+    @property
+    def names(self) -> list[str]:
+        return [stage.name for stage in self.stages]
+
+
+def _bind(stage: Stage, call_next: Next) -> Next:
+    async def call(ctx: RequestContext) -> Reply:
+        return await stage(ctx, call_next)
+
+    return call

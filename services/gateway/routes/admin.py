@@ -1,0 +1,65 @@
+"""Admin API: register and remove workers at run time.
+
+Registrations go to the shared ``workers`` table and to this replica's pool at once;
+other replicas pick them up on their next health sync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header
+from pydantic import BaseModel, Field
+
+from services.errors import AuthenticationFailed, InvalidRequest, PermissionDenied
+from services.execution import deregister_worker, register_worker
+from services.gateway.deps import ServicesDep
+
+
+def require_admin(
+    services: ServicesDep, authorization: Annotated[str | None, Header()] = None
+) -> None:
+    key = services.settings.admin_api_key
+    if not key:
+        if services.settings.auth_required:
+            raise PermissionDenied("the admin API is off: set OPTENGINE_ADMIN_API_KEY")
+        return
+    token = (authorization or "").partition(" ")[2].strip()
+    if not hmac.compare_digest(token.encode(), key.encode()):
+        raise AuthenticationFailed("admin API key required")
+
+
+router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)])
+
+
+class WorkerIn(BaseModel):
+    url: str = Field(pattern=r"^https?://", description="OpenAI-compatible base URL")
+
+
+@router.get("/workers")
+async def list_workers(services: ServicesDep) -> list[dict[str, object]]:
+    return [
+        {"url": w.url, "source": w.source, "healthy": w.healthy, "models": sorted(w.models),
+         "outstanding": w.outstanding, "served": w.served, "last_error": w.last_error}
+        for w in services.pool.workers
+    ]
+
+
+@router.post("/workers", status_code=201)
+async def add_worker(body: WorkerIn, services: ServicesDep) -> dict[str, object]:
+    worker = await services.pool.register(body.url)
+    await asyncio.to_thread(
+        register_worker, services.sessions, worker.url, models=sorted(worker.models)
+    )
+    return {"url": worker.url, "healthy": worker.healthy, "models": sorted(worker.models)}
+
+
+@router.delete("/workers")
+async def remove_worker(url: str, services: ServicesDep) -> dict[str, bool]:
+    removed = services.pool.deregister(url)
+    stored = await asyncio.to_thread(deregister_worker, services.sessions, url)
+    if not (removed or stored):
+        raise InvalidRequest(f"no worker registered at {url}", param="url")
+    return {"removed": True}

@@ -1,0 +1,80 @@
+"""OpenAI-compatible endpoints: /v1/chat/completions, /v1/completions, /v1/models."""
+
+from __future__ import annotations
+
+import time
+from typing import TypeVar
+
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, ValidationError
+
+from services.errors import InvalidRequest, PayloadTooLarge
+from services.gateway.deps import PrincipalDep, ServicesDep
+from services.gateway.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    ModelCard,
+    ModelList,
+)
+
+router = APIRouter(prefix="/v1")
+
+RequestModel = TypeVar("RequestModel", bound=BaseModel)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the {limit}-byte limit")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the {limit}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_body(model: type[RequestModel], body: bytes) -> RequestModel:
+    if not body.strip():
+        raise InvalidRequest("request body is empty; expected a JSON object")
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        if error["type"] == "json_invalid":
+            raise InvalidRequest(f"could not parse the JSON body: {error['msg']}") from None
+        if error["type"] == "model_type" and not error["loc"]:
+            raise InvalidRequest("request body must be a JSON object") from None
+        param = ".".join(str(p) for p in error["loc"]) or None
+        raise InvalidRequest(f"{param}: {error['msg']}" if param else error["msg"],
+                             param=param) from None
+
+
+@router.post("/chat/completions")
+async def chat_completions(
+    request: Request, services: ServicesDep, principal: PrincipalDep
+) -> Response:
+    received_at = time.perf_counter()
+    body = await read_body(request, services.settings.max_body_bytes)
+    parsed = parse_body(ChatCompletionRequest, body)
+    return await services.serving.handle(
+        "chat.completions", parsed, principal, received_at=received_at
+    )
+
+
+@router.post("/completions")
+async def completions(
+    request: Request, services: ServicesDep, principal: PrincipalDep
+) -> Response:
+    received_at = time.perf_counter()
+    body = await read_body(request, services.settings.max_body_bytes)
+    parsed = parse_body(CompletionRequest, body)
+    return await services.serving.handle("completions", parsed, principal, received_at=received_at)
+
+
+@router.get("/models")
+async def list_models(services: ServicesDep, _principal: PrincipalDep) -> ModelList:
+    return ModelList(data=[ModelCard(id=model) for model in services.pool.models()])

@@ -1,0 +1,58 @@
+"""Operational endpoints: liveness, readiness (workers and store), Prometheus."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from services.gateway.deps import ServicesDep
+
+router = APIRouter()
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+def _store_ok(services_engine) -> bool:  # type: ignore[no-untyped-def]
+    try:
+        with services_engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return True
+    except Exception:
+        return False
+
+
+@router.get("/readyz")
+async def readyz(services: ServicesDep, response: Response) -> dict[str, object]:
+    try:
+        store_ok = await asyncio.wait_for(asyncio.to_thread(_store_ok, services.engine), 5)
+    except TimeoutError:
+        store_ok = False
+    workers = [
+        {"url": w.url, "healthy": w.healthy, "models": sorted(w.models),
+         "outstanding": w.outstanding, "last_error": w.last_error}
+        for w in services.pool.workers
+    ]
+    workers_ok = any(w.healthy for w in services.pool.workers)
+    ready = store_ok and workers_ok
+    response.status_code = 200 if ready else 503
+    return {
+        "status": "ready" if ready else "not ready",
+        "store": "ok" if store_ok else "unreachable",
+        "telemetry_spill_pending": services.telemetry.pending_spill,
+        "workers": workers,
+    }
+
+
+@router.get("/metrics")
+async def metrics(services: ServicesDep) -> Response:
+    m = services.metrics
+    for worker in services.pool.workers:
+        m.worker_outstanding.labels(worker.url).set(worker.outstanding)
+        m.worker_healthy.labels(worker.url).set(1 if worker.healthy else 0)
+    return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

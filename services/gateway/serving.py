@@ -1,0 +1,150 @@
+"""Runs one OpenAI request through the pipeline and turns the reply into a response.
+
+It owns the request's bookkeeping: timings, the telemetry event at the very end (after
+the last byte of a stream, whatever way the stream ends), and the error record when
+the pipeline raises. Routes only parse, call ``handle`` and return.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import orjson
+from fastapi import Response
+from fastapi.responses import StreamingResponse
+
+from services.errors import EngineError
+from services.gateway.auth import Principal
+from services.gateway.pipeline import Endpoint, Pipeline, RequestContext
+from services.gateway.protocol import ChatCompletionRequest, CompletionRequest
+from services.telemetry import RequestEvent, TelemetryWriter
+
+log = logging.getLogger(__name__)
+
+_SSE_DONE = b"data: [DONE]\n\n"
+
+
+class OpenAIServing:
+    def __init__(
+        self, pipeline: Pipeline, telemetry: TelemetryWriter, *, store_prompts: bool = False
+    ) -> None:
+        self._pipeline = pipeline
+        self._telemetry = telemetry
+        self._store_prompts = store_prompts
+
+    @property
+    def stage_names(self) -> list[str]:
+        return self._pipeline.names
+
+    async def handle(
+        self,
+        endpoint: Endpoint,
+        request: ChatCompletionRequest | CompletionRequest,
+        principal: Principal,
+        *,
+        received_at: float,
+    ) -> Response:
+        ctx = RequestContext(
+            request_id=f"req-{uuid.uuid4().hex}",
+            endpoint=endpoint,
+            request=request,
+            principal=principal,
+            model_requested=request.model,
+            received_at=received_at,
+        )
+        ctx.response_headers["x-request-id"] = ctx.request_id
+        try:
+            reply = await self._pipeline(ctx)
+        except EngineError as exc:
+            ctx.status_code, ctx.error_type = exc.status_code, exc.error_type
+            exc.headers.setdefault("x-request-id", ctx.request_id)
+            self._record(ctx)
+            raise
+        except Exception:
+            ctx.status_code, ctx.error_type = 500, "server_error"
+            self._record(ctx)
+            raise
+        if reply.chunks is not None:
+            return StreamingResponse(
+                self._sse(ctx, reply.chunks),
+                media_type="text/event-stream",
+                headers={**ctx.response_headers, "cache-control": "no-cache"},
+            )
+        self._record(ctx)
+        return Response(
+            content=reply.body,
+            status_code=reply.status_code,
+            media_type="application/json",
+            headers=ctx.response_headers,
+        )
+
+    async def _sse(self, ctx: RequestContext, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in chunks:
+                yield b"data: " + chunk + b"\n\n"
+            yield _SSE_DONE
+        finally:
+            self._record(ctx)
+
+    def _record(self, ctx: RequestContext) -> None:
+        try:
+            self._telemetry.submit(build_event(ctx, store_prompts=self._store_prompts))
+        except Exception:  # telemetry must never fail a request
+            log.exception("could not record request %s", ctx.request_id)
+
+
+def build_event(ctx: RequestContext, *, store_prompts: bool) -> RequestEvent:
+    finished = ctx.finished_at or time.perf_counter()
+    latency_ms = (finished - ctx.received_at) * 1000
+    upstream_ms = None
+    if ctx.upstream_started_at is not None and ctx.upstream_finished_at is not None:
+        upstream_ms = (ctx.upstream_finished_at - ctx.upstream_started_at) * 1000
+    usage = ctx.usage
+    ttft_ms = tpot_ms = None
+    if ctx.first_token_at is not None:
+        ttft_ms = (ctx.first_token_at - ctx.received_at) * 1000
+        end = ctx.upstream_finished_at or finished
+        if usage is not None and usage.completion_tokens > 1:
+            tpot_ms = (end - ctx.first_token_at) * 1000 / (usage.completion_tokens - 1)
+    prompt = _prompt_of(ctx)
+    return RequestEvent(
+        id=ctx.request_id,
+        created_at=ctx.received_wall,
+        tenant=ctx.principal.tenant,
+        api_key_id=ctx.principal.key_id,
+        endpoint=ctx.endpoint,
+        stream=ctx.stream,
+        model_requested=ctx.model_requested,
+        model_served=ctx.model if ctx.worker or ctx.cache_layer else None,
+        worker=ctx.worker,
+        cache_layer=ctx.cache_layer,
+        route_reason=ctx.route_reason,
+        status_code=ctx.status_code,
+        error_type=ctx.error_type,
+        prompt_tokens=usage.prompt_tokens if usage else None,
+        completion_tokens=usage.completion_tokens if usage else None,
+        cached_tokens=usage.cached_tokens if usage else None,
+        prompt_tokens_before_optimization=(
+            ctx.prompt_tokens_before_optimization
+            if ctx.prompt_tokens_before_optimization is not None
+            else (usage.prompt_tokens if usage else None)
+        ),
+        ttft_ms=ttft_ms,
+        tpot_ms=tpot_ms,
+        latency_ms=latency_ms,
+        upstream_ms=upstream_ms,
+        gateway_overhead_ms=latency_ms - upstream_ms if upstream_ms is not None else None,
+        prompt_hash=hashlib.sha256(prompt).hexdigest(),
+        prompt_text=prompt.decode() if store_prompts else None,
+    )
+
+
+def _prompt_of(ctx: RequestContext) -> bytes:
+    request = ctx.request
+    if isinstance(request, ChatCompletionRequest):
+        return orjson.dumps([m.model_dump(exclude_unset=True) for m in request.messages])
+    return orjson.dumps(request.prompt)

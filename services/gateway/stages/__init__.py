@@ -1,0 +1,5 @@
+"""Pipeline stages that adapt capabilities to the request context."""
+
+from services.gateway.stages.dispatch import DispatchStage
+
+__all__ = ["DispatchStage"]

@@ -1,0 +1,198 @@
+"""All configuration in one place.
+
+One pydantic-settings class, read from the environment (prefix ``OPTENGINE_``) and,
+optionally, a YAML file named by ``OPTENGINE_CONFIG``; the environment wins over the
+file. Nothing else in the code base reads ``os.environ``. The defaults run with no
+setup at all: a SQLite file under ``./data``, no Redis, dev mode (no API key needed).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+_DEFAULT_DATA_DIR = Path("data")
+
+
+class ModelPrice(BaseModel):
+    """A user's price override for one model, in USD per million tokens."""
+
+    input_per_mtok: float = Field(ge=0)
+    output_per_mtok: float = Field(ge=0)
+    cached_input_per_mtok: float | None = Field(default=None, ge=0)
+
+
+class SelfHostedPricing(BaseModel):
+    """How a self-hosted (vLLM) model is priced when no per-token price is configured.
+
+    A GPU-hour price is turned into a per-token price at the worker's measured output
+    throughput; input tokens are charged at ``input_cost_ratio`` of an output token,
+    because prefill is far cheaper per token than decoding.
+    """
+
+    gpu_hour_usd: float = Field(default=2.0, ge=0)
+    gpus_per_worker: int = Field(default=1, ge=1)
+    default_output_tokens_per_second: float = Field(default=1000.0, gt=0)
+    input_cost_ratio: float = Field(default=0.1, ge=0)
+
+
+class YamlConfigSource(PydanticBaseSettingsSource):
+    """Reads the YAML file named by ``OPTENGINE_CONFIG`` (or passed as ``_config_file``)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
+        super().__init__(settings_cls)
+        self._data: dict[str, Any] = {}
+        if path is not None:
+            if not path.is_file():
+                raise FileNotFoundError(f"config file {path} does not exist")
+            loaded = yaml.safe_load(path.read_text()) or {}
+            if not isinstance(loaded, dict):
+                raise ValueError(f"config file {path} must hold a mapping at the top level")
+            self._data = loaded
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return {k: v for k, v in self._data.items() if k in self.settings_cls.model_fields}
+
+
+def _split_csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OPTENGINE_", extra="ignore")
+
+    env: Literal["dev", "test", "prod"] = Field(
+        default="dev", description="prod refuses dev-only conveniences (no auth, default keys)"
+    )
+    config: Path | None = Field(default=None, description="optional YAML config file")
+    data_dir: Path = Field(default=_DEFAULT_DATA_DIR, description="local state: SQLite, spills")
+
+    # metrics store
+    database_url: str = Field(default="", description="SQLAlchemy URL; empty = SQLite in data_dir")
+
+    # L2 cache and shared counters (later issues); empty = disabled
+    redis_url: str = ""
+
+    # gateway
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="static keys 'key' or 'key:tenant' for dev and benchmarks",
+    )
+    require_auth: bool | None = Field(
+        default=None, description="None = required when any key exists or env is prod"
+    )
+    admin_api_key: str = Field(
+        default="", description="Bearer key of the admin API; empty = open in dev, off otherwise"
+    )
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    auto_migrate: bool = Field(default=True, description="upgrade the store schema on start")
+
+    # upstream workers
+    workers: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="OpenAI-compatible base URLs, models discovered"
+    )
+    upstream_connect_timeout_s: float = 5.0
+    upstream_read_timeout_s: float = 300.0
+    upstream_max_connections: int = 512
+    health_interval_s: float = 5.0
+    retry_on_connect_error: int = Field(default=1, ge=0)
+
+    # costs
+    price_overrides: dict[str, ModelPrice] = Field(default_factory=dict)
+    self_hosted: SelfHostedPricing = Field(default_factory=SelfHostedPricing)
+    baseline_model: str = Field(
+        default="gpt-4o-mini",
+        description="hosted model a request would have gone to without this platform",
+    )
+
+    # telemetry
+    telemetry_queue_size: int = Field(default=10_000, gt=0)
+    telemetry_batch_size: int = Field(default=500, gt=0)
+    telemetry_flush_interval_s: float = Field(default=0.5, gt=0)
+    telemetry_spill_replay_interval_s: float = Field(default=5.0, gt=0)
+    store_prompts: bool = Field(default=False, description="store raw prompts (off: hashes only)")
+
+    # vLLM workers started by `optengine worker`
+    vllm_python: Path = Field(default=Path(".venv-vllm/bin/python"))
+    vllm_startup_timeout_s: float = 300.0
+    vllm_cpu_kvcache_gib: int = 2
+
+    @field_validator("api_keys", "workers", mode="before")
+    @classmethod
+    def _csv(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @field_validator("workers")
+    @classmethod
+    def _normalise_worker_urls(cls, value: list[str]) -> list[str]:
+        urls = []
+        for url in value:
+            url = url.rstrip("/")
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"worker URL {url!r} must start with http:// or https://")
+            urls.append(url.removesuffix("/v1"))
+        return urls
+
+    @model_validator(mode="after")
+    def _defaults_and_guards(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{(self.data_dir / 'optengine.db').as_posix()}"
+        elif self.database_url.startswith("postgres://"):
+            self.database_url = "postgresql+psycopg://" + self.database_url[len("postgres://") :]
+        elif self.database_url.startswith("postgresql://"):
+            self.database_url = "postgresql+psycopg://" + self.database_url[len("postgresql://") :]
+        if self.env == "prod":
+            if self.auth_required is False:
+                raise ValueError("require_auth=false is refused in prod")
+            weak = [k for k in self.api_keys if k.split(":", 1)[0] in {"sk-dev", "changeme"}]
+            if weak:
+                raise ValueError("default dev API keys are refused in prod")
+        return self
+
+    @property
+    def auth_required(self) -> bool:
+        if self.require_auth is not None:
+            return self.require_auth
+        return bool(self.api_keys) or self.env == "prod"
+
+    @property
+    def spill_path(self) -> Path:
+        return self.data_dir / "telemetry-spill.jsonl"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config_path = os.environ.get("OPTENGINE_CONFIG")
+        yaml_source = YamlConfigSource(settings_cls, Path(config_path) if config_path else None)
+        return init_settings, env_settings, yaml_source, file_secret_settings
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from env + YAML, with explicit overrides on top (tests, CLI flags)."""
+    return Settings(**overrides)
+
+
+settings = load_settings()

@@ -1,0 +1,7 @@
+"""Request telemetry: events, the batched store writer, Prometheus metrics."""
+
+from services.telemetry.events import RequestEvent
+from services.telemetry.metrics import GatewayMetrics
+from services.telemetry.writer import TelemetryWriter
+
+__all__ = ["GatewayMetrics", "RequestEvent", "TelemetryWriter"]
