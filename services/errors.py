@@ -10,6 +10,7 @@ the right status (one handler, registered with ``app.exception_handler``). Upstr
     ├── AuthenticationFailed         401 authentication_error
     ├── PermissionDenied             403 permission_error
     ├── ModelNotFound                404 invalid_request_error (code model_not_found)
+    ├── UnknownModelPrice            500 (services.costs: a model nobody priced)
     ├── RateLimited                  429 rate_limit_error (Retry-After when known)
     └── UpstreamError                502 upstream_error
         ├── UpstreamUnavailable      503 service_unavailable (no healthy worker, connect)

