@@ -7,5 +7,6 @@ The public surface is ``PriceCatalog`` (prices, per-request cost, baseline cost)
 
 from services.costs.catalog import PriceCatalog
 from services.costs.rates import ModelRates, PriceSource, UnknownModelPrice
+from services.costs.throughput import ThroughputMeter
 
-__all__ = ["ModelRates", "PriceCatalog", "PriceSource", "UnknownModelPrice"]
+__all__ = ["ModelRates", "PriceCatalog", "PriceSource", "ThroughputMeter", "UnknownModelPrice"]

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from models import create_store_engine, session_factory
-from services.costs import PriceCatalog, UnknownModelPrice
+from services.costs import PriceCatalog, ThroughputMeter
 from services.execution import UpstreamClient, WorkerPool, store_sync
 from services.gateway.auth import KeyRing
 from services.gateway.deps import AppServices
@@ -20,35 +20,9 @@ from services.gateway.routes import admin_router, openai_router, ops_router
 from services.gateway.serving import OpenAIServing
 from services.gateway.stages import DispatchStage
 from services.settings import Settings
-from services.telemetry import GatewayMetrics, RequestEvent, TelemetryWriter
+from services.telemetry import GatewayMetrics, RequestPricer, TelemetryWriter
 
 log = logging.getLogger(__name__)
-
-
-def make_pricer(catalog: PriceCatalog):  # type: ignore[no-untyped-def]
-    """Prices an event: what it cost as served, and what it would have cost unoptimised."""
-
-    def price(event: RequestEvent) -> None:
-        if event.prompt_tokens is None or event.completion_tokens is None:
-            return
-        if event.cache_layer is not None:
-            event.cost_usd = 0.0
-        elif event.model_served:
-            try:
-                event.cost_usd = catalog.cost(
-                    event.model_served,
-                    event.prompt_tokens,
-                    event.completion_tokens,
-                    cached_tokens=event.cached_tokens or 0,
-                )
-            except UnknownModelPrice:
-                pass  # stays NULL: unpriced, never a silent 0
-        event.baseline_cost_usd = catalog.baseline_cost(
-            event.prompt_tokens_before_optimization or event.prompt_tokens,
-            event.completion_tokens,
-        )
-
-    return price
 
 
 def build_services(settings: Settings) -> AppServices:
@@ -71,7 +45,7 @@ def build_services(settings: Settings) -> AppServices:
         engine,
         spill_path=settings.spill_path,
         metrics=metrics,
-        pricer=make_pricer(catalog),
+        pricer=RequestPricer(catalog, ThroughputMeter(catalog)),
         queue_size=settings.telemetry_queue_size,
         batch_size=settings.telemetry_batch_size,
         replay_interval_s=settings.telemetry_spill_replay_interval_s,
