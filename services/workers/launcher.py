@@ -214,9 +214,9 @@ class VllmWorker:
         self.cpu_threads = cpu_threads
         self.max_model_len = max_model_len
         self.extra_args = tuple(extra_args)
+        safe_name = self.served_model_name.replace("/", "_")
         self.log_path = log_path or (
-            Path(tempfile.gettempdir()) / "optengine" / f"vllm-{self.served_model_name}-"
-            f"{self.port}.log"
+            Path(tempfile.gettempdir()) / "optengine" / f"vllm-{safe_name}-{self.port}.log"
         )
         self.startup_timeout_s = startup_timeout_s
         self.stop_grace_s = stop_grace_s
@@ -262,6 +262,7 @@ class VllmWorker:
         """Launch the process and return at once; ``wait_ready()`` waits for it."""
         if self.is_running():
             raise RuntimeError(f"vLLM worker already running (pid {self.pid})")
+        self.stop()  # reap a crashed predecessor and whatever it left in its group
         if not self.python.exists():
             raise FileNotFoundError(
                 f"vLLM interpreter {self.python} not found; run scripts/setup_vllm_venv.sh"

@@ -53,16 +53,15 @@ CHAT_TEMPLATE = (
 
 # Standard-library modules whose source trains the tokenizer: English docstrings and code,
 # about 2 MB. Read as files (never imported), so nothing runs and nothing is fetched.
-_CORPUS_MODULES = (
-    "argparse.py", "ast.py", "asyncio/base_events.py", "asyncio/tasks.py", "calendar.py",
-    "collections/__init__.py", "configparser.py", "csv.py", "dataclasses.py", "datetime.py",
-    "decimal.py", "difflib.py", "email/message.py", "enum.py", "fractions.py",
-    "functools.py", "gettext.py", "http/client.py", "http/server.py", "inspect.py",
-    "ipaddress.py", "json/decoder.py", "json/encoder.py", "logging/__init__.py",
-    "mailbox.py", "pathlib.py", "pickle.py", "pydoc.py", "random.py", "shutil.py",
-    "statistics.py", "string.py", "subprocess.py", "tarfile.py", "textwrap.py",
-    "threading.py", "typing.py", "unittest/case.py", "urllib/parse.py", "zipfile.py",
-)
+_CORPUS_MODULES = """
+    argparse.py ast.py asyncio/base_events.py asyncio/tasks.py calendar.py
+    collections/__init__.py configparser.py csv.py dataclasses.py datetime.py decimal.py
+    difflib.py email/message.py enum.py fractions.py functools.py gettext.py http/client.py
+    http/server.py inspect.py ipaddress.py json/decoder.py json/encoder.py
+    logging/__init__.py mailbox.py pathlib.py pickle.py pydoc.py random.py shutil.py
+    statistics.py string.py subprocess.py tarfile.py textwrap.py threading.py typing.py
+    unittest/case.py urllib/parse.py zipfile.py
+""".split()
 
 
 @dataclass(frozen=True)
@@ -103,13 +102,16 @@ def make_test_model(out_dir: Path, *, spec: TinyLlamaSpec | None = None) -> Path
     tmp.chmod(0o755)  # mkdtemp makes it private; the model is not a secret
     try:
         tokenizer = _train_tokenizer(spec.vocab_size)
-        _write_tokenizer(tmp, tokenizer)
+        _write_tokenizer(tmp, tokenizer, spec.max_position_embeddings)
         ids = {tok: tokenizer.token_to_id(tok) for tok in SPECIAL_TOKENS}
         vocab_size = tokenizer.get_vocab_size()
         _write_json(tmp / "config.json", _llama_config(spec, vocab_size, ids))
         _write_json(tmp / "generation_config.json", _generation_config(ids))
-        save_file(dict(_random_weights(spec, vocab_size)), tmp / "model.safetensors",
-                  metadata={"format": "pt"})
+        save_file(
+            dict(_random_weights(spec, vocab_size)),
+            tmp / "model.safetensors",
+            metadata={"format": "pt"},
+        )
         (tmp / "model.safetensors").chmod(0o644)
         _write_json(tmp / _STAMP, stamp)
         if out_dir.exists():
@@ -167,30 +169,37 @@ def _train_tokenizer(vocab_size: int) -> Tokenizer:
     return tokenizer
 
 
-def _write_tokenizer(out_dir: Path, tokenizer: Tokenizer) -> None:
+def _write_tokenizer(out_dir: Path, tokenizer: Tokenizer, max_length: int) -> None:
     tokenizer.save(str(out_dir / "tokenizer.json"))
     added = {
         str(tokenizer.token_to_id(tok)): {
-            "content": tok, "lstrip": False, "normalized": False, "rstrip": False,
-            "single_word": False, "special": True,
+            "content": tok,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": True,
         }
         for tok in SPECIAL_TOKENS
     }
-    _write_json(out_dir / "tokenizer_config.json", {
-        # The generic fast class loads tokenizer.json exactly as written; LlamaTokenizer
-        # would rebuild a SentencePiece-style pipeline around our byte-level BPE.
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": BOS,
-        "eos_token": EOS,
-        "unk_token": UNK,
-        "pad_token": PAD,
-        "add_bos_token": True,
-        "add_eos_token": False,
-        "clean_up_tokenization_spaces": False,
-        "model_max_length": TinyLlamaSpec.max_position_embeddings,
-        "added_tokens_decoder": added,
-        "chat_template": CHAT_TEMPLATE,
-    })
+    _write_json(
+        out_dir / "tokenizer_config.json",
+        {
+            # The generic fast class loads tokenizer.json exactly as written; LlamaTokenizer
+            # would rebuild a SentencePiece-style pipeline around our byte-level BPE.
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": BOS,
+            "eos_token": EOS,
+            "unk_token": UNK,
+            "pad_token": PAD,
+            "add_bos_token": True,
+            "add_eos_token": False,
+            "clean_up_tokenization_spaces": False,
+            "model_max_length": max_length,
+            "added_tokens_decoder": added,
+            "chat_template": CHAT_TEMPLATE,
+        },
+    )
 
 
 def _llama_config(spec: TinyLlamaSpec, vocab_size: int, ids: dict[str, int]) -> dict:
