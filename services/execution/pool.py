@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from services.background import cancel_and_wait
 from services.errors import EngineError, ModelNotFound, UpstreamUnavailable
 from services.execution.client import UpstreamClient
 
@@ -141,13 +142,8 @@ class WorkerPool:
         self._task = asyncio.create_task(self._health_loop(), name="worker-health")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _health_loop(self) -> None:
         while True:

@@ -18,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import ApiKey
+from services.background import cancel_and_wait
 from services.errors import AuthenticationFailed
 
 log = logging.getLogger(__name__)
@@ -102,12 +103,8 @@ class KeyRing:
         self._task = asyncio.create_task(self._refresh_loop(), name="api-key-refresh")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _refresh_loop(self) -> None:
         while True:

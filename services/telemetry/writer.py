@@ -27,6 +27,7 @@ from sqlalchemy import Engine, Table
 from sqlalchemy.exc import SQLAlchemyError
 
 from models import RequestLog
+from services.background import cancel_and_wait
 from services.telemetry.events import RequestEvent
 from services.telemetry.metrics import GatewayMetrics
 
@@ -104,13 +105,8 @@ class TelemetryWriter:
 
     async def stop(self) -> None:
         await self.flush()
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         await asyncio.to_thread(self.replay_spill)
 
     @property

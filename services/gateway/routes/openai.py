@@ -9,7 +9,9 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ValidationError
 
 from services.errors import InvalidRequest, PayloadTooLarge
-from services.gateway.deps import PrincipalDep, ServicesDep
+from services.gateway.auth import Principal
+from services.gateway.deps import AppServices, PrincipalDep, ServicesDep
+from services.gateway.pipeline import Endpoint
 from services.gateway.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -53,26 +55,29 @@ def parse_body(model: type[RequestModel], body: bytes) -> RequestModel:
                              param=param) from None
 
 
+async def _serve(
+    endpoint: Endpoint,
+    model: type[ChatCompletionRequest] | type[CompletionRequest],
+    request: Request,
+    services: AppServices,
+    principal: Principal,
+) -> Response:
+    received_at = time.perf_counter()
+    body = await read_body(request, services.settings.max_body_bytes)
+    parsed = parse_body(model, body)
+    return await services.serving.handle(endpoint, parsed, principal, received_at=received_at)
+
+
 @router.post("/chat/completions")
 async def chat_completions(
     request: Request, services: ServicesDep, principal: PrincipalDep
 ) -> Response:
-    received_at = time.perf_counter()
-    body = await read_body(request, services.settings.max_body_bytes)
-    parsed = parse_body(ChatCompletionRequest, body)
-    return await services.serving.handle(
-        "chat.completions", parsed, principal, received_at=received_at
-    )
+    return await _serve("chat.completions", ChatCompletionRequest, request, services, principal)
 
 
 @router.post("/completions")
-async def completions(
-    request: Request, services: ServicesDep, principal: PrincipalDep
-) -> Response:
-    received_at = time.perf_counter()
-    body = await read_body(request, services.settings.max_body_bytes)
-    parsed = parse_body(CompletionRequest, body)
-    return await services.serving.handle("completions", parsed, principal, received_at=received_at)
+async def completions(request: Request, services: ServicesDep, principal: PrincipalDep) -> Response:
+    return await _serve("completions", CompletionRequest, request, services, principal)
 
 
 @router.get("/models")
