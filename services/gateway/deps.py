@@ -29,14 +29,18 @@ class AppServices:
     serving: OpenAIServing
 
 
-def get_services(request: Request) -> AppServices:
+# Dependencies are async on purpose: FastAPI runs a plain ``def`` dependency in a thread
+# pool, which costs a thread hop on every request for what is an attribute lookup.
+
+
+async def get_services(request: Request) -> AppServices:
     return request.app.state.services  # type: ignore[no-any-return]
 
 
 ServicesDep = Annotated[AppServices, Depends(get_services)]
 
 
-def get_principal(
+async def get_principal(
     services: ServicesDep, authorization: Annotated[str | None, Header()] = None
 ) -> Principal:
     return services.keyring.authenticate(authorization)

@@ -18,7 +18,7 @@ from services.execution import deregister_worker, register_worker
 from services.gateway.deps import ServicesDep
 
 
-def require_admin(
+async def require_admin(
     services: ServicesDep, authorization: Annotated[str | None, Header()] = None
 ) -> None:
     key = services.settings.admin_api_key
