@@ -6,10 +6,13 @@ the dashboard, and each of them brings its own settings.
 
 from models.base import Base
 from models.db import create_store_engine, session_factory
-from models.tables import ApiKey, RequestLog, Worker
+from models.tables import Alert, ApiKey, CacheEntry, CacheReport, RequestLog, Worker
 
 __all__ = [
+    "Alert",
     "ApiKey",
+    "CacheEntry",
+    "CacheReport",
     "Base",
     "RequestLog",
     "Worker",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, Boolean, DateTime, Double, Index, Integer, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, Double, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base
@@ -34,6 +34,9 @@ class RequestLog(Base):
     worker: Mapped[str | None] = mapped_column(String(512))
     cache_layer: Mapped[str | None] = mapped_column(
         String(32), doc="which cache tier answered (None = no cache hit)"
+    )
+    cache_age_s: Mapped[float | None] = mapped_column(
+        Double, doc="age of the cache entry that answered (hits only)"
     )
     route_reason: Mapped[str | None] = mapped_column(String(256))
     status_code: Mapped[int] = mapped_column(Integer)
@@ -91,3 +94,66 @@ class ApiKey(Base):
     spent_usd: Mapped[float] = mapped_column(Double, default=0.0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class CacheEntry(Base):
+    """L3 of the response cache: compressed responses, shared by every replica and read
+    by the cache optimisation flow (purge, warming, TTL advice)."""
+
+    __tablename__ = "cache_entries"
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    namespace: Mapped[str] = mapped_column(String(256))
+    endpoint: Mapped[str] = mapped_column(String(64))
+    value: Mapped[bytes] = mapped_column(LargeBinary, doc="zlib-compressed response")
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_hit_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    hit_count: Mapped[int] = mapped_column(Integer, default=0)
+
+    __table_args__ = (
+        Index("ix_cache_entries_expires_at", "expires_at"),
+        Index("ix_cache_entries_namespace", "namespace"),
+        Index("ix_cache_entries_hit_count", "hit_count"),
+    )
+
+
+class Alert(Base):
+    """Something a person should look at, raised by a flow (the dashboard lists them)."""
+
+    __tablename__ = "alerts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    source: Mapped[str] = mapped_column(String(64), doc="the flow that raised it")
+    severity: Mapped[str] = mapped_column(String(16), doc="info | warning | critical")
+    message: Mapped[str] = mapped_column(Text)
+    details: Mapped[dict] = mapped_column(JSON, default=dict)
+    resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_alerts_created_at", "created_at"),)
+
+
+class CacheReport(Base):
+    """One run of the cache optimisation flow: hit ratios per tier against their targets,
+    money saved, housekeeping done and TTL advice."""
+
+    __tablename__ = "cache_reports"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    window_start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    window_end: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    lookups: Mapped[int] = mapped_column(Integer)
+    hits: Mapped[int] = mapped_column(Integer)
+    overall_hit_rate: Mapped[float | None] = mapped_column(Double)
+    layers: Mapped[dict] = mapped_column(
+        JSON, doc="per tier: lookups, hits, hit_rate, target, meets_target"
+    )
+    saved_usd: Mapped[float] = mapped_column(Double, default=0.0)
+    purged_entries: Mapped[int] = mapped_column(Integer, default=0)
+    warmed_entries: Mapped[int] = mapped_column(Integer, default=0)
+    ttl_recommendations: Mapped[dict] = mapped_column(JSON, default=dict)
+
+    __table_args__ = (Index("ix_cache_reports_created_at", "created_at"),)

@@ -15,6 +15,16 @@ from services.settings import Settings, load_settings
 app = typer.Typer(help="Performance Optimization Engine", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys kept (hashed) in the metrics store")
 app.add_typer(keys_app, name="keys")
+flows_app = typer.Typer(help="Prefect flows: the control loops over the metrics store")
+app.add_typer(flows_app, name="flows")
+
+# Prefect runs offline here: no analytics (they log an error per run without a network)
+# and a generous ephemeral-server start on a busy 2-core machine.
+PREFECT_DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+}
 
 
 def _settings(**overrides: object) -> Settings:
@@ -166,6 +176,42 @@ def keys_create(
     upgrade_to_head(settings.database_url)
     sessions = session_factory(create_store_engine(settings.database_url))
     typer.echo(create_api_key(sessions, tenant=tenant, name=name, budget_usd=budget_usd))
+
+
+def _prefect_env() -> None:
+    import os
+
+    for name, value in PREFECT_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
+@flows_app.command("run")
+def flows_run(name: Annotated[str, typer.Argument(help="flow name, e.g. cache_optimization")]
+              ) -> None:
+    """Run one flow now, in this process."""
+    _prefect_env()
+    import asyncio
+    import inspect
+
+    from flows.deployments import FLOWS
+
+    if name not in FLOWS:
+        raise typer.BadParameter(f"unknown flow {name!r}; known: {', '.join(sorted(FLOWS))}")
+    result = FLOWS[name]()
+    if inspect.isawaitable(result):
+        result = asyncio.run(result)
+    typer.echo(result)
+
+
+@flows_app.command("serve")
+def flows_serve() -> None:
+    """Serve every flow on its schedule (Ctrl-C stops)."""
+    _prefect_env()
+    from prefect import serve
+
+    from flows.deployments import deployments
+
+    serve(*deployments())
 
 
 if __name__ == "__main__":

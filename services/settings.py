@@ -122,6 +122,20 @@ class Settings(BaseSettings):
         description="hosted model a request would have gone to without this platform",
     )
 
+    # response cache (exact tiers)
+    cache_enabled: bool = True
+    cache_l1_max_bytes: int = Field(default=1 << 30, gt=0)
+    cache_l1_ttl_s: float = Field(default=300.0, gt=0)
+    cache_max_entry_bytes: int = Field(default=1 << 20, gt=0, description="per-entry cap")
+    cache_l2_ttl_s: float = Field(default=3600.0, gt=0)
+    cache_redis_timeout_s: float = Field(default=0.1, gt=0)
+    cache_l3_enabled: bool = True
+    cache_l3_ttl_s: float = Field(default=86400.0, gt=0)
+    cache_l3_max_bytes: int = Field(default=100 * 1024**3, gt=0)
+    cache_shared_namespaces: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="X-Cache-Namespace values shared across tenants"
+    )
+
     # telemetry
     telemetry_queue_size: int = Field(default=10_000, gt=0)
     telemetry_batch_size: int = Field(default=500, gt=0)
@@ -134,7 +148,7 @@ class Settings(BaseSettings):
     vllm_startup_timeout_s: float = 300.0
     vllm_cpu_kvcache_gib: int = 2
 
-    @field_validator("api_keys", "workers", mode="before")
+    @field_validator("api_keys", "workers", "cache_shared_namespaces", mode="before")
     @classmethod
     def _csv(cls, value: Any) -> Any:
         return _split_csv(value)

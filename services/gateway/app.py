@@ -8,21 +8,61 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from sqlalchemy import Engine
 
 from models import create_store_engine, session_factory
+from services.caching import (
+    CacheMetrics,
+    CacheTier,
+    MemoryCache,
+    PersistentCache,
+    RedisCache,
+    ResponseCache,
+)
 from services.costs import PriceCatalog, ThroughputMeter
 from services.execution import UpstreamClient, WorkerPool, store_sync
 from services.gateway.auth import KeyRing
 from services.gateway.deps import AppServices
 from services.gateway.errors import install_error_handlers
-from services.gateway.pipeline import Pipeline
+from services.gateway.pipeline import Pipeline, Stage
 from services.gateway.routes import admin_router, openai_router, ops_router
 from services.gateway.serving import OpenAIServing
-from services.gateway.stages import DispatchStage
+from services.gateway.stages import CacheStage, DispatchStage
 from services.settings import Settings
 from services.telemetry import GatewayMetrics, RequestPricer, TelemetryWriter
 
 log = logging.getLogger(__name__)
+
+
+def build_cache(settings: Settings, engine: Engine, metrics: GatewayMetrics) -> ResponseCache:
+    tiers: list[CacheTier] = [
+        MemoryCache(
+            max_bytes=settings.cache_l1_max_bytes,
+            ttl_s=settings.cache_l1_ttl_s,
+            max_entry_bytes=settings.cache_max_entry_bytes,
+        )
+    ]
+    if settings.redis_url:
+        tiers.append(
+            RedisCache(
+                settings.redis_url,
+                ttl_s=settings.cache_l2_ttl_s,
+                max_entry_bytes=settings.cache_max_entry_bytes,
+                timeout_s=settings.cache_redis_timeout_s,
+            )
+        )
+    if settings.cache_l3_enabled:
+        tiers.append(
+            PersistentCache(
+                engine,
+                ttl_s=settings.cache_l3_ttl_s,
+                max_bytes=settings.cache_l3_max_bytes,
+                max_entry_bytes=settings.cache_max_entry_bytes,
+            )
+        )
+    return ResponseCache(
+        tiers, CacheMetrics(metrics.registry), flight_timeout_s=settings.upstream_read_timeout_s
+    )
 
 
 def build_services(settings: Settings) -> AppServices:
@@ -51,7 +91,14 @@ def build_services(settings: Settings) -> AppServices:
         replay_interval_s=settings.telemetry_spill_replay_interval_s,
     )
     keyring = KeyRing(settings.api_keys, required=settings.auth_required, sessions=sessions)
-    pipeline = Pipeline([DispatchStage(pool, client, retries=settings.retry_on_connect_error)])
+    cache = build_cache(settings, engine, metrics) if settings.cache_enabled else None
+    stages: list[Stage] = []
+    if cache is not None:
+        stages.append(
+            CacheStage(cache, shared_namespaces=frozenset(settings.cache_shared_namespaces))
+        )
+    stages.append(DispatchStage(pool, client, retries=settings.retry_on_connect_error))
+    pipeline = Pipeline(stages)
     serving = OpenAIServing(pipeline, telemetry, store_prompts=settings.store_prompts)
     return AppServices(
         settings=settings,
@@ -63,6 +110,7 @@ def build_services(settings: Settings) -> AppServices:
         metrics=metrics,
         telemetry=telemetry,
         serving=serving,
+        cache=cache,
     )
 
 
@@ -87,6 +135,8 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             await services.pool.stop()
             await services.keyring.stop()
+            if services.cache is not None:
+                await services.cache.aclose()
             await services.telemetry.stop()
             await services.client.aclose()
             services.engine.dispose()

@@ -9,6 +9,7 @@ from fastapi import Depends, Header, Request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.caching import ResponseCache
 from services.execution import UpstreamClient, WorkerPool
 from services.gateway.auth import KeyRing, Principal
 from services.gateway.serving import OpenAIServing
@@ -27,6 +28,7 @@ class AppServices:
     metrics: GatewayMetrics
     telemetry: TelemetryWriter
     serving: OpenAIServing
+    cache: ResponseCache | None = None
 
 
 # Dependencies are async on purpose: FastAPI runs a plain ``def`` dependency in a thread

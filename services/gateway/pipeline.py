@@ -13,7 +13,7 @@ in as stages without touching the routes:
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal, Protocol
@@ -47,10 +47,12 @@ class RequestContext:
     model: str = ""  # the model that will serve; routing may change it
     received_at: float = field(default_factory=time.perf_counter)
     received_wall: datetime = field(default_factory=lambda: datetime.now(UTC))
+    request_headers: Mapping[str, str] = field(default_factory=dict)
     response_headers: dict[str, str] = field(default_factory=dict)
     # filled in as the request moves through the stages
     worker: str | None = None
     cache_layer: str | None = None
+    cache_age_s: float | None = None
     route_reason: str | None = None
     prompt_tokens_before_optimization: int | None = None
     upstream_started_at: float | None = None

@@ -11,12 +11,13 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 import orjson
 from fastapi import Response
 from fastapi.responses import StreamingResponse
 
+from services.caching import HIT_LAYERS
 from services.errors import EngineError
 from services.gateway.auth import Principal
 from services.gateway.pipeline import Endpoint, Pipeline, RequestContext
@@ -47,6 +48,7 @@ class OpenAIServing:
         principal: Principal,
         *,
         received_at: float,
+        headers: Mapping[str, str] | None = None,
     ) -> Response:
         ctx = RequestContext(
             request_id=f"req-{uuid.uuid4().hex}",
@@ -55,6 +57,7 @@ class OpenAIServing:
             principal=principal,
             model_requested=request.model,
             received_at=received_at,
+            request_headers=headers or {},
         )
         ctx.response_headers["x-request-id"] = ctx.request_id
         try:
@@ -119,9 +122,10 @@ def build_event(ctx: RequestContext, *, store_prompts: bool) -> RequestEvent:
         endpoint=ctx.endpoint,
         stream=ctx.stream,
         model_requested=ctx.model_requested,
-        model_served=ctx.model if ctx.worker or ctx.cache_layer else None,
+        model_served=ctx.model if ctx.worker or ctx.cache_layer in HIT_LAYERS else None,
         worker=ctx.worker,
         cache_layer=ctx.cache_layer,
+        cache_age_s=ctx.cache_age_s,
         route_reason=ctx.route_reason,
         status_code=ctx.status_code,
         error_type=ctx.error_type,

@@ -24,6 +24,7 @@ class RequestEvent:
     model_served: str | None = None
     worker: str | None = None
     cache_layer: str | None = None
+    cache_age_s: float | None = None
     route_reason: str | None = None
     error_type: str | None = None
     prompt_tokens: int | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from services.caching import HIT_LAYERS
 from services.costs import PriceCatalog, ThroughputMeter, UnknownModelPrice
 from services.telemetry.events import RequestEvent
 
@@ -17,8 +18,8 @@ class RequestPricer:
     def __call__(self, event: RequestEvent) -> None:
         if event.prompt_tokens is None or event.completion_tokens is None:
             return  # no usage known (failed before the worker answered): stays unpriced
-        if event.cache_layer is not None:
-            event.cost_usd = 0.0
+        if event.cache_layer in HIT_LAYERS:
+            event.cost_usd = 0.0  # answered from cache: nothing was generated
         elif event.model_served:
             try:
                 event.cost_usd = self._catalog.cost(

@@ -65,7 +65,9 @@ async def _serve(
     received_at = time.perf_counter()
     body = await read_body(request, services.settings.max_body_bytes)
     parsed = parse_body(model, body)
-    return await services.serving.handle(endpoint, parsed, principal, received_at=received_at)
+    return await services.serving.handle(
+        endpoint, parsed, principal, received_at=received_at, headers=request.headers
+    )
 
 
 @router.post("/chat/completions")

@@ -1,5 +1,6 @@
 """Pipeline stages that adapt capabilities to the request context."""
 
+from services.gateway.stages.cache import CacheStage
 from services.gateway.stages.dispatch import DispatchStage
 
-__all__ = ["DispatchStage"]
+__all__ = ["CacheStage", "DispatchStage"]

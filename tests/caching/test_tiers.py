@@ -1,0 +1,156 @@
+"""The exact tiers on their own: keys, L1 bounds and expiry, L2 breaker, L3 budget."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from migrations import upgrade_to_head
+from models import create_store_engine
+from services.caching import (
+    CachedResponse,
+    MemoryCache,
+    PersistentCache,
+    RedisCache,
+    assemble,
+    cache_key,
+    is_deterministic,
+    stream_chunks,
+)
+from services.workers import free_port
+
+BODY = {
+    "id": "x",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "m",
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "Paris is the capital."},
+            "finish_reason": "stop",
+        }
+    ],
+    "usage": {"prompt_tokens": 5, "completion_tokens": 6, "total_tokens": 11},
+}
+
+
+def entry(size: int = 0) -> CachedResponse:
+    body = dict(BODY, padding="x" * size)
+    return CachedResponse(endpoint="chat.completions", body=body)
+
+
+def test_keys_cover_output_fields_and_ignore_delivery_fields() -> None:
+    base = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 0}
+    key = cache_key("tenant/a", "chat.completions", base)
+    assert key == cache_key("tenant/a", "chat.completions", {**base, "stream": True, "user": "u1"})
+    for changed in (
+        {"model": "m2"},
+        {"temperature": 0.0001},
+        {"seed": 3},
+        {"max_tokens": 9},
+        {"tools": [{"type": "function"}]},
+        {"top_k": 5},
+        {"messages": [{"role": "user", "content": "hi!"}]},
+        {"response_format": {"type": "json_object"}},
+    ):
+        assert cache_key("tenant/a", "chat.completions", {**base, **changed}) != key
+    assert cache_key("tenant/b", "chat.completions", base) != key
+    assert cache_key("tenant/a", "completions", base) != key
+
+
+def test_only_greedy_requests_are_deterministic() -> None:
+    assert is_deterministic({"temperature": 0})
+    assert not is_deterministic({"temperature": 0.7})
+    assert not is_deterministic({})  # OpenAI and vLLM default to temperature 1
+
+
+async def test_l1_evicts_least_recently_used_past_its_byte_bound() -> None:
+    one = len(entry(1000).to_bytes())  # +-2 bytes: the timestamp's digits vary
+    cache = MemoryCache(max_bytes=one * 3 + 20, ttl_s=60, max_entry_bytes=one * 2)
+    keys = [cache_key("t", "chat.completions", {"n": i}) for i in range(4)]
+    for key in keys[:3]:
+        await cache.set(key, entry(1000))
+    assert await cache.get(keys[0]) is not None  # 0 is now the most recently used
+    await cache.set(keys[3], entry(1000))
+    assert await cache.get(keys[1]) is None and cache.evictions == 1
+    assert await cache.get(keys[0]) is not None and cache.bytes <= one * 3 + 20
+    assert not await cache.set(keys[1], entry(one * 3))  # over the per-entry cap
+
+
+async def test_l1_entries_expire() -> None:
+    cache = MemoryCache(max_bytes=1 << 20, ttl_s=0.2, max_entry_bytes=1 << 20)
+    key = cache_key("t", "chat.completions", {})
+    await cache.set(key, entry())
+    assert await cache.get(key) is not None
+    await asyncio.sleep(0.3)
+    assert await cache.get(key) is None and cache.bytes == 0
+
+
+async def test_l2_round_trip_then_breaker_opens_when_redis_is_gone() -> None:
+    from tests.support.redis import ThrowawayRedis
+
+    server = ThrowawayRedis(free_port()).start()
+    cache = RedisCache(server.url, ttl_s=60, max_entry_bytes=1 << 20, timeout_s=0.2)
+    key = cache_key("t", "chat.completions", {"q": 1})
+    try:
+        assert await cache.set(key, entry())
+        assert (await cache.get(key)).body == entry().body
+        assert RedisCache.redis_key(key) == f"oe:c:{{{key.digest}}}"  # cluster hash tag
+        server.kill()
+        for _ in range(5):
+            assert await cache.get(key) is None  # a miss, never an exception
+        assert not cache.breaker.allows
+    finally:
+        server.kill()
+        await cache.aclose()
+
+
+@pytest.fixture
+def store_engine(tmp_path):
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    upgrade_to_head(url)
+    engine = create_store_engine(url)
+    yield engine
+    engine.dispose()
+
+
+async def test_l3_keeps_compressed_entries_within_its_budget(store_engine) -> None:
+    size = len(entry(5000).compressed())
+    cache = PersistentCache(
+        store_engine, ttl_s=60, max_bytes=size * 2 + 10, max_entry_bytes=1 << 20
+    )
+    keys = [cache_key("t", "chat.completions", {"n": i}) for i in range(3)]
+    for key in keys:
+        await cache.set(key, entry(5000))
+    assert cache.total_bytes() <= size * 2 + 10 and cache.evictions == 1
+    assert await cache.get(keys[0]) is None  # the oldest went first
+    assert (await cache.get(keys[2])).body["usage"]["completion_tokens"] == 6
+    assert size < len(entry(5000).to_bytes()) / 10  # zlib on repetitive text
+
+
+async def test_l3_expired_rows_are_misses_and_purged(store_engine) -> None:
+    cache = PersistentCache(store_engine, ttl_s=0.1, max_bytes=1 << 30, max_entry_bytes=1 << 20)
+    key = cache_key("t", "chat.completions", {})
+    await cache.set(key, entry())
+    await asyncio.sleep(0.2)
+    assert await cache.get(key) is None
+    assert cache.purge_expired() == 1
+
+
+def test_stream_replay_round_trips_through_assembly() -> None:
+    chunks = list(stream_chunks("chat.completions", BODY, include_usage=True))
+    assert len(chunks) >= 4 and chunks[-1]["usage"] == BODY["usage"]
+    rebuilt = assemble("chat.completions", chunks[:-1], BODY["usage"])
+    assert rebuilt["choices"] == BODY["choices"] and rebuilt["usage"] == BODY["usage"]
+
+
+def test_streams_with_tool_calls_are_not_assembled() -> None:
+    chunk = {
+        "id": "c",
+        "choices": [
+            {"index": 0, "delta": {"tool_calls": [{"index": 0}]}, "finish_reason": "tool_calls"}
+        ],
+    }
+    assert assemble("chat.completions", [chunk], None) is None
