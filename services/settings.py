@@ -113,6 +113,10 @@ class Settings(BaseSettings):
     upstream_max_connections: int = 512
     health_interval_s: float = 5.0
     retry_on_connect_error: int = Field(default=1, ge=0)
+    prefix_affinity_load_factor: float = Field(
+        default=1.25, ge=0,
+        description="route shared prefixes to one worker up to this x mean load; 0 = off",
+    )
 
     # costs
     price_overrides: dict[str, ModelPrice] = Field(default_factory=dict)

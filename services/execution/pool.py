@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from services.background import cancel_and_wait
 from services.errors import EngineError, ModelNotFound, UpstreamUnavailable
+from services.execution.affinity import HashRing, pick_bounded
 from services.execution.client import UpstreamClient
 
 log = logging.getLogger(__name__)
@@ -52,12 +53,15 @@ class WorkerPool:
         health_interval_s: float = 5.0,
         store_sync: StoreSync | None = None,
         on_models: Callable[[frozenset[str]], object] | None = None,
+        affinity_load_factor: float | None = 1.25,
     ) -> None:
         self._client = client
         self._workers: dict[str, WorkerState] = {}
         self._health_interval_s = health_interval_s
         self._store_sync = store_sync
         self._on_models = on_models
+        self.affinity_load_factor = affinity_load_factor
+        self._rings: dict[tuple[str, ...], HashRing] = {}
         self._turn = itertools.count(1)  # 0 is "never chosen": new workers go first
         self._task: asyncio.Task[None] | None = None
 
@@ -164,24 +168,40 @@ class WorkerPool:
     def knows_model(self, model: str) -> bool:
         return any(model in w.models for w in self._workers.values())
 
-    def choose(self, model: str, *, exclude: Iterable[WorkerState] = ()) -> WorkerState:
-        """The healthy worker serving ``model`` with the fewest requests in flight."""
+    def choose(
+        self, model: str, *, exclude: Iterable[WorkerState] = (), affinity: str | None = None
+    ) -> WorkerState:
+        """The worker for the next request to ``model``.
+
+        With an ``affinity`` key (a static prefix) and prefix affinity on: the key's
+        worker on a consistent-hash ring, unless that would overload it (bounded loads).
+        Otherwise: the healthy worker with the fewest requests in flight.
+        """
         excluded = set(map(id, exclude))
-        best: WorkerState | None = None
-        for worker in self._workers.values():
-            if not worker.healthy or model not in worker.models or id(worker) in excluded:
-                continue
-            if best is None or (worker.outstanding, worker._order) < (
-                best.outstanding,
-                best._order,
-            ):
-                best = worker
-        if best is None:
+        candidates = [
+            w for w in self._workers.values()
+            if w.healthy and model in w.models and id(w) not in excluded
+        ]
+        if not candidates:
             if not self.knows_model(model):
                 raise ModelNotFound(f"The model '{model}' does not exist", param="model")
             raise UpstreamUnavailable(f"no healthy worker serves model '{model}'")
+        if affinity is not None and self.affinity_load_factor and len(candidates) > 1:
+            best = pick_bounded(self._ring(candidates), affinity, candidates,
+                                self.affinity_load_factor)
+        else:
+            best = min(candidates, key=lambda w: (w.outstanding, w._order))
         best._order = next(self._turn)
         return best
+
+    def _ring(self, candidates: list[WorkerState]) -> HashRing:
+        urls = tuple(sorted(w.url for w in candidates))
+        ring = self._rings.get(urls)
+        if ring is None:
+            if len(self._rings) > 64:
+                self._rings.clear()
+            ring = self._rings[urls] = HashRing(urls)
+        return ring
 
     @contextmanager
     def lease(self, worker: WorkerState) -> Iterator[WorkerState]:

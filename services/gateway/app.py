@@ -78,6 +78,7 @@ def build_services(settings: Settings) -> AppServices:
         client,
         health_interval_s=settings.health_interval_s,
         store_sync=store_sync(sessions),
+        affinity_load_factor=settings.prefix_affinity_load_factor or None,
         on_models=lambda models: [catalog.register_self_hosted(m) for m in models],
     )
     metrics = GatewayMetrics()

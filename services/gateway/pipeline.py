@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from services.gateway.auth import Principal
 from services.gateway.protocol import ChatCompletionRequest, CompletionRequest, Usage
@@ -62,6 +62,7 @@ class RequestContext:
     usage: Usage | None = None
     status_code: int = 200
     error_type: str | None = None
+    _request_dict: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -70,6 +71,17 @@ class RequestContext:
     @property
     def stream(self) -> bool:
         return bool(self.request.stream)
+
+    @property
+    def request_dict(self) -> dict[str, Any]:
+        """The request as the client set it (unset defaults left out), computed once;
+        stages that change the request must call ``request_changed()``."""
+        if self._request_dict is None:
+            self._request_dict = self.request.model_dump(exclude_unset=True)
+        return self._request_dict
+
+    def request_changed(self) -> None:
+        self._request_dict = None
 
 
 Next = Callable[[RequestContext], Awaitable[Reply]]

@@ -148,7 +148,7 @@ def build_event(ctx: RequestContext, *, store_prompts: bool) -> RequestEvent:
 
 
 def _prompt_of(ctx: RequestContext) -> bytes:
-    request = ctx.request
-    if isinstance(request, ChatCompletionRequest):
-        return orjson.dumps([m.model_dump(exclude_unset=True) for m in request.messages])
-    return orjson.dumps(request.prompt)
+    request = ctx.request_dict
+    if ctx.endpoint == "chat.completions":
+        return orjson.dumps(request["messages"])
+    return orjson.dumps(request["prompt"])

@@ -94,6 +94,9 @@ def build_vllm_command(
         "--port",
         str(port),
         "--enable-prefix-caching",
+        # report prefix-cache hits per request (usage.prompt_tokens_details.cached_tokens),
+        # so request_log records the cached prompt tokens of every request
+        "--enable-prompt-tokens-details",
     ]
     if gpus == 0:
         cmd += ["--dtype", dtype or "bfloat16", "--enforce-eager"]

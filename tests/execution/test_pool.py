@@ -76,3 +76,32 @@ async def test_register_discovers_models_of_a_real_worker(pool, vllm_worker) -> 
     assert seen == [frozenset({"tiny-llama"})]
     assert pool.models() == ["tiny-llama"]
     assert pool.deregister(vllm_worker.base_url) and pool.models() == []
+
+
+async def test_prefix_affinity_is_sticky_and_spread(pool) -> None:
+    for name in "abcd":
+        add(pool, f"http://{name}")
+    first = {key: pool.choose("m", affinity=key).url for key in map(str, range(200))}
+    again = {key: pool.choose("m", affinity=key).url for key in map(str, range(200))}
+    assert first == again  # the same prefix always goes to the same idle worker
+    assert len(set(first.values())) == 4  # and prefixes spread over all workers
+
+
+async def test_a_hot_prefix_cannot_overload_its_worker(pool) -> None:
+    workers = [add(pool, f"http://{name}") for name in "abcd"]
+    leases = []
+    for _ in range(40):  # one hot prefix, 40 requests in flight at once
+        worker = pool.choose("m", affinity="hot system prompt")
+        worker.outstanding += 1
+        leases.append(worker)
+    loads = sorted(w.outstanding for w in workers)
+    mean = 40 / 4
+    assert loads[-1] <= 1.25 * mean + 1  # bounded load
+    assert loads[-1] > mean  # but the prefix's own worker took more than its share
+
+
+async def test_affinity_off_falls_back_to_least_outstanding(pool) -> None:
+    pool.affinity_load_factor = None
+    add(pool, "http://a", outstanding=2)
+    b = add(pool, "http://b")
+    assert pool.choose("m", affinity="anything") is b

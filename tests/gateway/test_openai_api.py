@@ -131,3 +131,18 @@ def test_readyz_reports_workers_and_store(vllm_gateway: RunningGateway) -> None:
     assert response.status_code == 200
     body = response.json()
     assert body["store"] == "ok" and body["workers"][0]["healthy"] is True
+
+
+def test_cached_prompt_tokens_from_vllm_prefix_cache_are_recorded(vllm_gateway) -> None:
+    system = {"role": "system", "content": "You answer questions about our product. " * 30}
+    client = client_for(vllm_gateway)
+    for question in ("first question", "second question"):
+        client.chat.completions.create(
+            model=MODEL,
+            messages=[system, {"role": "user", "content": question}],
+            max_tokens=2,
+            temperature=0.5,  # sampled: not answered from the response cache
+        )
+    first, second = rows(vllm_gateway)
+    assert second.cached_tokens >= 0.5 * second.prompt_tokens  # the shared system prompt
+    assert (first.cached_tokens or 0) < second.cached_tokens

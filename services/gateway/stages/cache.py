@@ -77,7 +77,7 @@ class CacheStage:
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> Reply:
         directives = CacheDirectives.parse(ctx.request_headers.get("cache-control"))
-        request = ctx.request.model_dump(exclude_unset=True)
+        request = ctx.request_dict
         sampled_ok = ctx.request_headers.get("x-cache-sampled", "").lower() == "allow"
         if not (is_deterministic(request) or sampled_ok) or not (directives.read or
                                                                   directives.write):
@@ -98,6 +98,14 @@ class CacheStage:
                 if entry is not None:
                     return self._answer(ctx, "L1", entry)
                 return await call_next(ctx)  # the leader failed: go upstream ourselves
+            # A leader that finished while our lookup was waiting on a shared tier has
+            # already left its answer in L1: take it rather than call upstream again.
+            settled = await self._cache.tiers[0].get(key) if directives.read else None
+            if settled is not None and (
+                directives.max_age_s is None or settled.age_s <= directives.max_age_s
+            ):
+                flight.finish(settled)
+                return self._answer(ctx, self._cache.tiers[0].name, settled)
             reply = await call_next(ctx)
             if reply.chunks is None:
                 entry = self._entry_from_body(ctx, reply)

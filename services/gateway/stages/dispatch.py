@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from services.caching.prefix import static_prefix_key
 from services.errors import EngineError, UpstreamError, UpstreamUnavailable
 from services.execution import UpstreamClient, WorkerPool, WorkerState
 from services.gateway.pipeline import Next, Reply, RequestContext
@@ -27,7 +28,7 @@ _RESPONSES = {"chat.completions": ChatCompletionResponse, "completions": Complet
 
 
 def upstream_payload(ctx: RequestContext) -> bytes:
-    body: dict[str, Any] = ctx.request.model_dump(exclude_unset=True)
+    body = dict(ctx.request_dict)
     body["model"] = ctx.model
     if ctx.stream:
         options = body.get("stream_options") or {}
@@ -53,8 +54,9 @@ class DispatchStage:
     def _candidates(self, ctx: RequestContext) -> Iterator[tuple[bool, WorkerState]]:
         """Workers to try in turn: (is this the last try, worker)."""
         tried: list[WorkerState] = []
+        affinity = static_prefix_key(ctx.endpoint, ctx.model, ctx.request_dict)
         for attempt in range(self._retries + 1):
-            worker = self._pool.choose(ctx.model, exclude=tried)
+            worker = self._pool.choose(ctx.model, exclude=tried, affinity=affinity)
             tried.append(worker)
             yield attempt == self._retries, worker
 
