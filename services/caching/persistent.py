@@ -1,21 +1,26 @@
 """L3: compressed responses in the store's ``cache_entries`` table.
 
-Shared by every replica and long-lived (24 h by default). Lookups and writes run in a
-worker thread; a write that fails (store away) is dropped, never surfaced: L3 is an
-optimisation, and the request has already been answered. The byte budget is enforced by
-evicting the least recently hit entries once the running total passes it.
+Shared by every replica and long-lived (24 h by default). A Bloom filter of the digests
+present answers most misses from memory; it is loaded at start and topped up from the
+table every few seconds, so entries written by other replicas are found too. Lookups
+and writes run in a worker thread; a write that fails (store away) is dropped, never
+surfaced: L3 is an optimisation, and the request has already been answered. The byte
+budget is enforced by evicting the least recently hit entries once the running total
+passes it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from models import CacheEntry
+from services.caching.bloom import DigestBloom
 from services.caching.entry import CachedResponse
 from services.caching.keys import CacheKey
 
@@ -26,7 +31,14 @@ class PersistentCache:
     name = "L3"
 
     def __init__(
-        self, engine: Engine, *, ttl_s: float, max_bytes: int, max_entry_bytes: int
+        self,
+        engine: Engine,
+        *,
+        ttl_s: float,
+        max_bytes: int,
+        max_entry_bytes: int,
+        filter_capacity: int = 1_000_000,
+        filter_refresh_s: float = 5.0,
     ) -> None:
         self._engine = engine
         self.ttl_s = ttl_s
@@ -34,8 +46,17 @@ class PersistentCache:
         self.max_entry_bytes = max_entry_bytes
         self._approx_bytes: int | None = None
         self.evictions = 0
+        self._filter_capacity = filter_capacity
+        self._filter_refresh_s = filter_refresh_s
+        self._filter: DigestBloom | None = None
+        self._filter_seen_until: datetime | None = None
+        self._filter_checked_at = 0.0
+        self.filtered_misses = 0
 
     async def get(self, key: CacheKey) -> CachedResponse | None:
+        if not await self._maybe_present(key.digest):
+            self.filtered_misses += 1
+            return None
         try:
             return await asyncio.to_thread(self._get, key)
         except SQLAlchemyError as exc:
@@ -59,6 +80,39 @@ class PersistentCache:
             await asyncio.to_thread(self._delete, key)
         except SQLAlchemyError as exc:
             log.debug("L3 delete failed: %s", exc)
+
+    async def _maybe_present(self, digest: str) -> bool:
+        now = time.monotonic()
+        if self._filter is None or now - self._filter_checked_at >= self._filter_refresh_s:
+            self._filter_checked_at = now
+            try:
+                await asyncio.to_thread(self._refresh_filter)
+            except SQLAlchemyError as exc:
+                log.debug("L3 filter refresh failed: %s", exc)
+        return self._filter is None or digest in self._filter
+
+    def _refresh_filter(self) -> None:
+        """Load every live digest (first call, or when the filter is full), else only
+        the ones written since the last refresh, by any replica."""
+        rebuild = self._filter is None or self._filter.count > self._filter_capacity
+        since = None if rebuild else self._filter_seen_until
+        query = select(CacheEntry.digest, CacheEntry.created_at)
+        if since is not None:  # with a margin for clock skew between replicas
+            query = query.where(CacheEntry.created_at >= since - timedelta(seconds=60))
+        with self._engine.connect() as conn:
+            rows = conn.execute(query).all()
+        target = (
+            DigestBloom(max(self._filter_capacity, 2 * len(rows))) if rebuild else self._filter
+        )
+        assert target is not None
+        newest = since
+        for digest, created_at in rows:
+            target.add(digest)
+            created_at = _aware(created_at)
+            if newest is None or created_at > newest:
+                newest = created_at
+        self._filter = target
+        self._filter_seen_until = newest
 
     # --- blocking parts, run in a thread ----------------------------------------------
 
@@ -100,6 +154,8 @@ class PersistentCache:
             conn.execute(
                 statement.on_conflict_do_update(index_elements=["digest"], set_=values)
             )
+        if self._filter is not None:
+            self._filter.add(key.digest)
         if self._approx_bytes is None:
             self._approx_bytes = self.total_bytes()
         else:

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine, func, select
 
 from models import RequestLog
+from services.caching import HIT_LAYERS
 
 
 @dataclass
@@ -26,6 +27,8 @@ class RunSummary:
     output_tokens_per_s: float | None
     cost_usd: float
     baseline_cost_usd: float
+    cache_hits: int = 0
+    saved_by_cache_usd: float = 0.0
 
     def rows(self) -> list[tuple[str, str]]:
         def ms(value: float | None) -> str:
@@ -43,6 +46,7 @@ class RunSummary:
                 "n/a" if self.output_tokens_per_s is None
                 else f"{self.output_tokens_per_s:,.1f} tokens/s",
             ),
+            ("answered from cache", f"{self.cache_hits} (saved ${self.saved_by_cache_usd:,.6f})"),
             ("cost (self-hosted)", f"${self.cost_usd:,.6f}"),
             ("baseline cost (hosted, no optimisation)", f"${self.baseline_cost_usd:,.6f}"),
         ]
@@ -71,6 +75,7 @@ def summarize(engine: Engine, since: datetime) -> RunSummary:
     latency = [r.latency_ms for r in ok if r.latency_ms is not None]
     overhead = [r.gateway_overhead_ms for r in ok if r.gateway_overhead_ms is not None]
     completion = sum(r.completion_tokens or 0 for r in ok)
+    hits = [r for r in ok if r.cache_layer in HIT_LAYERS]
     throughput = None
     if ok:
         first = min(_epoch(r.created_at) for r in ok)
@@ -90,6 +95,8 @@ def summarize(engine: Engine, since: datetime) -> RunSummary:
         output_tokens_per_s=throughput,
         cost_usd=sum(r.cost_usd or 0 for r in ok),
         baseline_cost_usd=sum(r.baseline_cost_usd or 0 for r in ok),
+        cache_hits=len(hits),
+        saved_by_cache_usd=sum(r.baseline_cost_usd or 0 for r in hits),
     )
 
 

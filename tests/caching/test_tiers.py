@@ -154,3 +154,33 @@ def test_streams_with_tool_calls_are_not_assembled() -> None:
         ],
     }
     assert assemble("chat.completions", [chunk], None) is None
+
+
+def test_bloom_filter_has_no_false_negatives_and_few_false_positives() -> None:
+    import hashlib
+
+    from services.caching.bloom import DigestBloom
+
+    bloom = DigestBloom(10_000, false_positive_rate=0.01)
+    added = [hashlib.sha256(f"in-{i}".encode()).hexdigest() for i in range(10_000)]
+    for digest in added:
+        bloom.add(digest)
+    assert all(d in bloom for d in added)
+    absent = [hashlib.sha256(f"out-{i}".encode()).hexdigest() for i in range(10_000)]
+    assert sum(d in bloom for d in absent) / len(absent) < 0.02
+
+
+async def test_l3_misses_skip_the_store_but_other_replicas_writes_are_found(store_engine):
+    def replica() -> PersistentCache:
+        return PersistentCache(
+            store_engine, ttl_s=60, max_bytes=1 << 30, max_entry_bytes=1 << 20, filter_refresh_s=0.2
+        )
+
+    reader, writer = replica(), replica()
+    key = cache_key("t", "chat.completions", {"from": "the other replica"})
+    assert await reader.get(key) is None and reader.filtered_misses == 1
+    await writer.set(key, entry())
+    await asyncio.sleep(0.3)  # the reader's filter refreshes from the table
+    assert (await reader.get(key)) is not None
+    other = cache_key("t", "chat.completions", {"never": "stored"})
+    assert await reader.get(other) is None and reader.filtered_misses == 2

@@ -1,0 +1,40 @@
+"""A Bloom filter over cache digests, so an L3 miss costs no database round trip.
+
+Most lookups that reach L3 are misses; asking the store each time would put a database
+round trip on the hot path of every new request. The filter answers "certainly not
+there" from memory; only a "maybe" goes to the store. Cache digests are already uniform
+SHA-256 hex, so the k bit positions are slices of the digest itself, no extra hashing.
+A false positive costs one store lookup; there are no false negatives for digests added.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+class DigestBloom:
+    def __init__(self, capacity: int, *, false_positive_rate: float = 0.01) -> None:
+        capacity = max(capacity, 1024)
+        bits = math.ceil(-capacity * math.log(false_positive_rate) / math.log(2) ** 2)
+        self.hashes = max(1, min(7, round(bits / capacity * math.log(2))))
+        self.size = bits
+        self._bits = np.zeros((bits + 7) // 8, dtype=np.uint8)
+        self.count = 0
+
+    def _positions(self, digest: str) -> list[int]:
+        # 7 disjoint 8-hex-digit (32-bit) slices of the 64-digit digest
+        return [int(digest[8 * i : 8 * i + 8], 16) % self.size for i in range(self.hashes)]
+
+    def add(self, digest: str) -> None:
+        for pos in self._positions(digest):
+            self._bits[pos >> 3] |= 1 << (pos & 7)
+        self.count += 1
+
+    def __contains__(self, digest: str) -> bool:
+        return all(self._bits[pos >> 3] & (1 << (pos & 7)) for pos in self._positions(digest))
+
+    @property
+    def nbytes(self) -> int:
+        return int(self._bits.nbytes)
