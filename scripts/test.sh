@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, against real components. PostgreSQL: the machine's server on
 # 127.0.0.1:5432 when one runs, else the tests start a throwaway cluster (they need the
-# server binaries, installed here when missing). vLLM: one CPU worker on a tiny
-# locally built model, started once by the test session.
+# server binaries, installed here when missing). Redis: throwaway redis-server processes.
+# vLLM: one CPU worker on a tiny locally built model, started once by the test session.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +14,17 @@ if ! have_postgres_server && ! have_postgres_binaries; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
     else
         echo "[test] no PostgreSQL on 127.0.0.1:5432 and no server binaries: install postgresql" >&2
+        exit 1
+    fi
+fi
+
+# Redis: the cache tests start throwaway redis-server processes (and kill them mid-traffic).
+if ! command -v redis-server >/dev/null; then
+    if [[ $(id -u) -eq 0 ]]; then
+        echo "[test] installing redis-server for the cache tests"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+    else
+        echo "[test] redis-server is not installed: install it (apt-get install redis-server)" >&2
         exit 1
     fi
 fi
