@@ -6,7 +6,15 @@ the dashboard, and each of them brings its own settings.
 
 from models.base import Base
 from models.db import create_store_engine, session_factory
-from models.tables import Alert, ApiKey, CacheEntry, CacheReport, RequestLog, Worker
+from models.tables import (
+    Alert,
+    ApiKey,
+    CacheEntry,
+    CacheReport,
+    RequestLog,
+    SemanticEntry,
+    Worker,
+)
 
 __all__ = [
     "Alert",
@@ -15,6 +23,7 @@ __all__ = [
     "CacheReport",
     "Base",
     "RequestLog",
+    "SemanticEntry",
     "Worker",
     "create_store_engine",
     "session_factory",

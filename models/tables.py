@@ -157,3 +157,26 @@ class CacheReport(Base):
     ttl_recommendations: Mapped[dict] = mapped_column(JSON, default=dict)
 
     __table_args__ = (Index("ix_cache_reports_created_at", "created_at"),)
+
+
+class SemanticEntry(Base):
+    """The semantic cache's index, persisted: every replica rebuilds its in-memory index
+    from these rows on start and follows new ones, so all replicas answer alike. Holds
+    the last user message of opted-in tenants' cached requests (the text the verifier
+    compares) and its embedding (re-embedding 100k texts on start would take too long)."""
+
+    __tablename__ = "semantic_entries"
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True, doc="exact cache key")
+    namespace: Mapped[str] = mapped_column(String(256))
+    context_hash: Mapped[str] = mapped_column(String(64))
+    text: Mapped[str] = mapped_column(Text)
+    embedding: Mapped[bytes] = mapped_column(LargeBinary, doc="float32 little-endian vector")
+    embedding_model: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        Index("ix_semantic_entries_created_at", "created_at"),
+        Index("ix_semantic_entries_expires_at", "expires_at"),
+    )

@@ -139,6 +139,16 @@ class Settings(BaseSettings):
     cache_shared_namespaces: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="X-Cache-Namespace values shared across tenants"
     )
+    cache_semantic_enabled: bool = Field(
+        default=True, description="load the semantic cache (used per tenant or request)"
+    )
+    cache_semantic_tenants: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="tenants opted in to semantic hits ('*' = all)"
+    )
+    cache_semantic_min_probability: float | None = Field(
+        default=None, ge=0, le=1,
+        description="verifier acceptance threshold; None = the one calibrated for precision",
+    )
 
     # telemetry
     telemetry_queue_size: int = Field(default=10_000, gt=0)
@@ -152,7 +162,9 @@ class Settings(BaseSettings):
     vllm_startup_timeout_s: float = 300.0
     vllm_cpu_kvcache_gib: int = 2
 
-    @field_validator("api_keys", "workers", "cache_shared_namespaces", mode="before")
+    @field_validator(
+        "api_keys", "workers", "cache_shared_namespaces", "cache_semantic_tenants", mode="before"
+    )
     @classmethod
     def _csv(cls, value: Any) -> Any:
         return _split_csv(value)

@@ -2,7 +2,7 @@
 
 from services.caching.cache import CacheMetrics, CacheTier, Hit, ResponseCache
 from services.caching.entry import CachedResponse
-from services.caching.keys import CacheKey, cache_key, is_deterministic
+from services.caching.keys import CacheKey, cache_key, is_deterministic, semantic_scope
 from services.caching.memory import MemoryCache
 from services.caching.persistent import PersistentCache
 from services.caching.redis_tier import CircuitBreaker, RedisCache
@@ -26,5 +26,6 @@ __all__ = [
     "cache_key",
     "fresh_body",
     "is_deterministic",
+    "semantic_scope",
     "stream_chunks",
 ]

@@ -45,3 +45,32 @@ def is_deterministic(request: dict[str, Any]) -> bool:
     """True when the request asks for the one most likely answer (greedy decoding)."""
     temperature = request.get("temperature")
     return temperature is not None and float(temperature) == 0.0
+
+
+def semantic_scope(
+    namespace: str, endpoint: str, request: dict[str, Any]
+) -> tuple[tuple[str, str], str] | None:
+    """``((namespace, context hash), last user text)`` for a request the semantic cache
+    may answer, else None.
+
+    The context hash covers the whole request but the text of the last user message, so
+    only questions asked with the same model, parameters, system prompt, tools and earlier
+    turns are ever compared. Only chat requests whose last turn is plain user text qualify.
+    """
+    if endpoint != "chat.completions":
+        return None
+    messages = request.get("messages") or []
+    if not messages:
+        return None
+    last = messages[-1]
+    if last.get("role") != "user" or not isinstance(last.get("content"), str):
+        return None
+    text = last["content"].strip()
+    if not text:
+        return None
+    context = {k: v for k, v in request.items() if k not in DELIVERY_FIELDS}
+    context["messages"] = [*messages[:-1], {**last, "content": None}]
+    digest = hashlib.sha256(
+        orjson.dumps({"endpoint": endpoint, "context": context}, option=orjson.OPT_SORT_KEYS)
+    ).hexdigest()
+    return (namespace, digest), text

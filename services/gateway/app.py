@@ -19,6 +19,8 @@ from services.caching import (
     RedisCache,
     ResponseCache,
 )
+from services.caching.semantic import SemanticCache
+from services.caching.semantic_store import SemanticStore, SemanticSync
 from services.costs import PriceCatalog, ThroughputMeter
 from services.execution import UpstreamClient, WorkerPool, store_sync
 from services.gateway.auth import KeyRing
@@ -93,10 +95,23 @@ def build_services(settings: Settings) -> AppServices:
     )
     keyring = KeyRing(settings.api_keys, required=settings.auth_required, sessions=sessions)
     cache = build_cache(settings, engine, metrics) if settings.cache_enabled else None
+    semantic_sync = None
     stages: list[Stage] = []
     if cache is not None:
+        semantic = semantic_store = None
+        if settings.cache_semantic_enabled:
+            semantic = SemanticCache(min_probability=settings.cache_semantic_min_probability)
+            semantic_store = SemanticStore(engine)
+            semantic_sync = SemanticSync(semantic, semantic_store)
         stages.append(
-            CacheStage(cache, shared_namespaces=frozenset(settings.cache_shared_namespaces))
+            CacheStage(
+                cache,
+                shared_namespaces=frozenset(settings.cache_shared_namespaces),
+                semantic=semantic,
+                semantic_store=semantic_store,
+                semantic_tenants=frozenset(settings.cache_semantic_tenants),
+                semantic_ttl_s=settings.cache_l3_ttl_s,
+            )
         )
     stages.append(DispatchStage(pool, client, retries=settings.retry_on_connect_error))
     pipeline = Pipeline(stages)
@@ -112,6 +127,7 @@ def build_services(settings: Settings) -> AppServices:
         telemetry=telemetry,
         serving=serving,
         cache=cache,
+        semantic_sync=semantic_sync,
     )
 
 
@@ -130,11 +146,15 @@ def create_app(settings: Settings) -> FastAPI:
         await services.telemetry.start()
         await services.keyring.start()
         await services.pool.start(settings.workers)
+        if services.semantic_sync is not None:
+            await services.semantic_sync.start()
         log.info("gateway ready; stages: %s", " -> ".join(services.serving.stage_names))
         try:
             yield
         finally:
             await services.pool.stop()
+            if services.semantic_sync is not None:
+                await services.semantic_sync.stop()
             await services.keyring.stop()
             if services.cache is not None:
                 await services.cache.aclose()

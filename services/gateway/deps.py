@@ -10,6 +10,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.caching import ResponseCache
+from services.caching.semantic_store import SemanticSync
 from services.execution import UpstreamClient, WorkerPool
 from services.gateway.auth import KeyRing, Principal
 from services.gateway.serving import OpenAIServing
@@ -29,6 +30,7 @@ class AppServices:
     telemetry: TelemetryWriter
     serving: OpenAIServing
     cache: ResponseCache | None = None
+    semantic_sync: SemanticSync | None = None
 
 
 # Dependencies are async on purpose: FastAPI runs a plain ``def`` dependency in a thread

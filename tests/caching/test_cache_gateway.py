@@ -203,3 +203,62 @@ def test_redis_killed_mid_traffic_fails_no_request(vllm_worker, make_settings, s
     assert statuses == [200] * 30
     breaker = gateway.services.cache.tiers[1].breaker
     assert not breaker.allows or breaker.failures > 0
+
+
+def ask(gateway, text, key=None, system=None, **headers):
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": text}
+    ]
+    if key:
+        headers["authorization"] = f"Bearer {key}"
+    response = post(gateway, {**CHAT, "messages": messages}, **headers)
+    gateway.run(gateway.services.serving._pipeline.stages[0].drain())  # indexing is async
+    return response.headers["x-cache"]
+
+
+def test_semantic_hits_stay_inside_tenant_and_context(
+    vllm_worker, make_settings, start_gateway
+) -> None:
+    gateway = start_gateway(
+        make_settings(
+            workers=[vllm_worker.base_url],
+            api_keys=["key-a:tenant-a", "key-b:tenant-b"],
+            cache_semantic_tenants=["tenant-a", "tenant-b"],
+        )
+    )
+    assert ask(gateway, "How do I reset my password?", "key-a") == "MISS"
+    assert ask(gateway, "how do I reset my password", "key-a") == "HIT-SEMANTIC"
+    assert ask(gateway, "how do I reset my password", "key-b") == "MISS"  # other tenant
+    assert (
+        ask(gateway, "how do I reset my password", "key-a", system="You are a pirate.") == "MISS"
+    )  # other context
+    assert (
+        ask(gateway, "How do I reset my password?", "key-a", **{"x-cache-semantic": "off"})
+        == "HIT-L1"
+    )  # exact hits are unaffected
+    assert ask(gateway, "Why can't I reset my password?", "key-a") == "MISS"
+
+
+def test_semantic_refuses_a_different_number(vllm_worker, make_settings, start_gateway):
+    gateway = start_gateway(
+        make_settings(workers=[vllm_worker.base_url], cache_semantic_tenants=["*"])
+    )
+    assert ask(gateway, "How do I convert 15 miles to kilometres?") == "MISS"
+    assert ask(gateway, "How do I convert 25 miles to kilometres?") == "MISS"
+
+
+def test_semantic_is_opt_in(vllm_gateway) -> None:
+    on = {"x-cache-semantic": "on"}
+    assert ask(vllm_gateway, "How do I reset my password?") == "MISS"
+    assert ask(vllm_gateway, "how do I reset my password") == "MISS"  # tenant not opted in
+    # only opted-in requests are indexed: an opted-in question is matched later
+    assert ask(vllm_gateway, "How can I contact customer support?", **on) == "MISS"
+    assert ask(vllm_gateway, "how can I contact customer support", **on) == "HIT-SEMANTIC"
+
+
+def test_semantic_index_is_shared_by_replicas(vllm_worker, make_settings, start_gateway):
+    settings = make_settings(workers=[vllm_worker.base_url], cache_semantic_tenants=["*"])
+    first = start_gateway(settings)
+    assert ask(first, "How do I reset my password?") == "MISS"
+    second = start_gateway(settings)  # rebuilds its index from the store on start
+    assert ask(second, "how do I reset my password") == "HIT-SEMANTIC"

@@ -13,13 +13,18 @@ def test_requests_sharing_a_system_prompt_share_a_prefix() -> None:
     a = static_prefix_key("chat.completions", "m", chat(SYSTEM, {"role": "user", "content": "a"}))
     b = static_prefix_key("chat.completions", "m", chat(SYSTEM, {"role": "user", "content": "b"}))
     assert a is not None and a == b
-    assert static_prefix_key("chat.completions", "other-model",
-                             chat(SYSTEM, {"role": "user", "content": "a"})) != a
+    assert (
+        static_prefix_key(
+            "chat.completions", "other-model", chat(SYSTEM, {"role": "user", "content": "a"})
+        )
+        != a
+    )
 
 
 def test_a_lone_user_turn_has_no_prefix() -> None:
-    assert static_prefix_key("chat.completions", "m",
-                             chat({"role": "user", "content": "hi"})) is None
+    assert (
+        static_prefix_key("chat.completions", "m", chat({"role": "user", "content": "hi"})) is None
+    )
     tools = chat({"role": "user", "content": "hi"}, tools=[{"type": "function"}])
     assert static_prefix_key("chat.completions", "m", tools) is not None
 

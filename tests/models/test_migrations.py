@@ -10,7 +10,10 @@ from sqlalchemy import inspect
 from migrations import alembic_config, downgrade_to, upgrade_to_head
 from models import create_store_engine
 
-TABLES = {"request_log", "workers", "api_keys", "cache_entries", "alerts", "cache_reports"}
+TABLES = {
+    "request_log", "workers", "api_keys", "cache_entries", "alerts", "cache_reports",
+    "semantic_entries",
+}
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

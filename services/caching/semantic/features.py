@@ -200,7 +200,9 @@ def pair_features(query: str, candidate: str, cosine: float) -> list[float]:
     containment = (len(shorter.content_set & longer.content_set) / len(shorter.content_set)
                    if shorter.content_set else 1.0)
     return [
-        float(cosine),
+        # 4 decimals: float noise between a BLAS scan and a single dot product (1e-7)
+        # must not move a pair across a tree threshold
+        round(float(cosine), 4),
         float(numbers_unmatched > 0),
         float(min(numbers_unmatched, 4)),
         float(a.negated != b.negated),

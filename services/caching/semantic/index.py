@@ -58,6 +58,7 @@ class _Shard:
         self.basis: np.ndarray | None = None  # (dimension, reduced) PCA basis, once large
         self.reduced: np.ndarray | None = None
         self.fitted_at = 0
+        self.fitting = False  # a projection is being fitted outside the lock
 
     def add(self, digest: str, text: str, vector: np.ndarray) -> None:
         row = self.rows.get(digest)
@@ -99,20 +100,15 @@ class _Shard:
             reduced[: self.count] = self.reduced[: self.count]
             self.reduced = reduced
 
-    def fit_projection(self, dims: int, sample: int) -> None:
-        """PCA of (a sample of) the scope's own vectors: the directions its entries vary in.
+    def sample(self, size: int) -> np.ndarray:
+        step = max(1, self.count // size)
+        return self.vectors[: self.count : step].copy()
 
-        Uncentred on purpose: the scan ranks by dot product with the query, and the mean
-        direction carries a large part of every dot product between sentence embeddings.
-        """
-        n = self.count
-        step = max(1, n // sample)
-        data = self.vectors[:n:step].astype(np.float64)
-        _, eigvecs = np.linalg.eigh(data.T @ data)
-        self.basis = np.ascontiguousarray(eigvecs[:, ::-1][:, :dims].astype(np.float32))
-        self.reduced = np.empty((len(self.vectors), dims), dtype=np.float32)
-        self.reduced[:n] = self.vectors[:n] @ self.basis
-        self.fitted_at = n
+    def set_projection(self, basis: np.ndarray, fitted_at: int) -> None:
+        self.basis = basis
+        self.reduced = np.empty((len(self.vectors), basis.shape[1]), dtype=np.float32)
+        self.reduced[: self.count] = self.vectors[: self.count] @ basis
+        self.fitted_at = fitted_at
 
     def drop_projection(self) -> None:
         self.basis = self.reduced = None
@@ -159,8 +155,26 @@ class VectorIndex:
                 shard = self._shards[scope] = _Shard(self.dimension)
             shard.add(digest, text, vector)
             self._scope_of[digest] = scope
-            if shard.count > self.exact_limit and shard.count >= 2 * shard.fitted_at:
-                shard.fit_projection(self.reduced_dims, self.fit_sample)
+            refit = (shard.count > self.exact_limit and shard.count >= 2 * shard.fitted_at
+                     and not shard.fitting)
+            sample = shard.sample(self.fit_sample) if refit else None
+            shard.fitting = shard.fitting or refit
+        if sample is not None:
+            self._refit(scope, sample)
+
+    def _refit(self, scope: Scope, sample: np.ndarray) -> None:
+        """Fit the scope's projection outside the lock (an eigendecomposition: tens of ms),
+        then install it under the lock (one projection of the rows)."""
+        basis: np.ndarray | None = None
+        try:
+            basis = pca_basis(sample, self.reduced_dims)
+        finally:
+            with self._lock:
+                shard = self._shards.get(scope)
+                if shard is not None:
+                    shard.fitting = False
+                    if basis is not None and shard.count > self.exact_limit:
+                        shard.set_projection(basis, shard.count)
 
     def remove(self, digest: str) -> bool:
         with self._lock:
@@ -239,6 +253,17 @@ class VectorIndex:
         if vector.shape[0] != self.dimension:
             raise ValueError(f"expected a {self.dimension}-dim vector, got {vector.shape[0]}")
         return vector
+
+
+def pca_basis(sample: np.ndarray, dims: int) -> np.ndarray:
+    """The ``dims`` leading directions of ``sample`` (rows are unit vectors).
+
+    Uncentred on purpose: the scan ranks by dot product with the query, and the mean
+    direction carries a large part of every dot product between sentence embeddings.
+    """
+    data = sample.astype(np.float64)
+    _, eigvecs = np.linalg.eigh(data.T @ data)
+    return np.ascontiguousarray(eigvecs[:, ::-1][:, :dims].astype(np.float32))
 
 
 def _top(scores: np.ndarray, k: int) -> np.ndarray:

@@ -3,13 +3,22 @@
 Per request, the client controls it with ``Cache-Control`` (``no-cache``: do not read,
 ``no-store``: do not write, ``max-age=N``: accept entries at most N seconds old),
 ``X-Cache-Namespace`` (a sub-namespace inside the tenant's; a namespace shared across
-tenants only when configured) and ``X-Cache-Sampled: allow`` (cache a sampled request,
-temperature > 0, whose answer would otherwise be meant to vary). Responses carry
-``X-Cache`` (HIT-L1, HIT-L2, HIT-L3 or MISS; BYPASS when not cacheable) and ``X-Cache-Age``.
+tenants only when configured), ``X-Cache-Sampled: allow`` (cache a sampled request,
+temperature > 0, whose answer would otherwise be meant to vary) and ``X-Cache-Semantic:
+on|off`` (semantic matching for this request; tenants can be opted in by config).
+Responses carry ``X-Cache`` (HIT-L1, HIT-L2, HIT-L3, HIT-SEMANTIC or MISS; BYPASS when
+not cacheable) and ``X-Cache-Age``.
+
+A semantic hit is as safe as an exact one: it is looked up only after every exact tier
+missed, only among entries of the same namespace and the same context (model,
+parameters, system prompt, tools, earlier turns: everything but the last user message),
+and served only when the verifier accepts it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -18,16 +27,23 @@ import orjson
 
 from services.caching import (
     CachedResponse,
+    CacheKey,
+    Hit,
     ResponseCache,
     assemble,
     cache_key,
     fresh_body,
     is_deterministic,
+    semantic_scope,
     stream_chunks,
 )
+from services.caching.semantic import SemanticCache
+from services.caching.semantic_store import SemanticStore
 from services.errors import InvalidRequest
 from services.gateway.pipeline import Next, Reply, RequestContext
 from services.gateway.protocol import Usage
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,10 +79,31 @@ class CacheDirectives:
 class CacheStage:
     name = "cache"
 
-    def __init__(self, cache: ResponseCache, *, shared_namespaces: frozenset[str] = frozenset()
-                 ) -> None:
+    def __init__(
+        self,
+        cache: ResponseCache,
+        *,
+        shared_namespaces: frozenset[str] = frozenset(),
+        semantic: SemanticCache | None = None,
+        semantic_store: SemanticStore | None = None,
+        semantic_tenants: frozenset[str] = frozenset(),
+        semantic_ttl_s: float | None = None,
+    ) -> None:
         self._cache = cache
         self._shared = shared_namespaces
+        self._semantic = semantic
+        self._semantic_store = semantic_store
+        self._semantic_tenants = semantic_tenants
+        self._semantic_ttl_s = semantic_ttl_s
+        self._background: set[asyncio.Task[None]] = set()
+
+    def wants_semantic(self, ctx: RequestContext) -> bool:
+        if self._semantic is None:
+            return False
+        header = ctx.request_headers.get("x-cache-semantic", "").lower()
+        if header in ("on", "off"):
+            return header == "on"
+        return ctx.principal.tenant in self._semantic_tenants or "*" in self._semantic_tenants
 
     def namespace(self, ctx: RequestContext) -> str:
         requested = ctx.request_headers.get("x-cache-namespace")
@@ -83,9 +120,14 @@ class CacheStage:
                                                                   directives.write):
             ctx.response_headers["x-cache"] = "BYPASS"
             return await call_next(ctx)
-        key = cache_key(self.namespace(ctx), ctx.endpoint, request)
+        namespace = self.namespace(ctx)
+        key = cache_key(namespace, ctx.endpoint, request)
+        scoped = semantic_scope(namespace, ctx.endpoint, request) if self.wants_semantic(
+            ctx) else None
         if directives.read:
             hit = await self._cache.lookup(key, max_age_s=directives.max_age_s)
+            if hit is None and scoped is not None:
+                hit = await self._semantic_lookup(namespace, scoped, directives)
             if hit is not None:
                 return self._answer(ctx, hit.layer, hit.entry)
         ctx.cache_layer = "MISS"
@@ -110,10 +152,10 @@ class CacheStage:
             if reply.chunks is None:
                 entry = self._entry_from_body(ctx, reply)
                 if entry is not None:
-                    await self._cache.store(key, entry)
+                    await self._store(key, entry, scoped)
                 flight.finish(entry)
                 return reply
-            reply.chunks = self._recording(ctx, reply.chunks, key, flight)
+            reply.chunks = self._recording(ctx, reply.chunks, key, flight, scoped)
             return reply
 
     def _answer(self, ctx: RequestContext, layer: str, entry: CachedResponse) -> Reply:
@@ -136,8 +178,48 @@ class CacheStage:
             return None
         return CachedResponse(endpoint=ctx.endpoint, body=orjson.loads(reply.body))
 
+    async def _semantic_lookup(
+        self, namespace: str, scoped: tuple[tuple[str, str], str], directives: CacheDirectives
+    ) -> Hit | None:
+        assert self._semantic is not None
+        scope, text = scoped
+        match = await asyncio.to_thread(self._semantic.lookup, scope, text)
+        if match is None:
+            return None
+        hit = await self._cache.lookup(CacheKey(namespace, match.digest),
+                                       max_age_s=directives.max_age_s)
+        if hit is None:  # the exact entry is gone: forget it here too
+            self._semantic.remove(match.digest)
+            return None
+        return Hit("SEMANTIC", hit.entry)
+
+    async def _store(self, key: CacheKey, entry: CachedResponse,
+                     scoped: tuple[tuple[str, str], str] | None) -> None:
+        await self._cache.store(key, entry)
+        if scoped is not None and self._semantic is not None:
+            task = asyncio.create_task(self._index(key.digest, scoped))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _index(self, digest: str, scoped: tuple[tuple[str, str], str]) -> None:
+        """Embed and index a newly cached question, off the request's path."""
+        assert self._semantic is not None
+        scope, text = scoped
+        try:
+            row = await asyncio.to_thread(self._semantic.add, scope, digest, text,
+                                          ttl_s=self._semantic_ttl_s)
+            if self._semantic_store is not None:
+                await asyncio.to_thread(self._semantic_store.save, row)
+        except Exception:  # indexing is best effort: the exact entry is already stored
+            log.warning("semantic indexing failed", exc_info=True)
+
+    async def drain(self) -> None:
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+
     async def _recording(self, ctx: RequestContext, chunks: AsyncIterator[bytes], key: Any,
-                         flight: Any) -> AsyncIterator[bytes]:
+                         flight: Any, scoped: tuple[tuple[str, str], str] | None
+                         ) -> AsyncIterator[bytes]:
         """Pass the stream through untouched, keeping a copy to cache once it completes."""
         seen: list[dict[str, Any]] = []
         entry = None
@@ -149,7 +231,7 @@ class CacheStage:
                 body = assemble(ctx.endpoint, seen, ctx.usage.model_dump(exclude_none=True))
                 if body is not None:
                     entry = CachedResponse(endpoint=ctx.endpoint, body=body)
-                    await self._cache.store(key, entry)
+                    await self._store(key, entry, scoped)
         finally:
             flight.finish(entry)
 

@@ -1,0 +1,108 @@
+"""The semantic index, persisted in the store and followed by every replica.
+
+Each replica loads all live rows on start and then, every few seconds, the rows written
+since (by any replica), so a question cached through one gateway is matched through all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from models import SemanticEntry
+from services.background import cancel_and_wait
+from services.caching.semantic import SemanticCache, SemanticRow
+
+log = logging.getLogger(__name__)
+
+_SKEW = timedelta(seconds=60)  # clock skew between replicas
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+class SemanticStore:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def save(self, row: SemanticRow) -> None:
+        values = {
+            "namespace": row.namespace,
+            "context_hash": row.context_hash,
+            "text": row.text,
+            "embedding": row.embedding,
+            "embedding_model": row.embedding_model,
+            "created_at": datetime.fromtimestamp(row.created_at, UTC),
+            "expires_at": (datetime.fromtimestamp(row.expires_at, UTC)
+                           if row.expires_at is not None else None),
+        }
+        if self._engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        statement = insert(SemanticEntry).values(digest=row.digest, **values)
+        with self._engine.begin() as conn:
+            conn.execute(statement.on_conflict_do_update(index_elements=["digest"], set_=values))
+
+    def rows_since(self, since: datetime | None) -> list[SemanticRow]:
+        now = datetime.now(UTC)
+        query = select(SemanticEntry).where(
+            (SemanticEntry.expires_at.is_(None)) | (SemanticEntry.expires_at > now)
+        )
+        if since is not None:
+            query = query.where(SemanticEntry.created_at >= since - _SKEW)
+        with self._engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [
+            SemanticRow(
+                namespace=r.namespace, context_hash=r.context_hash, digest=r.digest,
+                text=r.text, embedding=r.embedding,
+                created_at=_aware(r.created_at).timestamp(),
+                expires_at=_aware(r.expires_at).timestamp() if r.expires_at else None,
+                embedding_model=r.embedding_model,
+            )
+            for r in rows
+        ]
+
+
+class SemanticSync:
+    """Loads the persisted index on start and follows other replicas' writes."""
+
+    def __init__(self, cache: SemanticCache, store: SemanticStore, *, interval_s: float = 5.0
+                 ) -> None:
+        self.cache = cache
+        self.store = store
+        self._interval_s = interval_s
+        self._since: datetime | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def sync_once(self) -> int:
+        started = datetime.now(UTC)
+        loaded = self.cache.load(self.store.rows_since(self._since))
+        self._since = started
+        return loaded
+
+    async def start(self) -> None:
+        try:
+            loaded = await asyncio.to_thread(self.sync_once)
+            log.info("semantic cache: %d entries loaded", loaded)
+        except SQLAlchemyError:
+            log.warning("could not load the semantic index from the store", exc_info=True)
+        self._task = asyncio.create_task(self._loop(), name="semantic-sync")
+
+    async def stop(self) -> None:
+        await cancel_and_wait(self._task)
+        self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval_s)
+            try:
+                await asyncio.to_thread(self.sync_once)
+            except SQLAlchemyError:
+                log.warning("semantic index sync failed", exc_info=True)
