@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
 
 
 async def cancel_and_wait(task: asyncio.Task[None] | None) -> None:
@@ -13,3 +17,19 @@ async def cancel_and_wait(task: asyncio.Task[None] | None) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+def every(interval_s: float, blocking: Callable[[], object], *, name: str,
+          failure: str) -> asyncio.Task[None]:
+    """Run ``blocking`` in a worker thread every ``interval_s`` until cancelled; a failure
+    is logged with ``failure`` and the loop goes on (the store coming back heals it)."""
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await asyncio.to_thread(blocking)
+            except Exception:
+                log.warning(failure, exc_info=True)
+
+    return asyncio.create_task(loop(), name=name)

@@ -14,7 +14,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from models import SemanticEntry
-from services.background import cancel_and_wait
+from services.background import cancel_and_wait, every
 from services.caching.semantic import SemanticCache, SemanticRow
 
 log = logging.getLogger(__name__)
@@ -93,16 +93,9 @@ class SemanticSync:
             log.info("semantic cache: %d entries loaded", loaded)
         except SQLAlchemyError:
             log.warning("could not load the semantic index from the store", exc_info=True)
-        self._task = asyncio.create_task(self._loop(), name="semantic-sync")
+        self._task = every(self._interval_s, self.sync_once, name="semantic-sync",
+                           failure="semantic index sync failed")
 
     async def stop(self) -> None:
         await cancel_and_wait(self._task)
         self._task = None
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval_s)
-            try:
-                await asyncio.to_thread(self.sync_once)
-            except SQLAlchemyError:
-                log.warning("semantic index sync failed", exc_info=True)

@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import ApiKey
-from services.background import cancel_and_wait
+from services.background import cancel_and_wait, every
 from services.errors import AuthenticationFailed
 
 log = logging.getLogger(__name__)
@@ -100,19 +100,14 @@ class KeyRing:
             await asyncio.to_thread(self.load_from_store)
         except Exception:
             log.warning("could not load API keys from the store", exc_info=True)
-        self._task = asyncio.create_task(self._refresh_loop(), name="api-key-refresh")
+        self._task = every(
+            self._refresh_interval_s, self.load_from_store, name="api-key-refresh",
+            failure="API key refresh failed; keeping the previous keys",
+        )
 
     async def stop(self) -> None:
         await cancel_and_wait(self._task)
         self._task = None
-
-    async def _refresh_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._refresh_interval_s)
-            try:
-                await asyncio.to_thread(self.load_from_store)
-            except Exception:  # keep the last known keys while the store is away
-                log.warning("API key refresh failed; keeping the previous keys", exc_info=True)
 
 
 def _bearer_token(authorization: str | None) -> str | None:
