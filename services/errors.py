@@ -2,7 +2,7 @@
 
 Capabilities raise these; the gateway turns each into an OpenAI-style JSON error with
 the right status (one handler, registered with ``app.exception_handler``). Upstream
-(httpx) failures are mapped into this tree at the boundary by ``upstream_errors()``.
+(aiohttp) failures are mapped into this tree at the boundary by ``upstream_errors()``.
 
     EngineError                      500 server_error
     ├── InvalidRequest               400 invalid_request_error
@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import httpx
+import aiohttp
 
 
 class EngineError(Exception):
@@ -105,18 +105,17 @@ def error_body(
 
 @contextmanager
 def upstream_errors(worker: str) -> Iterator[None]:
-    """Map httpx failures talking to ``worker`` into this hierarchy.
+    """Map aiohttp failures talking to ``worker`` into this hierarchy.
 
-    Connect errors become ``UpstreamUnavailable`` (safe to retry elsewhere: nothing was
-    sent), timeouts ``UpstreamTimeout``, anything else on the wire ``UpstreamError``.
+    A failure to connect becomes ``UpstreamUnavailable`` (safe to retry elsewhere:
+    nothing was sent), a read timeout ``UpstreamTimeout``, anything else on the wire
+    (a worker that died mid-answer included) ``UpstreamError``.
     """
     try:
         yield
-    except httpx.ConnectError as exc:
+    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
         raise UpstreamUnavailable(f"cannot connect to worker {worker}: {exc}") from exc
-    except httpx.ConnectTimeout as exc:
-        raise UpstreamUnavailable(f"timed out connecting to worker {worker}") from exc
-    except httpx.TimeoutException as exc:
+    except (aiohttp.SocketTimeoutError, TimeoutError) as exc:
         raise UpstreamTimeout(f"worker {worker} timed out: {type(exc).__name__}") from exc
-    except httpx.HTTPError as exc:
+    except aiohttp.ClientError as exc:
         raise UpstreamError(f"worker {worker} failed: {type(exc).__name__}: {exc}") from exc

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Mapping
 
 import orjson
@@ -51,7 +51,7 @@ class OpenAIServing:
         headers: Mapping[str, str] | None = None,
     ) -> Response:
         ctx = RequestContext(
-            request_id=f"req-{uuid.uuid4().hex}",
+            request_id=f"req-{os.urandom(16).hex()}",  # uuid4 costs ~3% of the CPU
             endpoint=endpoint,
             request=request,
             principal=principal,

@@ -6,7 +6,7 @@ and written by the batched writer, off the hot path.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,7 +42,8 @@ class RequestEvent:
     prompt_text: str | None = None
 
     def to_row(self) -> dict[str, Any]:
-        return asdict(self)
+        # shallow on purpose: asdict() deep-copies, which cost ~6% of the gateway's CPU
+        return {name: getattr(self, name) for name in _FIELD_NAMES}
 
     def to_json_dict(self) -> dict[str, Any]:
         row = asdict(self)
@@ -54,3 +55,6 @@ class RequestEvent:
         data = dict(data)
         data["created_at"] = datetime.fromisoformat(data["created_at"])
         return cls(**data)
+
+
+_FIELD_NAMES = tuple(f.name for f in fields(RequestEvent))

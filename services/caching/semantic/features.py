@@ -169,6 +169,13 @@ def text_facts(text: str) -> TextFacts:
     )
 
 
+@lru_cache(maxsize=65536)
+def same_words_key(text: str) -> tuple[str, ...]:
+    """The text's words, lower-cased, in order: equal keys differ only in case, spacing
+    and punctuation."""
+    return tuple(w.lower().replace("’", "'") for w in _WORD.findall(text))
+
+
 def _jaccard(a: frozenset[str], b: frozenset[str]) -> float:
     union = len(a | b)
     return len(a & b) / union if union else 1.0

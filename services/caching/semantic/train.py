@@ -7,12 +7,17 @@ and ``training_pairs.txt`` (the hashes of the pairs it learned from, which the b
 excludes) next to this file. Deterministic: the training pairs are chosen by a hash rule
 (``corpus.SPLIT_RULE``), folds by another hash, and the models have fixed seeds.
 
+The model learns from the training pairs plus synthetic hard negatives made from them
+(``augment.py``: a number changed, a negation flipped, a name swapped), because Quora's
+pairs rarely teach those.
+
 Calibration imitates production, not pair classification: for each of ``--folds`` folds
 a model fitted on the other folds answers the fold's questions through the real lookup
-(vector search over every training entry, then the verifier over the best ``--k``), and
-a hit counts as correct only when it returns the question's own labelled duplicate. The
-threshold is the lowest probability whose hits reach the target precision in those
-out-of-fold lookups. Gradient boosting needs scikit-learn at training time only; the
+(vector search over every training entry, then the verifier on the nearest), and a hit
+is correct only when it returns the question's own labelled duplicate. The threshold is
+the lowest probability whose hits reach the target precision in those out-of-fold
+lookups, judged by default on the hits a label exists for (``--calibrate-on``; see
+``choose_threshold``). Gradient boosting needs scikit-learn at training time only; the
 shipped model is evaluated with NumPy.
 """
 
@@ -23,13 +28,14 @@ import hashlib
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from services.caching.semantic.augment import hard_negatives
 from services.caching.semantic.corpus import (
     SPLIT_RULE,
     Pair,
@@ -37,7 +43,7 @@ from services.caching.semantic.corpus import (
     is_training_pair,
     load_pairs,
 )
-from services.caching.semantic.features import FEATURE_NAMES, pair_features
+from services.caching.semantic.features import FEATURE_NAMES, pair_features, same_words_key
 from services.caching.semantic.index import VectorIndex
 from services.caching.semantic.verifier import SemanticVerifier
 
@@ -54,6 +60,7 @@ class Outcome:
     probability: float
     cosine: float
     kind: str  # "correct" | "wrong_own" (own pair, label 0) | "wrong_other" (another entry)
+    same_words: bool = False  # accepted by the same-words rule, whatever the threshold
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0) -> dict[str, Any]:
@@ -135,7 +142,8 @@ def simulate(index: VectorIndex, verifier: SemanticVerifier, queries: Sequence[P
             kind = "correct" if pair.label == 1 else "wrong_own"
         else:
             kind = "wrong_other"
-        outcomes.append(Outcome(probability, neighbor.cosine, kind))
+        same = same_words_key(neighbor.text) == same_words_key(pair.text_b)
+        outcomes.append(Outcome(probability, neighbor.cosine, kind, same))
     return outcomes
 
 
@@ -166,26 +174,36 @@ def wilson_lower(correct: int, n: int, z: float = 1.96) -> float:
     return (centre - margin) / (1 + z * z / n)
 
 
-def choose_threshold(outcomes: Sequence[Outcome | None], target: float, min_hits: int
-                     ) -> tuple[float, bool, float]:
+def choose_threshold(outcomes: Sequence[Outcome | None], target: float, min_hits: int, *,
+                     labelled_only: bool = True) -> tuple[float, bool, float]:
     """Lowest threshold whose hits reach ``target`` precision, with at least ``min_hits``
-    hits behind the estimate. When no threshold reaches it, the one whose precision has
-    the highest 95% lower bound: the most precise setting the data can vouch for, rather
-    than a lucky handful of hits at the very top. Returns (threshold, reached, precision).
+    judged hits behind the estimate. When no threshold reaches it, the one whose precision
+    has the highest 95% lower bound: the most precise setting the data can vouch for,
+    rather than a lucky handful of hits at the very top. Returns (threshold, reached,
+    precision).
+
+    ``labelled_only``: judge only hits on the query's own pair, whose label says whether
+    they are right. A hit on another entry has no label; read by hand, most are true
+    duplicates (Quora asks the same question many times), so counting them all as wrong
+    would calibrate on the data set's missing labels rather than on the verifier.
+
+    Hits of the same-words rule are left out: no threshold decides them.
     """
-    scored = sorted((o for o in outcomes if o is not None), key=lambda o: -o.probability)
+    scored = sorted((o for o in outcomes if o is not None and not o.same_words),
+                    key=lambda o: -o.probability)
     best: tuple[float, bool, float] | None = None
     fallback, fallback_bound = (1.0, False, 0.0), -1.0
-    correct = 0
+    correct = judged = 0
     for i, outcome in enumerate(scored, start=1):
         correct += outcome.kind == "correct"
+        judged += outcome.kind != "wrong_other" or not labelled_only
         nxt = scored[i].probability if i < len(scored) else -1.0
-        if nxt == outcome.probability or i < min_hits:
+        if nxt == outcome.probability or judged < min_hits:
             continue  # only cut between distinct probabilities
-        precision = correct / i
+        precision = correct / judged
         if precision >= target:
             best = (outcome.probability, True, precision)
-        bound = wilson_lower(correct, i)
+        bound = wilson_lower(correct, judged)
         if bound > fallback_bound:
             fallback, fallback_bound = (outcome.probability, False, precision), bound
     return best or fallback
@@ -197,23 +215,37 @@ def exact_repeat(pair: Pair, entry_texts: set[str]) -> bool:
 
 def train(pairs_path: Path, *, out_dir: Path, model_kind: str, target: float, folds: int,
           k: int, min_cosine: float, trees: int, depth: int, learning_rate: float,
-          min_hits: int, embeddings_cache: Path | None) -> dict[str, Any]:
-    from services.embeddings import default_encoder
+          min_hits: int, hard_negatives_per_kind: int, embeddings_cache: Path | None,
+          labelled_only: bool = True,
+          encode: Callable[[Sequence[str]], np.ndarray] | None = None) -> dict[str, Any]:
+    if encode is None:
+        from services.embeddings import default_encoder
 
+        encode = default_encoder().encode
     fmt, pairs = load_pairs(pairs_path)
     if fmt != "qqp":
         raise SystemExit("training needs labelled pairs with negatives ({text_a,text_b,label})")
     training = [p for p in pairs if is_training_pair(p)]
-    texts = sorted({t for p in training for t in (p.text_a, p.text_b)})
-    log.info("%d training pairs of %d (%d duplicates), %d distinct texts to embed",
-             len(training), len(pairs), sum(p.label for p in training), len(texts))
-    vectors = encode_cached(default_encoder().encode, texts, embeddings_cache)
+    fold_of_text = {}
+    for p in training:  # a synthetic pair trains only where its source pair does
+        fold_of_text.setdefault(p.text_a, int(p.digest[8:16], 16) % folds)
+    synthetic = [Pair(original, altered, 0) for original, altered, _ in
+                 hard_negatives(list(fold_of_text), per_kind=hard_negatives_per_kind)]
+    texts = sorted({t for p in (*training, *synthetic) for t in (p.text_a, p.text_b)})
+    log.info("%d training pairs of %d (%d duplicates) + %d synthetic hard negatives, "
+             "%d distinct texts to embed", len(training), len(pairs),
+             sum(p.label for p in training), len(synthetic), len(texts))
+    vectors = encode_cached(encode, texts, embeddings_cache)
     row = {t: i for i, t in enumerate(texts)}
 
-    x = np.array([pair_features(p.text_b, p.text_a, float(vectors[row[p.text_a]]
-                                                            @ vectors[row[p.text_b]]))
-                  for p in training])
-    y = np.array([p.label for p in training], dtype=np.float64)
+    def features(batch: Sequence[Pair]) -> np.ndarray:
+        return np.array([pair_features(p.text_b, p.text_a, float(vectors[row[p.text_a]]
+                                                                 @ vectors[row[p.text_b]]))
+                         for p in batch]).reshape(len(batch), -1)
+
+    x_real, x_syn = features(training), features(synthetic)
+    x = np.vstack([x_real, x_syn])
+    y = np.array([p.label for p in (*training, *synthetic)], dtype=np.float64)
 
     def fit(xs: np.ndarray, ys: np.ndarray) -> dict[str, Any]:
         if model_kind == "logistic":
@@ -224,25 +256,28 @@ def train(pairs_path: Path, *, out_dir: Path, model_kind: str, target: float, fo
     entry_texts = {p.text_a for p in training}
     for text in sorted(entry_texts):
         index.add(SCOPE, hashlib.sha256(text.encode()).hexdigest(), text, vectors[row[text]])
-    fold_of = np.array([int(p.digest[8:16], 16) % folds for p in training])
+    fold_of = np.array([int(p.digest[8:16], 16) % folds for p in training]
+                       + [fold_of_text[p.text_a] for p in synthetic], dtype=np.int64)
     outcomes: list[Outcome | None] = []
     evaluated: list[Pair] = []
     for fold in range(folds):
         log.info("fold %d/%d", fold + 1, folds)
         held = fold_of == fold
         verifier = SemanticVerifier(_spec(fit(x[~held], y[~held]), min_cosine=min_cosine))
-        queries = [p for p, h in zip(training, held, strict=True)
+        queries = [p for p, h in zip(training, held[: len(training)], strict=True)
                    if h and not exact_repeat(p, entry_texts)]
         query_vectors = np.array([vectors[row[p.text_b]] for p in queries])
         outcomes += simulate(index, verifier, queries, query_vectors, k=k)
         evaluated += queries
     positives = sum(p.label for p in evaluated)
-    threshold, reached, cv_precision = choose_threshold(outcomes, target, min_hits)
+    threshold, reached, cv_precision = choose_threshold(outcomes, target, min_hits,
+                                                        labelled_only=labelled_only)
     grid = [round(t, 2) for t in np.arange(0.30, 0.991, 0.01)]
     curve = precision_curve(outcomes, positives, grid)
     at = precision_curve(outcomes, positives, [threshold])[0]
-    log.info("threshold %.4f (target %.2f %s): cv precision %.4f recall %.4f, %d hits",
-             threshold, target, "reached" if reached else "NOT reached", at["precision"],
+    log.info("threshold %.4f (target %.2f %s, %s precision %.4f): all hits precision %.4f, "
+             "recall %.4f, %d hits", threshold, target, "reached" if reached else "NOT reached",
+             "labelled-hit" if labelled_only else "all-hit", cv_precision, at["precision"],
              at["recall"], at["hits"])
 
     spec = _spec(fit(x, y), threshold=round(threshold, 6), min_cosine=min_cosine)
@@ -250,9 +285,13 @@ def train(pairs_path: Path, *, out_dir: Path, model_kind: str, target: float, fo
     spec["target_precision"] = target
     spec["calibration"] = {
         "method": f"{folds}-fold out-of-fold lookups over the training half: search all "
-                  f"{len(entry_texts)} training entries, verify the best {k}; correct = own "
-                  "labelled duplicate; other entries and label-0 pairs are wrong",
-        "target_reached": reached, "precision": at["precision"], "recall": at["recall"],
+                  f"{len(entry_texts)} training entries, verify the nearest; correct = own "
+                  "labelled duplicate; wrong_own = own pair labelled 0; wrong_other = "
+                  "another entry (unlabelled)",
+        "calibrated_on": "labelled hits (correct / (correct + wrong_own))" if labelled_only
+        else "all hits",
+        "target_reached": reached, "calibrated_precision": round(cv_precision, 4),
+        "precision": at["precision"], "recall": at["recall"],
         "hits": at["hits"], "queries": len(evaluated), "positives": positives,
         "exact_repeats_skipped": sum(exact_repeat(p, entry_texts) for p in training),
         "curve": curve,
@@ -266,7 +305,8 @@ def train(pairs_path: Path, *, out_dir: Path, model_kind: str, target: float, fo
         "pairs_file": pairs_path.name,
         "pairs_file_sha256": hashlib.sha256(pairs_path.read_bytes()).hexdigest(),
         "split_rule": SPLIT_RULE, "pairs": len(training),
-        "duplicates": int(y.sum()), "manifest": MANIFEST_NAME,
+        "duplicates": int(y.sum()), "synthetic_hard_negatives": len(synthetic),
+        "manifest": MANIFEST_NAME,
         "manifest_sha256": hashlib.sha256(manifest_text.encode()).hexdigest(),
         "model": {"kind": model_kind, "trees": trees, "max_depth": depth,
                   "learning_rate": learning_rate} if model_kind == "gbdt"
@@ -293,6 +333,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--learning-rate", type=float, default=0.05)
     parser.add_argument("--min-hits", type=int, default=30,
                         help="hits needed behind a calibrated precision estimate")
+    parser.add_argument("--calibrate-on", choices=("labelled", "all"), default="labelled",
+                        help="precision over hits on the query's own (labelled) pair, or over "
+                             "all hits counting other entries as wrong")
+    parser.add_argument("--hard-negatives", type=int, default=600,
+                        help="synthetic hard negatives per kind (number, negation, ...)")
     parser.add_argument("--embeddings-cache", type=Path, default=None,
                         help="an .npz to keep text embeddings in between runs")
     args = parser.parse_args(argv)
@@ -300,7 +345,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     train(args.pairs, out_dir=args.out, model_kind=args.model, target=args.target_precision,
           folds=args.folds, k=args.k, min_cosine=args.min_cosine, trees=args.trees,
           depth=args.depth, learning_rate=args.learning_rate, min_hits=args.min_hits,
-          embeddings_cache=args.embeddings_cache)
+          hard_negatives_per_kind=args.hard_negatives, embeddings_cache=args.embeddings_cache,
+          labelled_only=args.calibrate_on == "labelled")
     return 0
 
 
