@@ -1,0 +1,201 @@
+"""A minimal, fast OpenAI-compatible upstream for measuring proxy overhead.
+
+The gateway-overhead benchmark subtracts "direct to the upstream" from "through a
+proxy", so the upstream must cost as little as possible and never be the bottleneck:
+it is a raw asyncio protocol on uvloop with the ``httptools`` parser (the one uvicorn
+uses), answering every ``POST /v1/chat/completions`` and ``/v1/completions`` with the
+same prebuilt chat.completion JSON (usage included, so proxies can count and price it)
+and ``GET /v1/models`` with one model. No JSON is parsed or built per request. Several
+processes can share the port (``SO_REUSEPORT``) so one slow scheduling slot of one
+process does not stall every connection.
+
+Run it on its own::
+
+    python bench/fake_upstream.py --port 9100 --model gpt-4o-mini --processes 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import time
+
+import httptools
+import uvloop
+
+_CLOSE = b"close"
+
+
+def chat_completion_body(model: str, completion_tokens: int = 8) -> bytes:
+    """The fixed answer: a small, valid chat.completion with usage."""
+    body = {
+        "id": "chatcmpl-bench0000000000000000",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "This is a benchmark reply."},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": 12,
+            "completion_tokens": completion_tokens,
+            "total_tokens": 12 + completion_tokens,
+        },
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def models_body(model: str) -> bytes:
+    card = {"id": model, "object": "model", "created": 0, "owned_by": "bench"}
+    return json.dumps({"object": "list", "data": [card]}, separators=(",", ":")).encode()
+
+
+def _response(status: bytes, body: bytes, *, keep_alive: bool) -> bytes:
+    connection = b"keep-alive" if keep_alive else b"close"
+    return (
+        b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\ncontent-length: "
+        + str(len(body)).encode() + b"\r\nconnection: " + connection + b"\r\n\r\n" + body
+    )
+
+
+class _Responses:
+    """Every answer prebuilt as bytes, in keep-alive and close variants."""
+
+    def __init__(self, model: str) -> None:
+        chat = chat_completion_body(model)
+        models = models_body(model)
+        missing = b'{"error":{"message":"not found","type":"not_found","param":null,"code":null}}'
+        self.table: dict[tuple[bytes, bytes], tuple[bytes, bytes]] = {}
+        for method, path, status, body in (
+            (b"POST", b"/v1/chat/completions", b"200 OK", chat),
+            (b"POST", b"/v1/completions", b"200 OK", chat),
+            (b"GET", b"/v1/models", b"200 OK", models),
+            (b"GET", b"/health", b"200 OK", b"{}"),
+        ):
+            self.table[(method, path)] = (
+                _response(status, body, keep_alive=True),
+                _response(status, body, keep_alive=False),
+            )
+        self.not_found = (
+            _response(b"404 Not Found", missing, keep_alive=True),
+            _response(b"404 Not Found", missing, keep_alive=False),
+        )
+
+
+class _HttpProtocol(asyncio.Protocol):
+    """One connection: parse with httptools, answer each complete request at once."""
+
+    __slots__ = ("_responses", "_transport", "_parser", "_url", "_close")
+
+    def __init__(self, responses: _Responses) -> None:
+        self._responses = responses
+        self._transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpRequestParser(self)
+        self._url = b""
+        self._close = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError:
+            if self._transport is not None:
+                self._transport.close()
+
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._close = False
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == b"connection" and value.lower() == _CLOSE:
+            self._close = True
+
+    def on_message_complete(self) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        path = self._url.split(b"?", 1)[0]
+        method = self._parser.get_method()
+        answers = self._responses.table.get((method, path), self._responses.not_found)
+        close = self._close or not self._parser.should_keep_alive()
+        transport.write(answers[1] if close else answers[0])
+        if close:
+            transport.close()
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(4096)
+    sock.setblocking(False)
+    return sock
+
+
+def _serve(host: str, port: int, model: str) -> None:
+    """One server process; several of them share the port through SO_REUSEPORT."""
+    responses = _Responses(model)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        server = await loop.create_server(
+            lambda: _HttpProtocol(responses), sock=_listening_socket(host, port)
+        )
+        async with server:
+            await stop.wait()
+
+    uvloop.run(main())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9100)
+    parser.add_argument("--model", default="gpt-4o-mini", help="model id served and answered")
+    parser.add_argument("--processes", type=int, default=1, help="server processes (SO_REUSEPORT)")
+    args = parser.parse_args(argv)
+    if args.processes <= 1:
+        _serve(args.host, args.port, args.model)
+        return
+    children = [
+        multiprocessing.Process(target=_serve, args=(args.host, args.port, args.model))
+        for _ in range(args.processes)
+    ]
+    for child in children:
+        child.start()
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.pid is not None and child.is_alive():
+                os.kill(child.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for child in children:
+        child.join()
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,400 @@
+"""Semantic cache: precision and recall against GPTCache's method, and lookup latency.
+
+Quality (default mode)::
+
+    OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/semantic_cache.py \\
+        --pairs ../shared/data/cache/qqp_pairs_dev.json
+
+Reads pairs in QQP format ``{text_a, text_b, label}`` or GPTCache's mock format
+``{origin, similar}`` (every pair a true duplicate). Every ``text_a`` goes into ONE index
+(one scope), every ``text_b`` is looked up. A hit is correct only when it returns its
+own pair's entry on a duplicate pair; a hit on a label-0 pair ("wrong_own") or on any
+other entry ("wrong_other") is a wrong answer. Texts are entries by identity: equal
+``text_a`` strings are one entry, and a query whose text is itself an entry is an exact
+repeat that the exact tiers answer, so it is counted and left out. For QQP, the pairs the
+verifier was trained on (its manifest) are left out, inserts and queries alike.
+
+Side by side on the same embeddings and the same search: our lookup (search, then the
+verifier over the best candidates, accepted at the calibrated threshold) and GPTCache's
+method (the nearest entry, accepted when cosine >= 2t - 1 for its threshold t).
+
+Latency (``--latency``): lookups on indexes of 10k and 100k entries built from the
+pairs' texts plus deterministic rewordings (embedded once, cached), with the query
+embedding, the search and the verification timed separately, and the index designs
+compared on the same queries (exact float32 scan vs the PCA prefilter; FAISS and HNSW
+run in their own environment by ``bench/semantic_ann.py`` on vectors ``--export`` writes).
+
+The last line printed is one JSON object with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import re
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from harness import machine_info, markdown_table, print_json_line
+
+from services.caching.semantic import SemanticCache, VectorIndex
+from services.caching.semantic.corpus import Pair, encode_cached, load_pairs
+from services.caching.semantic.train import (
+    MANIFEST_NAME,
+    PACKAGE_DIR,
+    Outcome,
+    precision_curve,
+)
+from services.embeddings import default_encoder
+
+SCOPE = ("bench", "bench")
+DEFAULT_CACHE = Path.home() / ".cache" / "optengine" / "semantic-embeddings.npz"
+GPTCACHE_T = (0.95, 0.9, 0.8)
+RECALL_LEVELS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _manifest() -> set[str]:
+    path = PACKAGE_DIR / MANIFEST_NAME
+    return {ln.strip() for ln in path.read_text().splitlines() if ln and not ln.startswith("#")}
+
+
+def _kind(returned: str, pair: Pair) -> str:
+    if returned == pair.text_a:
+        return "correct" if pair.label == 1 else "wrong_own"
+    return "wrong_other"
+
+
+def _labelled(r: dict[str, Any]) -> float:
+    """Precision over the hits a label can judge: the query's own pair."""
+    judged = r["correct"] + r["wrong_own"]
+    return r["correct"] / judged if judged else 1.0
+
+
+def _best_precision_at(curve: Sequence[dict[str, Any]], recall: float, *,
+                       labelled: bool = False) -> dict[str, Any] | None:
+    """The most precise point of a curve whose recall reaches ``recall``."""
+    eligible = [r for r in curve if r["recall"] >= recall and r["hits"]]
+    if not eligible:
+        return None
+    if labelled:
+        return max(eligible, key=lambda r: (_labelled(r), r["recall"]))
+    return max(eligible, key=lambda r: (r["precision"], r["recall"]))
+
+
+# --- quality -----------------------------------------------------------------------------
+
+
+def quality(args: argparse.Namespace) -> dict[str, Any]:
+    fmt, pairs = load_pairs(args.pairs)
+    manifest = _manifest() if fmt == "qqp" else set()
+    evaluated = [p for p in pairs if p.digest[:16] not in manifest]
+    entries = sorted({p.text_a for p in evaluated})
+    entry_set = set(entries)
+    queries = [p for p in evaluated if p.text_b not in entry_set]
+    repeats = len(evaluated) - len(queries)
+    positives = sum(p.label for p in queries)
+
+    encoder = default_encoder()
+    texts = sorted(entry_set | {p.text_b for p in queries})
+    t0 = time.perf_counter()
+    vectors = encode_cached(encoder.encode, texts, args.embeddings_cache)
+    embed_s = time.perf_counter() - t0
+    row = {t: i for i, t in enumerate(texts)}
+
+    cache = SemanticCache(encoder=encoder, min_probability=args.threshold)
+    for text in entries:
+        cache.add(SCOPE, _digest(text), text, embedding=vectors[row[text]])
+    ours: list[Outcome | None] = []
+    cosine_only: list[Outcome | None] = []
+    t0 = time.perf_counter()
+    for pair in queries:
+        vector = vectors[row[pair.text_b]]
+        nearest = cache.index.search(SCOPE, vector, k=1)
+        cosine_only.append(Outcome(nearest[0].cosine, nearest[0].cosine,
+                                   _kind(nearest[0].text, pair)) if nearest else None)
+        match = cache.score(SCOPE, pair.text_b, embedding=vector)
+        ours.append(Outcome(match.probability, match.cosine, _kind(match.text, pair))
+                    if match else None)
+    lookup_s = time.perf_counter() - t0
+
+    threshold = cache.threshold
+    grid = sorted({round(t, 2) for t in np.arange(0.30, 0.991, 0.01)} | {threshold})
+    our_curve = precision_curve(ours, positives, grid)
+    t_grid = sorted({round(t, 2) for t in np.arange(0.50, 0.996, 0.01)} | set(GPTCACHE_T))
+    gpt_curve = precision_curve(cosine_only, positives, [2 * t - 1 for t in t_grid])
+    for r, t in zip(gpt_curve, t_grid, strict=True):
+        r["gptcache_t"] = t
+    default = next(r for r in our_curve if r["threshold"] == round(threshold, 4))
+    gpt_points = {t: next(r for r in gpt_curve if r["gptcache_t"] == t) for t in GPTCACHE_T}
+
+    print(f"# semantic cache quality: {args.pairs} ({fmt})")
+    print(f"pairs {len(pairs)}, left out as verifier training pairs {len(pairs) - len(evaluated)}"
+          f", evaluated {len(evaluated)}: {len(entries)} distinct entries, {len(queries)} "
+          f"queries ({positives} duplicates), {repeats} exact repeats left to the exact tiers")
+    print(f"embedding {embed_s:.1f} s (cache {args.embeddings_cache}), lookups {lookup_s:.1f} s"
+          f"; verifier {cache.verifier.kind}, {cache.search_k} candidates, threshold "
+          f"{threshold:.4f} (calibrated {cache.verifier.calibrated_threshold:.4f} for "
+          f"precision {cache.verifier.spec.get('target_precision')})\n")
+    headers = ["method", "setting", "correct", "wrong (label 0)", "wrong (other entry)",
+               "misses", "precision", "recall", "precision, labelled hits"]
+
+    def line(name: str, setting: str, r: dict[str, Any]) -> list[object]:
+        return [name, setting, r["correct"], r["wrong_own"], r["wrong_other"],
+                len(queries) - r["hits"], f"{r['precision']:.3f}", f"{r['recall']:.3f}",
+                f"{_labelled(r):.3f}"]
+
+    rows = [line("ours (verifier)", f"p >= {threshold:.3f} (default)", default)]
+    rows += [line("GPTCache method", f"t = {t} (cos >= {2 * t - 1:.2f})", gpt_points[t])
+             for t in GPTCACHE_T]
+    print(markdown_table(headers, rows))
+    print("(precision, labelled hits: hits on the query's own pair only, whose label says "
+          "whether they are right; a hit on another entry is unlabelled)")
+    print("\nbest precision at a given recall (each method at its own best threshold)")
+    matched = []
+    for level in RECALL_LEVELS:
+        a, b = _best_precision_at(our_curve, level), _best_precision_at(gpt_curve, level)
+        la = _best_precision_at(our_curve, level, labelled=True)
+        lb = _best_precision_at(gpt_curve, level, labelled=True)
+        if a is None and b is None:
+            continue
+        matched.append([
+            f">= {level:.2f}",
+            f"{a['precision']:.3f} (p >= {a['threshold']:.2f})" if a else "-",
+            f"{b['precision']:.3f} (t = {b['gptcache_t']:.2f})" if b else "-",
+            f"{_labelled(la):.3f} (p >= {la['threshold']:.2f})" if la else "-",
+            f"{_labelled(lb):.3f} (t = {lb['gptcache_t']:.2f})" if lb else "-",
+        ])
+    print(markdown_table(["recall", "ours: precision", "GPTCache method: precision",
+                          "ours: labelled-hit precision", "GPTCache: labelled-hit precision"],
+                         matched))
+    print("\nprecision/recall curves")
+    curve_rows = []
+    shown = {r["threshold"]: r for r in [*our_curve[::5], *our_curve[-9:], default]}
+    for r in sorted(shown.values(), key=lambda r: r["threshold"]):
+        curve_rows.append(["ours", f"p >= {r['threshold']:.2f}", r["hits"], r["correct"],
+                           f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{_labelled(r):.3f}"])
+    for r in sorted({r["gptcache_t"]: r for r in [*gpt_curve[::5], *gpt_curve[-4:]]}.values(),
+                    key=lambda r: r["gptcache_t"]):
+        curve_rows.append(["GPTCache", f"t = {r['gptcache_t']:.2f}", r["hits"], r["correct"],
+                           f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{_labelled(r):.3f}"])
+    print(markdown_table(["method", "setting", "hits", "correct", "precision", "recall",
+                          "precision, labelled hits"], curve_rows))
+    ceiling = label_ceiling(evaluated, vectors, row) if fmt == "qqp" else []
+    if ceiling:
+        print("\nhow often the labels call near-identical pairs duplicates (evaluated pairs): "
+              "the precision no similarity method can beat on this data")
+        print(markdown_table(["pairs", "count", "labelled duplicate"],
+                             [[c["pairs"], c["count"], f"{c['duplicate_share']:.3f}"]
+                              for c in ceiling]))
+    return {
+        "mode": "quality", "pairs_file": str(args.pairs), "format": fmt, "pairs": len(pairs),
+        "training_pairs_excluded": len(pairs) - len(evaluated), "evaluated_pairs":
+        len(evaluated), "entries": len(entries), "queries": len(queries),
+        "exact_repeats": repeats, "positives": positives, "threshold": round(threshold, 4),
+        "precision": default["precision"], "recall": default["recall"],
+        "correct_hits": default["correct"],
+        "wrong_hits": default["wrong_own"] + default["wrong_other"],
+        "wrong_label0": default["wrong_own"], "wrong_other_entry": default["wrong_other"],
+        "misses": len(queries) - default["hits"], "label_ceiling": ceiling,
+        "gptcache_method": {str(t): {k: v for k, v in gpt_points[t].items()}
+                            for t in GPTCACHE_T},
+        "precision_labelled_hits": round(_labelled(default), 4),
+        "curve": [{k: r[k] for k in ("threshold", "precision", "recall", "correct", "hits",
+                                     "wrong_own")} for r in our_curve],
+        "gptcache_curve": [{k: r[k] for k in ("gptcache_t", "precision", "recall", "correct",
+                                              "hits", "wrong_own")} for r in gpt_curve],
+        "machine": machine_info(),
+    }
+
+
+def label_ceiling(pairs: Sequence[Pair], vectors: np.ndarray, row: dict[str, int]
+                  ) -> list[dict[str, Any]]:
+    """Share of label-1 pairs among pairs that are textually or semantically near-identical.
+
+    Quora's labels are noisy: where even identical wording is labelled "different" one
+    time in six, no method can reach a precision above that share at a useful recall.
+    """
+    def words(text: str) -> list[str]:
+        return re.findall(r"\w+", text.lower())
+
+    cosines = [float(vectors[row[p.text_a]] @ vectors[row[p.text_b]]) if p.text_b in row
+               else -1.0 for p in pairs]
+    groups: list[tuple[str, list[Pair]]] = [
+        ("same words (case and punctuation aside)",
+         [p for p in pairs if words(p.text_a) == words(p.text_b)]),
+    ]
+    for cut in (0.99, 0.98, 0.95, 0.9):
+        groups.append((f"cosine >= {cut}",
+                       [p for p, c in zip(pairs, cosines, strict=True) if c >= cut]))
+    return [{"pairs": name, "count": len(group),
+             "duplicate_share": sum(p.label for p in group) / len(group) if group else 0.0}
+            for name, group in groups]
+
+
+# --- latency -----------------------------------------------------------------------------
+
+ENTRY_TEMPLATES = ("{q}", "Quick question: {q}", "{q} Please explain briefly.",
+                   "I was wondering: {q}")
+QUERY_TEMPLATE = "Can someone tell me: {q}"
+
+
+def latency_corpus(pairs: Sequence[Pair], size: int) -> tuple[list[str], list[str]]:
+    """``size`` distinct entry texts (the pairs' texts, then rewordings of them) and the
+    base texts in their deterministic order (hash order, so any prefix is a fair mix)."""
+    base = sorted({t for p in pairs for t in (p.text_a, p.text_b)}, key=_digest)
+    corpus: list[str] = []
+    seen: set[str] = set()
+    for template in ENTRY_TEMPLATES:
+        for q in base:
+            text = template.format(q=q)
+            if text not in seen:
+                seen.add(text)
+                corpus.append(text)
+            if len(corpus) == size:
+                return corpus, base
+    return corpus, base
+
+
+def _pct(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def latency(args: argparse.Namespace) -> dict[str, Any]:
+    _, pairs = load_pairs(args.pairs)
+    sizes = sorted(int(s) for s in args.sizes.split(","))
+    corpus, base = latency_corpus(pairs, max(sizes))
+    encoder = default_encoder()
+    t0 = time.perf_counter()
+    vectors = encode_cached(encoder.encode, corpus, args.embeddings_cache)
+    print(f"# semantic lookup latency: {len(corpus)} entries embedded/loaded in "
+          f"{time.perf_counter() - t0:.0f} s")
+    step = max(1, len(base) // args.queries)
+    query_texts = [QUERY_TEMPLATE.format(q=q) for q in base[::step][: args.queries]]
+    query_vectors = encoder.encode(query_texts)
+    if args.export:
+        args.export.mkdir(parents=True, exist_ok=True)
+        np.save(args.export / "entries.npy", vectors)
+        np.save(args.export / "queries.npy", query_vectors)
+        print(f"exported vectors to {args.export}")
+    cache = SemanticCache(encoder=encoder)
+    results: dict[str, Any] = {"mode": "latency", "sizes": {}, "machine": machine_info()}
+    rows, design_rows = [], []
+    for size in sizes:
+        cache.index.clear()
+        for i in range(size):
+            cache.index.add(SCOPE, _digest(corpus[i]), corpus[i], vectors[i])
+        load_before = os.getloadavg()[0]
+        for text in query_texts[:10]:  # warm caches, the encoder and the feature memo
+            cache.score(SCOPE, text)
+        embed, search, verify, total = [], [], [], []
+        hits = 0
+        for text in query_texts:
+            a = time.perf_counter()
+            vector = cache.embed(text)
+            b = time.perf_counter()
+            neighbors = cache.index.search(SCOPE, vector, k=cache.search_k)
+            c = time.perf_counter()
+            best = cache.verifier.best(text, neighbors)
+            d = time.perf_counter()
+            hits += best is not None and best[1] >= cache.threshold
+            embed.append((b - a) * 1e3)
+            search.append((c - b) * 1e3)
+            verify.append((d - c) * 1e3)
+            total.append((d - a) * 1e3)
+        load_after = os.getloadavg()[0]
+        stats = cache.stats()
+        point = {
+            "entries": size, "queries": len(query_texts), "hits": hits,
+            "embed_ms": {"p50": _pct(embed, 50), "p95": _pct(embed, 95)},
+            "search_ms": {"p50": _pct(search, 50), "p95": _pct(search, 95)},
+            "verify_ms": {"p50": _pct(verify, 50), "p95": _pct(verify, 95)},
+            "total_ms": {"p50": _pct(total, 50), "p95": _pct(total, 95)},
+            "index_bytes": stats.vector_bytes, "load_before": load_before,
+            "load_after": load_after,
+        }
+        results["sizes"][str(size)] = point
+        for name in ("embed_ms", "search_ms", "verify_ms", "total_ms"):
+            rows.append([f"{size:,}", name.removesuffix("_ms"), point[name]["p50"],
+                         point[name]["p95"], f"{load_before:.2f} / {load_after:.2f}"])
+        design_rows += compare_designs(vectors[:size], corpus[:size], query_vectors, size,
+                                       results["sizes"][str(size)])
+    print(markdown_table(["entries", "part", "p50 ms", "p95 ms", "load 1-min before/after"],
+                         rows))
+    print("\nindex designs on the same queries (search only)")
+    print(markdown_table(["entries", "design", "p50 ms", "p95 ms", "top-1 = exact",
+                          "top-4 = exact", "memory MB"], design_rows))
+    return results
+
+
+def compare_designs(vectors: np.ndarray, texts: Sequence[str], queries: np.ndarray, size: int,
+                    point: dict[str, Any]) -> list[list[object]]:
+    """Search-only time and agreement with the exact top-k for index configurations."""
+    designs = {
+        "exact float32 scan": {"exact_limit": 10**9},
+        "PCA-48 scan + exact re-rank of 256": {"exact_limit": 0, "reduced_dims": 48},
+        "PCA-64 scan + exact re-rank of 256 (default above 16,384)": {"exact_limit": 0,
+                                                                       "reduced_dims": 64},
+        "PCA-96 scan + exact re-rank of 256": {"exact_limit": 0, "reduced_dims": 96},
+    }
+    exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :4]
+    out = []
+    point["designs"] = {}
+    for name, params in designs.items():
+        index = VectorIndex(vectors.shape[1], **params)
+        for i, text in enumerate(texts):
+            index.add(SCOPE, str(i), text, vectors[i])
+        for q in queries[:10]:
+            index.search(SCOPE, q, k=4)
+        times, top1, top4 = [], 0, 0
+        for qi, q in enumerate(queries):
+            a = time.perf_counter()
+            found = index.search(SCOPE, q, k=4)
+            times.append((time.perf_counter() - a) * 1e3)
+            got = [int(n.digest) for n in found]
+            top1 += got[0] == exact[qi, 0]
+            top4 += set(got) == set(exact[qi].tolist())
+        record = {"p50_ms": _pct(times, 50), "p95_ms": _pct(times, 95),
+                  "top1_agreement": top1 / len(queries), "top4_agreement": top4 / len(queries),
+                  "memory_mb": index.stats().vector_bytes / 2**20}
+        point["designs"][name] = record
+        out.append([f"{size:,}", name, record["p50_ms"], record["p95_ms"],
+                    f"{record['top1_agreement']:.3f}", f"{record['top4_agreement']:.3f}",
+                    record["memory_mb"]])
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    if os.environ.get("OPENBLAS_NUM_THREADS") != "1":
+        # one BLAS thread: under load, OpenBLAS threads spin and make every timing a lottery
+        os.environ["OPENBLAS_NUM_THREADS"] = "1"
+        os.execv(sys.executable, [sys.executable, *sys.argv])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pairs", type=Path, required=True)
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="verifier probability threshold (default: the calibrated one)")
+    parser.add_argument("--embeddings-cache", default=str(DEFAULT_CACHE),
+                        help="an .npz keeping text embeddings between runs ('' = none)")
+    parser.add_argument("--latency", action="store_true", help="measure lookup latency")
+    parser.add_argument("--sizes", default="10000,100000")
+    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--export", type=Path, default=None,
+                        help="latency mode: write entries.npy/queries.npy here")
+    args = parser.parse_args(argv)
+    args.embeddings_cache = Path(args.embeddings_cache) if args.embeddings_cache else None
+    result = latency(args) if args.latency else quality(args)
+    print()
+    print_json_line(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
