@@ -9,13 +9,16 @@ server reports in each 200 answer. Direct and gateway runs alternate in ABBA ord
 (``--rounds``) so drift on a shared machine (thermal, other jobs, vLLM's own caches)
 falls on both arms alike; the ratio gateway/direct is what is reported.
 
-On this 2-core box vLLM's threads use both cores and the gateway competes with it for
-CPU: what the gateway costs shows up as tokens vLLM did not generate. In production the
-gateway runs on other machines, so this is the pessimistic case.
+``--layout shared`` (default) is the pessimistic case: vLLM's threads use both cores and
+the gateway competes with them for CPU, so what the gateway costs shows up as tokens vLLM
+did not generate (vLLM's OpenMP threads wait for each other, so a little stolen time
+costs a lot). ``--layout split`` is the production-like case: vLLM on core 1, gateway
+and wrk on core 0 in both arms, as when the gateway runs on other machines.
 
 Example::
 
     .venv/bin/python bench/vllm_throughput.py --duration 30 --rounds 2
+    .venv/bin/python bench/vllm_throughput.py --layout split
     .venv/bin/python bench/vllm_throughput.py --prompts ../shared/data/prompts/sharegpt_500.json
 """
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sqlite3
 import sys
@@ -54,6 +58,8 @@ DEFAULT_MODEL_DIR = REPO_ROOT / "data" / "test-models" / "tiny-llama"
 GATEWAY_KEY = "bench-gateway-key"
 TARGET_RATIO = 0.95  # through the gateway >= 95% of direct tokens/s at concurrency 64
 ARMS = ("direct", "gateway")
+VLLM_CPU = "1"  # --layout split: vLLM's OpenMP threads here ...
+FRONT_CPU = "0"  # ... and the gateway and wrk here
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -74,6 +80,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=2,
                         help="pairs per point, alternating order (ABBA...)")
     parser.add_argument("--stream", action="store_true", help="stream the answers (SSE)")
+    parser.add_argument("--layout", choices=("shared", "split"), default="shared",
+                        help="shared: vLLM's threads on every core, the gateway and wrk float "
+                             "among them (the gateway's CPU is taken from vLLM); split: vLLM "
+                             "on core 1, gateway and wrk on core 0 (as when the gateway runs "
+                             "on other machines)")
     parser.add_argument("--quiet-busy", type=float, default=0.15,
                         help="before each run wait until other jobs use at most this "
                              "fraction of the machine")
@@ -128,9 +139,20 @@ def start_vllm(args: argparse.Namespace, model: Path, workdir: Path) -> tuple[An
 
     worker = VllmWorker(
         model, python=args.vllm_python, gpu_count=0, kvcache_gib=args.kvcache_gib,
-        log_path=workdir / "vllm.log",
+        log_path=workdir / "vllm.log", cpu_threads=VLLM_CPU if args.layout == "split" else None,
     )
-    worker.start()
+    if args.layout == "split":
+        # The whole vLLM process tree on its core, not only its OpenMP threads: its API
+        # server and engine loop are Python too, and left floating they would share the
+        # gateway's core in one arm only. Children inherit the affinity they fork with.
+        everything = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {int(VLLM_CPU)})
+        try:
+            worker.start()
+        finally:
+            os.sched_setaffinity(0, everything)
+    else:
+        worker.start()
     try:
         seconds = worker.wait_ready()
     except BaseException:
@@ -141,7 +163,9 @@ def start_vllm(args: argparse.Namespace, model: Path, workdir: Path) -> tuple[An
     return worker, worker.served_model_name
 
 
-def start_gateway(workdir: Path, upstream: str, model_name: str) -> tuple[Service, str]:
+def start_gateway(
+    workdir: Path, upstream: str, model_name: str, cpus: str | None
+) -> tuple[Service, str]:
     port = free_port()
     data_dir = workdir / "gateway-data"
     gateway = Service(
@@ -157,6 +181,7 @@ def start_gateway(workdir: Path, upstream: str, model_name: str) -> tuple[Servic
             # from memory and the comparison would measure the cache, not the proxy
             "OPTENGINE_CACHE_ENABLED": "false",
         },
+        cpus=cpus,
         cwd=workdir,
         log_dir=workdir,
     ).start()
@@ -190,9 +215,11 @@ def measure(arm: str, url: str, script: Path, connections: int,
             args: argparse.Namespace) -> WrkResult:
     endpoint = f"{url}/v1/chat/completions"
     busy = wait_quiet(args.quiet_busy, args.quiet_timeout)
-    run_wrk(endpoint, script, connections=connections, duration_s=args.warmup, timeout_s=300)
+    cpus = FRONT_CPU if args.layout == "split" else None
+    run_wrk(endpoint, script, connections=connections, duration_s=args.warmup, timeout_s=300,
+            cpus=cpus)
     result = run_wrk(endpoint, script, connections=connections, duration_s=args.duration,
-                     timeout_s=300)
+                     timeout_s=300, cpus=cpus)
     result.busy_before = busy
     per_request = result.tokens / result.ok if result.ok else 0.0
     print(f"  {arm:8s} c={connections:<3d} {result.tokens_per_s:8.1f} tok/s  "
@@ -219,7 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     worker = None
     try:
         worker, model_name = start_vllm(args, model, workdir)
-        gateway, gateway_url = start_gateway(workdir, worker.base_url, model_name)
+        gateway, gateway_url = start_gateway(
+            workdir, worker.base_url, model_name, FRONT_CPU if args.layout == "split" else None
+        )
         urls = {"direct": worker.base_url, "gateway": gateway_url}
         bodies = request_bodies(prompts, model_name, args)
         headers = {"content-type": "application/json", "authorization": f"Bearer {GATEWAY_KEY}"}
@@ -255,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
             "model": str(model), "prompts": str(args.prompts), "prompts_used": len(prompts),
             "concurrency": concurrencies, "max_tokens": args.max_tokens,
             "duration_s": args.duration, "warmup_s": args.warmup, "rounds": args.rounds,
-            "stream": args.stream,
+            "stream": args.stream, "layout": args.layout,
         },
         "results": summary["points"],
         "target": summary["target"],
@@ -318,7 +347,7 @@ def report(summary: dict[str, Any], concurrencies: list[int], info: dict[str, ob
           f"{model.name}, {n_prompts} prompts from {args.prompts.name}, max_tokens "
           f"{args.max_tokens} (ignore_eos), {'streaming' if args.stream else 'non-streaming'}, "
           f"{args.duration:g} s per run after {args.warmup:g} s warm-up, {args.rounds} "
-          f"pair(s) per point in ABBA order, means; gateway cache off")
+          f"pair(s) per point in ABBA order, means; gateway cache off; layout {args.layout}")
     print()
     rows = []
     for c in concurrencies:
