@@ -1,9 +1,15 @@
 """The static prefix of a request: the part that repeats across requests.
 
-For chat it is everything before the last message (tools, response format, system
-prompt, documents, earlier turns); for completions, the leading part of a long prompt.
 Its hash keys prefix-affinity routing, so requests that share it meet the same vLLM
-prefix cache. A request with no such part (one short user turn) has no prefix.
+prefix cache. The key must stay the same from one turn of a conversation to the next,
+or each turn would land on another worker and find nothing cached there:
+
+- chat: the tools, the response format and the leading system/developer messages (the
+  part shared by every conversation of an application); a conversation without them is
+  keyed by its first message, which its later turns repeat;
+- completions: the leading part of a long prompt.
+
+A request with no such part (one short user turn) has no prefix.
 """
 
 from __future__ import annotations
@@ -15,25 +21,37 @@ import orjson
 
 MIN_COMPLETION_PREFIX_CHARS = 512
 COMPLETION_PREFIX_CHARS = 1024
+INSTRUCTION_ROLES = ("system", "developer")
 
 
 def static_prefix_key(endpoint: str, model: str, request: dict[str, Any]) -> str | None:
     if endpoint == "chat.completions":
-        messages = request.get("messages") or []
-        static = {
-            "tools": request.get("tools"),
-            "response_format": request.get("response_format"),
-            "messages": messages[:-1],
-        }
-        if not static["messages"] and not static["tools"]:
-            return None
-        material = orjson.dumps(static, option=orjson.OPT_SORT_KEYS)
+        material = _chat_prefix(request)
     else:
         prompt = request.get("prompt")
         if not isinstance(prompt, str) or len(prompt) < MIN_COMPLETION_PREFIX_CHARS:
             return None
         material = prompt[:COMPLETION_PREFIX_CHARS].encode()
+    if material is None:
+        return None
     return hashlib.blake2b(model.encode() + b"\x00" + material, digest_size=16).hexdigest()
+
+
+def _chat_prefix(request: dict[str, Any]) -> bytes | None:
+    messages = request.get("messages") or []
+    leading = []
+    for message in messages[:-1]:
+        if message.get("role") not in INSTRUCTION_ROLES:
+            break
+        leading.append(message)
+    tools = request.get("tools")
+    if not leading and not tools:
+        if len(messages) < 2:
+            return None
+        leading = messages[:1]  # the conversation's opening, repeated by every later turn
+    static = {"tools": tools, "response_format": request.get("response_format"),
+              "messages": leading}
+    return orjson.dumps(static, option=orjson.OPT_SORT_KEYS)
 
 
 # Anthropic caches a prompt prefix only when asked: a ``cache_control`` marker on the
