@@ -114,6 +114,7 @@ class CacheEntry(Base):
 
     __table_args__ = (
         Index("ix_cache_entries_expires_at", "expires_at"),
+        Index("ix_cache_entries_created_at", "created_at"),  # replicas read new rows
         Index("ix_cache_entries_namespace", "namespace"),
         Index("ix_cache_entries_hit_count", "hit_count"),
     )

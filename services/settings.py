@@ -136,6 +136,10 @@ class Settings(BaseSettings):
     cache_l3_enabled: bool = True
     cache_l3_ttl_s: float = Field(default=86400.0, gt=0)
     cache_l3_max_bytes: int = Field(default=100 * 1024**3, gt=0)
+    cache_l3_refresh_s: float = Field(
+        default=2.0, gt=0,
+        description="how often L3 reads other replicas' new entries and writes hit counts",
+    )
     cache_shared_namespaces: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="X-Cache-Namespace values shared across tenants"
     )

@@ -27,10 +27,17 @@ class DigestBloom:
         # 7 disjoint 8-hex-digit (32-bit) slices of the 64-digit digest
         return [int(digest[8 * i : 8 * i + 8], 16) % self.size for i in range(self.hashes)]
 
-    def add(self, digest: str) -> None:
+    def add(self, digest: str) -> bool:
+        """Add a digest; ``count`` grows only when it sets a new bit, so adding one again
+        (every refresh re-reads a margin of recent rows) does not fill the filter."""
+        new = False
         for pos in self._positions(digest):
-            self._bits[pos >> 3] |= 1 << (pos & 7)
-        self.count += 1
+            byte, bit = pos >> 3, 1 << (pos & 7)
+            if not self._bits[byte] & bit:
+                self._bits[byte] |= bit
+                new = True
+        self.count += new
+        return new
 
     def __contains__(self, digest: str) -> bool:
         return all(self._bits[pos >> 3] & (1 << (pos & 7)) for pos in self._positions(digest))

@@ -1,8 +1,9 @@
 """The response cache: exact tiers looked up in order, filled upwards, and single flight.
 
-``lookup`` walks L1 -> L2 -> L3 and copies a hit into the faster tiers it missed;
-``store`` writes L1 at once and the shared tiers in the background (the client already
-has its answer). ``flight`` makes concurrent identical misses share one upstream call.
+``lookup`` walks L1 -> L2 -> L3 and copies a hit into the faster tiers it missed, in the
+background; ``store`` writes L1 at once and the shared tiers in the background (the
+client already has its answer in both cases). ``flight`` makes concurrent identical
+misses share one upstream call.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -82,8 +83,8 @@ class ResponseCache:
             self.metrics.lookup_seconds.labels(tier.name).observe(time.perf_counter() - started)
             if entry is not None and (max_age_s is None or entry.age_s <= max_age_s):
                 self.metrics.lookups.labels(tier.name, "hit").inc()
-                for faster in missed:
-                    await faster.set(key, entry)
+                if missed:
+                    self._in_background(self._fill(missed, key, entry, None))
                 return Hit(tier.name, entry)
             self.metrics.lookups.labels(tier.name, "miss").inc()
             missed.append(tier)
@@ -96,18 +97,29 @@ class ResponseCache:
             self.metrics.stores.labels(first.name).inc()
         self._update_gauges()
         if shared:
-            task = asyncio.create_task(self._store_shared(shared, key, entry, ttl_s))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._in_background(self._fill(shared, key, entry, ttl_s))
 
-    async def _store_shared(self, tiers: list[CacheTier], key: CacheKey,
-                            entry: CachedResponse, ttl_s: float | None) -> None:
+    def _in_background(self, work: Coroutine[object, object, None]) -> None:
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _fill(self, tiers: list[CacheTier], key: CacheKey,
+                    entry: CachedResponse, ttl_s: float | None) -> None:
         for tier in tiers:
             try:
                 if await tier.set(key, entry, ttl_s):
                     self.metrics.stores.labels(tier.name).inc()
             except Exception:  # a background write must never take the gateway down
                 log.warning("cache write to %s failed", tier.name, exc_info=True)
+        self._update_gauges()
+
+    async def start(self) -> None:
+        """Start the tiers' own background work (L3's filter and hit counts)."""
+        for tier in self.tiers:
+            start = getattr(tier, "start", None)
+            if start is not None:
+                await start()
 
     async def drain(self) -> None:
         """Wait for background writes (tests, shutdown)."""

@@ -1,25 +1,32 @@
 """L3: compressed responses in the store's ``cache_entries`` table.
 
 Shared by every replica and long-lived (24 h by default). A Bloom filter of the digests
-present answers most misses from memory; it is loaded at start and topped up from the
-table every few seconds, so entries written by other replicas are found too. Lookups
-and writes run in a worker thread; a write that fails (store away) is dropped, never
-surfaced: L3 is an optimisation, and the request has already been answered. The byte
-budget is enforced by evicting the least recently hit entries once the running total
-passes it.
+present answers most misses from memory. A background loop (``start``) loads it, tops it
+up every ``filter_refresh_s`` with the rows any replica wrote since (an index on
+``created_at`` keeps that cheap), and writes the hit counts gathered since its last
+turn in one batch, so a hit is a read, never a write transaction on the request's path.
+Another replica's write is invisible here until the next refresh; when Redis is on, that
+entry is in L2, which is looked up first. Before the first load, and when the store
+could not be read, every lookup asks the store.
+
+Lookups and writes run in a worker thread; a write that fails (store away) is dropped,
+never surfaced: L3 is an optimisation, and the request has already been answered. The
+byte budget is enforced by evicting the least recently hit entries once the running
+total passes it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
+import threading
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy import Engine, bindparam, delete, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from models import CacheEntry
+from services.background import cancel_and_wait, every
 from services.caching.bloom import DigestBloom
 from services.caching.entry import CachedResponse
 from services.caching.keys import CacheKey
@@ -38,7 +45,7 @@ class PersistentCache:
         max_bytes: int,
         max_entry_bytes: int,
         filter_capacity: int = 1_000_000,
-        filter_refresh_s: float = 5.0,
+        filter_refresh_s: float = 2.0,
     ) -> None:
         self._engine = engine
         self.ttl_s = ttl_s
@@ -50,11 +57,39 @@ class PersistentCache:
         self._filter_refresh_s = filter_refresh_s
         self._filter: DigestBloom | None = None
         self._filter_seen_until: datetime | None = None
-        self._filter_checked_at = 0.0
         self.filtered_misses = 0
+        self._hits: dict[str, tuple[int, datetime]] = {}  # digest -> (hits, last) to write
+        self._hits_lock = threading.Lock()
+        self._maintenance: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Load the filter and keep it (and the hit counts) in step with the store."""
+        await asyncio.to_thread(self._maintain_quietly)
+        self._maintenance = every(
+            self._filter_refresh_s, self.maintain, name="l3-maintenance",
+            failure="L3 maintenance failed (store away?); lookups ask the store meanwhile",
+        )
+
+    async def aclose(self) -> None:
+        await cancel_and_wait(self._maintenance)
+        self._maintenance = None
+        await asyncio.to_thread(self._maintain_quietly)
+
+    def maintain(self) -> None:
+        """One turn of the background loop: top up the filter, write pending hit counts."""
+        try:
+            self._refresh_filter()  # when it fails the store is away: a stale filter costs
+        finally:  # nothing then, and the next refresh reads back to the last row it saw
+            self.flush_hits()
+
+    def _maintain_quietly(self) -> None:
+        try:
+            self.maintain()
+        except SQLAlchemyError as exc:
+            log.debug("L3 maintenance failed: %s", exc)
 
     async def get(self, key: CacheKey) -> CachedResponse | None:
-        if not await self._maybe_present(key.digest):
+        if self._filter is not None and key.digest not in self._filter:
             self.filtered_misses += 1
             return None
         try:
@@ -81,16 +116,6 @@ class PersistentCache:
         except SQLAlchemyError as exc:
             log.debug("L3 delete failed: %s", exc)
 
-    async def _maybe_present(self, digest: str) -> bool:
-        now = time.monotonic()
-        if self._filter is None or now - self._filter_checked_at >= self._filter_refresh_s:
-            self._filter_checked_at = now
-            try:
-                await asyncio.to_thread(self._refresh_filter)
-            except SQLAlchemyError as exc:
-                log.debug("L3 filter refresh failed: %s", exc)
-        return self._filter is None or digest in self._filter
-
     def _refresh_filter(self) -> None:
         """Load every live digest (first call, or when the filter is full), else only
         the ones written since the last refresh, by any replica."""
@@ -107,7 +132,7 @@ class PersistentCache:
         assert target is not None
         newest = since
         for digest, created_at in rows:
-            target.add(digest)
+            target.add(digest)  # re-adding a digest seen before changes nothing
             created_at = _aware(created_at)
             if newest is None or created_at > newest:
                 newest = created_at
@@ -118,20 +143,42 @@ class PersistentCache:
 
     def _get(self, key: CacheKey) -> CachedResponse | None:
         now = datetime.now(UTC)
-        with self._engine.begin() as conn:
+        with self._engine.connect() as conn:
             row = conn.execute(
                 select(CacheEntry.value, CacheEntry.expires_at, CacheEntry.namespace).where(
                     CacheEntry.digest == key.digest
                 )
             ).one_or_none()
-            if row is None or row.namespace != key.namespace or _aware(row.expires_at) <= now:
-                return None
-            conn.execute(
-                update(CacheEntry)
-                .where(CacheEntry.digest == key.digest)
-                .values(hit_count=CacheEntry.hit_count + 1, last_hit_at=now)
-            )
+        if row is None or row.namespace != key.namespace or _aware(row.expires_at) <= now:
+            return None
+        with self._hits_lock:
+            count, _ = self._hits.get(key.digest, (0, now))
+            self._hits[key.digest] = (count + 1, now)
         return CachedResponse.decompressed(row.value)
+
+    def flush_hits(self) -> int:
+        """Write the hit counts gathered since the last flush, in one batch; returns how
+        many entries were updated. On failure they are kept for the next turn."""
+        with self._hits_lock:
+            pending, self._hits = self._hits, {}
+        if not pending:
+            return 0
+        statement = (
+            update(CacheEntry)
+            .where(CacheEntry.digest == bindparam("d"))
+            .values(hit_count=CacheEntry.hit_count + bindparam("n"), last_hit_at=bindparam("t"))
+        )
+        rows = [{"d": d, "n": n, "t": t} for d, (n, t) in pending.items()]
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(statement, rows)
+        except SQLAlchemyError:
+            with self._hits_lock:
+                for digest, (n, t) in pending.items():
+                    count, last = self._hits.get(digest, (0, t))
+                    self._hits[digest] = (count + n, max(last, t))
+            raise
+        return len(rows)
 
     def _set(self, key: CacheKey, entry: CachedResponse, data: bytes, ttl_s: float) -> None:
         now = datetime.now(UTC)

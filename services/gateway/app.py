@@ -60,6 +60,7 @@ def build_cache(settings: Settings, engine: Engine, metrics: GatewayMetrics) -> 
                 ttl_s=settings.cache_l3_ttl_s,
                 max_bytes=settings.cache_l3_max_bytes,
                 max_entry_bytes=settings.cache_max_entry_bytes,
+                filter_refresh_s=settings.cache_l3_refresh_s,
             )
         )
     return ResponseCache(
@@ -146,6 +147,8 @@ def create_app(settings: Settings) -> FastAPI:
         await services.telemetry.start()
         await services.keyring.start()
         await services.pool.start(settings.workers)
+        if services.cache is not None:
+            await services.cache.start()
         if services.semantic_sync is not None:
             await services.semantic_sync.start()
         log.info("gateway ready; stages: %s", " -> ".join(services.serving.stage_names))

@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from prometheus_client import CollectorRegistry
+from sqlalchemy import select
 
 from migrations import upgrade_to_head
-from models import create_store_engine
+from models import CacheEntry, create_store_engine
 from services.caching import (
     CachedResponse,
+    CacheMetrics,
     MemoryCache,
     PersistentCache,
     RedisCache,
+    ResponseCache,
     assemble,
     cache_key,
     is_deterministic,
@@ -177,10 +181,53 @@ async def test_l3_misses_skip_the_store_but_other_replicas_writes_are_found(stor
         )
 
     reader, writer = replica(), replica()
-    key = cache_key("t", "chat.completions", {"from": "the other replica"})
-    assert await reader.get(key) is None and reader.filtered_misses == 1
-    await writer.set(key, entry())
-    await asyncio.sleep(0.3)  # the reader's filter refreshes from the table
-    assert (await reader.get(key)) is not None
-    other = cache_key("t", "chat.completions", {"never": "stored"})
-    assert await reader.get(other) is None and reader.filtered_misses == 2
+    await reader.start()
+    try:
+        key = cache_key("t", "chat.completions", {"from": "the other replica"})
+        assert await reader.get(key) is None and reader.filtered_misses == 1
+        await writer.set(key, entry())
+        await asyncio.sleep(0.5)  # the reader's filter refreshes from the table
+        assert (await reader.get(key)) is not None
+        other = cache_key("t", "chat.completions", {"never": "stored"})
+        assert await reader.get(other) is None and reader.filtered_misses == 2
+    finally:
+        await reader.aclose()
+
+
+async def test_l3_hits_are_counted_in_batches_off_the_request_path(store_engine) -> None:
+    cache = PersistentCache(store_engine, ttl_s=60, max_bytes=1 << 30, max_entry_bytes=1 << 20)
+    key = cache_key("t", "chat.completions", {"hot": True})
+    await cache.set(key, entry())
+
+    def hit_count() -> int:
+        with store_engine.connect() as conn:
+            return conn.scalar(select(CacheEntry.hit_count).where(CacheEntry.digest == key.digest))
+
+    for _ in range(3):
+        assert await cache.get(key) is not None
+    assert hit_count() == 0  # nothing written while answering
+    assert cache.flush_hits() == 1 and hit_count() == 3
+    assert cache.flush_hits() == 0
+
+
+def test_bloom_filter_counts_distinct_digests_only() -> None:
+    import hashlib
+
+    from services.caching.bloom import DigestBloom
+
+    bloom = DigestBloom(1000)
+    digest = hashlib.sha256(b"x").hexdigest()
+    assert bloom.add(digest) and not bloom.add(digest)
+    assert bloom.count == 1
+
+
+async def test_a_hit_in_a_slower_tier_fills_the_faster_ones(store_engine) -> None:
+    l1 = MemoryCache(max_bytes=1 << 20, ttl_s=60, max_entry_bytes=1 << 20)
+    l3 = PersistentCache(store_engine, ttl_s=60, max_bytes=1 << 30, max_entry_bytes=1 << 20)
+    cache = ResponseCache([l1, l3], CacheMetrics(CollectorRegistry()))
+    key = cache_key("t", "chat.completions", {"warm": "me"})
+    await l3.set(key, entry())
+    hit = await cache.lookup(key)
+    assert hit is not None and hit.layer == "L3"
+    await cache.drain()
+    assert (await cache.lookup(key)).layer == "L1"

@@ -86,6 +86,7 @@ def test_flow_reports_alerts_purges_and_warms(store, prefect_harness, monkeypatc
     expired = cache_key("tenant/t", "chat.completions", {"q": "old"})
     asyncio.run(l3.set(hot, CachedResponse("chat.completions", body)))
     asyncio.run(l3.get(hot))  # one hit: worth warming
+    l3.flush_hits()  # what the gateway's L3 does in the background
     asyncio.run(l3.set(expired, CachedResponse("chat.completions", body), ttl_s=0.01))
     try:
         result = asyncio.run(cache_optimization(window_minutes=60))
