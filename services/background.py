@@ -33,3 +33,14 @@ def every(interval_s: float, blocking: Callable[[], object], *, name: str,
                 log.warning(failure, exc_info=True)
 
     return asyncio.create_task(loop(), name=name)
+
+
+async def now_and_every(interval_s: float, blocking: Callable[[], object], *, name: str,
+                        failure: str) -> asyncio.Task[None]:
+    """Run ``blocking`` once before returning (a service starts with its data loaded when
+    the store is there; a failure is logged, not raised), then as ``every`` does."""
+    try:
+        await asyncio.to_thread(blocking)
+    except Exception:
+        log.warning(failure, exc_info=True)
+    return every(interval_s, blocking, name=name, failure=failure)

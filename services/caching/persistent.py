@@ -26,7 +26,7 @@ from sqlalchemy import Engine, bindparam, delete, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from models import CacheEntry
-from services.background import cancel_and_wait, every
+from services.background import cancel_and_wait, now_and_every
 from services.caching.bloom import DigestBloom
 from services.caching.entry import CachedResponse
 from services.caching.keys import CacheKey
@@ -64,8 +64,7 @@ class PersistentCache:
 
     async def start(self) -> None:
         """Load the filter and keep it (and the hit counts) in step with the store."""
-        await asyncio.to_thread(self._maintain_quietly)
-        self._maintenance = every(
+        self._maintenance = await now_and_every(
             self._filter_refresh_s, self.maintain, name="l3-maintenance",
             failure="L3 maintenance failed (store away?); lookups ask the store meanwhile",
         )

@@ -11,10 +11,9 @@ import logging
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, select
-from sqlalchemy.exc import SQLAlchemyError
 
 from models import SemanticEntry
-from services.background import cancel_and_wait, every
+from services.background import cancel_and_wait, now_and_every
 from services.caching.semantic import SemanticCache, SemanticRow
 
 log = logging.getLogger(__name__)
@@ -84,17 +83,16 @@ class SemanticSync:
     def sync_once(self) -> int:
         started = datetime.now(UTC)
         loaded = self.cache.load(self.store.rows_since(self._since))
+        if self._since is None:
+            log.info("semantic cache: %d entries loaded", loaded)
         self._since = started
         return loaded
 
     async def start(self) -> None:
-        try:
-            loaded = await asyncio.to_thread(self.sync_once)
-            log.info("semantic cache: %d entries loaded", loaded)
-        except SQLAlchemyError:
-            log.warning("could not load the semantic index from the store", exc_info=True)
-        self._task = every(self._interval_s, self.sync_once, name="semantic-sync",
-                           failure="semantic index sync failed")
+        self._task = await now_and_every(
+            self._interval_s, self.sync_once, name="semantic-sync",
+            failure="could not sync the semantic index from the store",
+        )
 
     async def stop(self) -> None:
         await cancel_and_wait(self._task)

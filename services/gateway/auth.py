@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import ApiKey
-from services.background import cancel_and_wait, every
+from services.background import cancel_and_wait, now_and_every
 from services.errors import AuthenticationFailed
 
 log = logging.getLogger(__name__)
@@ -96,13 +96,9 @@ class KeyRing:
     async def start(self) -> None:
         if self._sessions is None:
             return
-        try:
-            await asyncio.to_thread(self.load_from_store)
-        except Exception:
-            log.warning("could not load API keys from the store", exc_info=True)
-        self._task = every(
+        self._task = await now_and_every(
             self._refresh_interval_s, self.load_from_store, name="api-key-refresh",
-            failure="API key refresh failed; keeping the previous keys",
+            failure="could not load API keys from the store; keeping the previous keys",
         )
 
     async def stop(self) -> None:
