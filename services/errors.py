@@ -12,6 +12,7 @@ the right status (one handler, registered with ``app.exception_handler``). Upstr
     ├── ModelNotFound                404 invalid_request_error (code model_not_found)
     ├── UnknownModelPrice            500 (services.costs: a model nobody priced)
     ├── RateLimited                  429 rate_limit_error (Retry-After when known)
+    ├── Overloaded                   503 service_unavailable (code overloaded, Retry-After)
     └── UpstreamError                502 upstream_error
         ├── UpstreamUnavailable      503 service_unavailable (no healthy worker, connect)
         └── UpstreamTimeout          504 timeout
@@ -79,6 +80,17 @@ class ModelNotFound(EngineError):
 class RateLimited(EngineError):
     status_code = 429
     error_type = "rate_limit_error"
+
+
+class Overloaded(EngineError):
+    """Every worker for the model is at its in-flight cap and the queue wait ran out."""
+
+    status_code = 503
+    error_type = "service_unavailable"
+    default_code = "overloaded"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message, headers={"retry-after": str(retry_after_s)})
 
 
 class UpstreamError(EngineError):

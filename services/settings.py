@@ -8,7 +8,9 @@ setup at all: a SQLite file under ``./data``, no Redis, dev mode (no API key nee
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -20,6 +22,9 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+
+from services.execution.admission import PriorityClass
+from services.execution.scheduling import SchedulingPolicy
 
 _DEFAULT_DATA_DIR = Path("data")
 
@@ -111,8 +116,47 @@ class Settings(BaseSettings):
     upstream_connect_timeout_s: float = 5.0
     upstream_read_timeout_s: float = 300.0
     upstream_max_connections: int = 512
+    upstream_keepalive_s: float = Field(
+        default=4.0, gt=0,
+        description="drop idle upstream connections after this; below vLLM's (uvicorn's) 5 s",
+    )
     health_interval_s: float = 5.0
-    retry_on_connect_error: int = Field(default=1, ge=0)
+    health_failures_to_eject: int = Field(
+        default=3, ge=1, description="failed probes in a row before a worker is ejected"
+    )
+    retry_on_connect_error: int = Field(
+        default=1, ge=0,
+        description="retries on another worker after a connect error or a 502/503 answer",
+    )
+    scheduling_policy: SchedulingPolicy = Field(
+        default="least_outstanding_tokens",
+        description="least_outstanding_tokens | power_of_two | least_outstanding_requests",
+    )
+    expected_output_tokens: int = Field(
+        default=256, gt=0, description="output tokens assumed for a request without max_tokens"
+    )
+    breaker_failure_threshold: int = Field(
+        default=3, ge=1, description="failed requests in a row that open a worker's circuit"
+    )
+    breaker_reset_s: float = Field(
+        default=10.0, gt=0, description="open circuit: seconds until one probe request may pass"
+    )
+    max_in_flight_per_worker: int = Field(
+        default=64, ge=0,
+        description="requests one worker takes at once (vLLM's batch); more wait; 0 = no cap",
+    )
+    admission_queue_timeout_s: float = Field(
+        default=30.0, gt=0,
+        description="longest wait for a worker slot before 503 overloaded with Retry-After",
+    )
+    tenant_priorities: dict[str, PriorityClass] = Field(
+        default_factory=dict,
+        description="tenant -> high | normal | low (default normal); X-Priority may only lower",
+    )
+    worker_drain_timeout_s: float = Field(
+        default=60.0, gt=0,
+        description="how long draining a worker waits for its requests in flight",
+    )
     prefix_affinity_load_factor: float = Field(
         default=1.25, ge=0,
         description="route shared prefixes to one worker up to this x mean load; 0 = off",
@@ -165,6 +209,15 @@ class Settings(BaseSettings):
     vllm_python: Path = Field(default=Path(".venv-vllm/bin/python"))
     vllm_startup_timeout_s: float = 300.0
     vllm_cpu_kvcache_gib: int = 2
+    vllm_speculative_config: dict[str, Any] | None = Field(
+        default=None,
+        description="vLLM --speculative-config as JSON, e.g. "
+        '{"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 4}',
+    )
+    vllm_extra_args: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="more vLLM arguments, shell-quoted in one string; they override ours",
+    )
 
     @field_validator(
         "api_keys", "workers", "cache_shared_namespaces", "cache_semantic_tenants", mode="before"
@@ -172,6 +225,16 @@ class Settings(BaseSettings):
     @classmethod
     def _csv(cls, value: Any) -> Any:
         return _split_csv(value)
+
+    @field_validator("vllm_speculative_config", mode="before")
+    @classmethod
+    def _json_object(cls, value: Any) -> Any:
+        return json.loads(value) if isinstance(value, str) else value
+
+    @field_validator("vllm_extra_args", mode="before")
+    @classmethod
+    def _shell_words(cls, value: Any) -> Any:
+        return shlex.split(value) if isinstance(value, str) else value
 
     @field_validator("workers")
     @classmethod

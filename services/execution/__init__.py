@@ -1,14 +1,32 @@
-"""Talking to upstream workers: the pooled client, the worker pool, registration."""
+"""Talking to upstream workers: the pooled client, the worker pool with its scheduling
+and admission control, registration."""
 
+from services.execution.admission import (
+    DEFAULT_PRIORITY,
+    PRIORITY_CLASSES,
+    AdmissionMetrics,
+    PriorityClass,
+    request_priority,
+)
 from services.execution.client import UpstreamClient
-from services.execution.pool import WorkerPool, WorkerState
+from services.execution.pool import Lease, WorkerPool, WorkerState
 from services.execution.registry import deregister_worker, register_worker, store_sync
+from services.execution.scheduling import SCHEDULING_POLICIES, SchedulingPolicy, estimate_tokens
 
 __all__ = [
+    "DEFAULT_PRIORITY",
+    "PRIORITY_CLASSES",
+    "SCHEDULING_POLICIES",
+    "AdmissionMetrics",
+    "Lease",
+    "PriorityClass",
+    "SchedulingPolicy",
     "UpstreamClient",
     "WorkerPool",
     "WorkerState",
     "deregister_worker",
+    "estimate_tokens",
     "register_worker",
+    "request_priority",
     "store_sync",
 ]

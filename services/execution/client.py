@@ -9,10 +9,17 @@ docs/benchmarks.md, "Gateway overhead"). Timeouts are split: connecting must be 
 dead worker is detected in seconds and the request retried elsewhere), reading may be
 long (a 4k-token generation on a CPU worker takes minutes), and every read of a stream is
 bounded by the same read timeout, so a hung worker ends the stream instead of hanging it.
+
+Idle pooled connections are dropped after ``keepalive_s``, which must stay below the
+worker's own idle timeout (uvicorn, which vLLM runs on, closes after 5 s): otherwise the
+gateway reuses a connection the worker is closing and the request fails with a
+disconnect. Such a failure before any response header is still retried once on a
+fresh connection, since the worker cannot have started on it.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -24,8 +31,11 @@ from services.errors import (
     InvalidRequest,
     ModelNotFound,
     UpstreamError,
+    UpstreamUnavailable,
     upstream_errors,
 )
+
+log = logging.getLogger(__name__)
 
 _JSON_HEADERS = {"content-type": "application/json"}
 
@@ -37,11 +47,13 @@ class UpstreamClient:
         connect_timeout_s: float = 5.0,
         read_timeout_s: float = 300.0,
         max_connections: int = 512,
+        keepalive_s: float = 4.0,
     ) -> None:
         self._timeout = aiohttp.ClientTimeout(
             total=None, connect=connect_timeout_s, sock_read=read_timeout_s
         )
         self._max_connections = max_connections
+        self._keepalive_s = keepalive_s
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -50,7 +62,9 @@ class UpstreamClient:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(
-                    limit=self._max_connections, keepalive_timeout=30, ttl_dns_cache=300
+                    limit=self._max_connections,
+                    keepalive_timeout=self._keepalive_s,
+                    ttl_dns_cache=300,
                 ),
                 timeout=self._timeout,
                 auto_decompress=False,
@@ -80,11 +94,12 @@ class UpstreamClient:
 
     async def post_json(self, worker: str, path: str, payload: bytes) -> bytes:
         """POST a JSON body and return the response body of a 200 answer."""
-        with upstream_errors(worker):
-            async with self._http.post(
-                f"{worker}{path}", data=payload, headers=_JSON_HEADERS
-            ) as response:
+        response = await self._post(worker, path, payload)
+        try:
+            with upstream_errors(worker):
                 status, content = response.status, await response.read()
+        finally:
+            response.release()
         if status != 200:
             raise_for_upstream_status(worker, status, content)
         return content
@@ -99,10 +114,7 @@ class UpstreamClient:
         caller can still retry on another worker; errors while reading are raised from
         the iterator, already mapped into the engine's hierarchy.
         """
-        with upstream_errors(worker):
-            response = await self._http.post(
-                f"{worker}{path}", data=payload, headers=_JSON_HEADERS
-            )
+        response = await self._post(worker, path, payload)
         try:
             if response.status != 200:
                 with upstream_errors(worker):
@@ -111,6 +123,23 @@ class UpstreamClient:
             yield _mapped_lines(worker, response)
         finally:
             response.release()
+
+    async def _post(self, worker: str, path: str, payload: bytes) -> aiohttp.ClientResponse:
+        """POST and return the response once its headers are in; a connection that
+        turns out stale (closed by the worker while idle) is retried once."""
+        with upstream_errors(worker):
+            try:
+                return await self._http.post(
+                    f"{worker}{path}", data=payload, headers=_JSON_HEADERS
+                )
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                if isinstance(exc, aiohttp.ClientConnectorError):
+                    raise
+                log.info("worker %s dropped a pooled connection (%s); retrying once", worker,
+                         type(exc).__name__)
+            return await self._http.post(
+                f"{worker}{path}", data=payload, headers=_JSON_HEADERS
+            )
 
 
 async def _mapped_lines(worker: str, response: aiohttp.ClientResponse) -> AsyncIterator[str]:
@@ -124,13 +153,16 @@ def raise_for_upstream_status(worker: str, status: int, body: bytes) -> None:
 
     A 4xx is the client's fault (bad parameters the worker rejected, a prompt longer
     than the model's context) and goes back as a 400/404 with the worker's message; a
-    5xx is the worker's fault and becomes a 502.
+    502/503 means the worker (or a proxy in front of it) cannot take requests now, which
+    is safe to retry elsewhere; any other 5xx is the worker's fault and becomes a 502.
     """
     message = _error_message(body) or f"HTTP {status}"
     if status == 404:
         raise ModelNotFound(f"upstream {worker}: {message}")
     if 400 <= status < 500:
         raise InvalidRequest(message)
+    if status in (502, 503):
+        raise UpstreamUnavailable(f"worker {worker} answered {status}: {message}")
     raise UpstreamError(f"worker {worker} answered {status}: {message}")
 
 

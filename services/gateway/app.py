@@ -22,7 +22,7 @@ from services.caching import (
 from services.caching.semantic import SemanticCache
 from services.caching.semantic_store import SemanticStore, SemanticSync
 from services.costs import PriceCatalog, ThroughputMeter
-from services.execution import UpstreamClient, WorkerPool, store_sync
+from services.execution import AdmissionMetrics, UpstreamClient, WorkerPool, store_sync
 from services.gateway.auth import KeyRing
 from services.gateway.deps import AppServices
 from services.gateway.errors import install_error_handlers
@@ -75,16 +75,24 @@ def build_services(settings: Settings) -> AppServices:
         connect_timeout_s=settings.upstream_connect_timeout_s,
         read_timeout_s=settings.upstream_read_timeout_s,
         max_connections=settings.upstream_max_connections,
+        keepalive_s=settings.upstream_keepalive_s,
     )
     catalog = PriceCatalog.from_settings(settings)
+    metrics = GatewayMetrics()
     pool = WorkerPool(
         client,
         health_interval_s=settings.health_interval_s,
+        probe_failures_to_eject=settings.health_failures_to_eject,
         store_sync=store_sync(sessions),
         affinity_load_factor=settings.prefix_affinity_load_factor or None,
         on_models=lambda models: [catalog.register_self_hosted(m) for m in models],
+        policy=settings.scheduling_policy,
+        max_in_flight=settings.max_in_flight_per_worker,
+        queue_timeout_s=settings.admission_queue_timeout_s,
+        breaker_threshold=settings.breaker_failure_threshold,
+        breaker_reset_s=settings.breaker_reset_s,
+        metrics=AdmissionMetrics(metrics.registry),
     )
-    metrics = GatewayMetrics()
     telemetry = TelemetryWriter(
         engine,
         spill_path=settings.spill_path,
@@ -114,7 +122,15 @@ def build_services(settings: Settings) -> AppServices:
                 semantic_ttl_s=settings.cache_l3_ttl_s,
             )
         )
-    stages.append(DispatchStage(pool, client, retries=settings.retry_on_connect_error))
+    stages.append(
+        DispatchStage(
+            pool,
+            client,
+            retries=settings.retry_on_connect_error,
+            tenant_priorities=settings.tenant_priorities,
+            expected_output_tokens=settings.expected_output_tokens,
+        )
+    )
     pipeline = Pipeline(stages)
     serving = OpenAIServing(pipeline, telemetry, store_prompts=settings.store_prompts)
     return AppServices(

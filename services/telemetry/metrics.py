@@ -61,6 +61,15 @@ class GatewayMetrics:
             "optengine_worker_outstanding", "Requests in flight per worker", ["worker"],
             registry=r,
         )
+        self.worker_outstanding_tokens = Gauge(
+            "optengine_worker_outstanding_tokens",
+            "Estimated prompt + expected output tokens in flight per worker", ["worker"],
+            registry=r,
+        )
+        self.worker_circuit_open = Gauge(
+            "optengine_worker_circuit_open", "1 while the worker's circuit breaker is not "
+            "closed (open or half-open)", ["worker"], registry=r,
+        )
         self.worker_healthy = Gauge(
             "optengine_worker_healthy", "1 when the worker passed its last probe", ["worker"],
             registry=r,

@@ -1,4 +1,5 @@
-"""Worker choice and membership, with a real vLLM worker for discovery."""
+"""Worker choice and membership, with a real vLLM worker for discovery; scheduling,
+admission, breaker and drain behaviour are in the other modules of this folder."""
 
 from __future__ import annotations
 
@@ -7,19 +8,21 @@ import pytest
 from services.errors import ModelNotFound, UpstreamUnavailable
 from services.execution import UpstreamClient, WorkerPool, WorkerState
 from services.workers import free_port
+from tests.execution.support import add
 
 
 @pytest.fixture
 async def pool():
     client = UpstreamClient(connect_timeout_s=1)
-    yield WorkerPool(client)
+    yield WorkerPool(client, policy="least_outstanding_requests")
     await client.aclose()
 
 
-def add(pool: WorkerPool, url: str, *, healthy=True, models=("m",), outstanding=0):
-    state = pool._workers.setdefault(url, WorkerState(url=url))
-    state.healthy, state.models, state.outstanding = healthy, frozenset(models), outstanding
-    return state
+async def choose(pool: WorkerPool, model: str = "m", **options) -> WorkerState:
+    """The worker ``acquire`` picks; the lease is given back at once."""
+    lease = await pool.acquire(model, **options)
+    lease.release()
+    return lease.worker
 
 
 async def test_least_outstanding_healthy_worker_is_chosen(pool) -> None:
@@ -27,38 +30,40 @@ async def test_least_outstanding_healthy_worker_is_chosen(pool) -> None:
     b = add(pool, "http://b", outstanding=1)
     add(pool, "http://c", outstanding=0, healthy=False)
     add(pool, "http://d", outstanding=0, models=("other",))
-    assert pool.choose("m") is b
+    assert await choose(pool) is b
 
 
 async def test_ties_are_shared_in_turn(pool) -> None:
     add(pool, "http://a")
     add(pool, "http://b")
-    chosen = [pool.choose("m").url for _ in range(4)]
+    chosen = [(await choose(pool)).url for _ in range(4)]
     assert chosen == ["http://a", "http://b", "http://a", "http://b"]
 
 
 async def test_lease_counts_in_flight_requests(pool) -> None:
     a = add(pool, "http://a")
-    with pool.lease(a):
-        assert a.outstanding == 1
-        assert pool.choose("m") is a  # still the only one
-    assert a.outstanding == 0 and a.served == 1
+    lease = await pool.acquire("m", tokens=100)
+    assert a.outstanding == 1 and a.outstanding_tokens == 100
+    assert await choose(pool) is a  # still the only one
+    lease.release()
+    lease.release()  # idempotent
+    assert a.outstanding == 0 and a.outstanding_tokens == 0 and a.served == 2
 
 
 async def test_unknown_model_vs_no_healthy_worker(pool) -> None:
     add(pool, "http://a", healthy=False)
     with pytest.raises(UpstreamUnavailable):
-        pool.choose("m")
+        await choose(pool)
     with pytest.raises(ModelNotFound):
-        pool.choose("never-served")
+        await choose(pool, "never-served")
 
 
 async def test_exclude_skips_tried_workers(pool) -> None:
     a = add(pool, "http://a")
     b = add(pool, "http://b", outstanding=4)
-    assert pool.choose("m", exclude=[a]) is b
+    assert await choose(pool, exclude=[a]) is b
     with pytest.raises(UpstreamUnavailable):
-        pool.choose("m", exclude=[a, b])
+        await choose(pool, exclude=[a, b])
 
 
 async def test_probe_marks_dead_worker_unhealthy(pool) -> None:
@@ -81,19 +86,16 @@ async def test_register_discovers_models_of_a_real_worker(pool, vllm_worker) -> 
 async def test_prefix_affinity_is_sticky_and_spread(pool) -> None:
     for name in "abcd":
         add(pool, f"http://{name}")
-    first = {key: pool.choose("m", affinity=key).url for key in map(str, range(200))}
-    again = {key: pool.choose("m", affinity=key).url for key in map(str, range(200))}
+    first = {key: (await choose(pool, affinity=key)).url for key in map(str, range(200))}
+    again = {key: (await choose(pool, affinity=key)).url for key in map(str, range(200))}
     assert first == again  # the same prefix always goes to the same idle worker
     assert len(set(first.values())) == 4  # and prefixes spread over all workers
 
 
 async def test_a_hot_prefix_cannot_overload_its_worker(pool) -> None:
     workers = [add(pool, f"http://{name}") for name in "abcd"]
-    leases = []
     for _ in range(40):  # one hot prefix, 40 requests in flight at once
-        worker = pool.choose("m", affinity="hot system prompt")
-        worker.outstanding += 1
-        leases.append(worker)
+        await pool.acquire("m", affinity="hot system prompt")
     loads = sorted(w.outstanding for w in workers)
     mean = 40 / 4
     assert loads[-1] <= 1.25 * mean + 1  # bounded load
@@ -104,4 +106,4 @@ async def test_affinity_off_falls_back_to_least_outstanding(pool) -> None:
     pool.affinity_load_factor = None
     add(pool, "http://a", outstanding=2)
     b = add(pool, "http://b")
-    assert pool.choose("m", affinity="anything") is b
+    assert await choose(pool, affinity="anything") is b

@@ -1,7 +1,9 @@
-"""Admin API: register and remove workers at run time.
+"""Admin API: register, drain and remove workers at run time.
 
 Registrations go to the shared ``workers`` table and to this replica's pool at once;
-other replicas pick them up on their next health sync.
+other replicas pick them up on their next health sync. Draining is this replica's:
+it stops sending the worker new requests and answers once those in flight have
+finished (or the timeout passed); registering the worker again ends the drain.
 """
 
 from __future__ import annotations
@@ -38,13 +40,15 @@ class WorkerIn(BaseModel):
     url: str = Field(pattern=r"^https?://", description="OpenAI-compatible base URL")
 
 
+class DrainIn(WorkerIn):
+    timeout_s: float | None = Field(
+        default=None, gt=0, description="longest wait for requests in flight; default setting"
+    )
+
+
 @router.get("/workers")
 async def list_workers(services: ServicesDep) -> list[dict[str, object]]:
-    return [
-        {"url": w.url, "source": w.source, "healthy": w.healthy, "models": sorted(w.models),
-         "outstanding": w.outstanding, "served": w.served, "last_error": w.last_error}
-        for w in services.pool.workers
-    ]
+    return [w.summary() for w in services.pool.workers]
 
 
 @router.post("/workers", status_code=201)
@@ -63,3 +67,10 @@ async def remove_worker(url: str, services: ServicesDep) -> dict[str, bool]:
     if not (removed or stored):
         raise InvalidRequest(f"no worker registered at {url}", param="url")
     return {"removed": True}
+
+
+@router.post("/workers/drain")
+async def drain_worker(body: DrainIn, services: ServicesDep) -> dict[str, object]:
+    timeout_s = body.timeout_s or services.settings.worker_drain_timeout_s
+    worker = await services.pool.drain(body.url, timeout_s=timeout_s)
+    return {**worker.summary(), "drained": worker.outstanding == 0}

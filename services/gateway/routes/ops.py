@@ -33,11 +33,7 @@ async def readyz(services: ServicesDep, response: Response) -> dict[str, object]
         store_ok = await asyncio.wait_for(asyncio.to_thread(_store_ok, services.engine), 5)
     except TimeoutError:
         store_ok = False
-    workers = [
-        {"url": w.url, "healthy": w.healthy, "models": sorted(w.models),
-         "outstanding": w.outstanding, "last_error": w.last_error}
-        for w in services.pool.workers
-    ]
+    workers = [w.summary() for w in services.pool.workers]
     workers_ok = any(w.healthy for w in services.pool.workers)
     ready = store_ok and workers_ok
     response.status_code = 200 if ready else 503
@@ -54,5 +50,7 @@ async def metrics(services: ServicesDep) -> Response:
     m = services.metrics
     for worker in services.pool.workers:
         m.worker_outstanding.labels(worker.url).set(worker.outstanding)
+        m.worker_outstanding_tokens.labels(worker.url).set(worker.outstanding_tokens)
         m.worker_healthy.labels(worker.url).set(1 if worker.healthy else 0)
+        m.worker_circuit_open.labels(worker.url).set(worker.breaker.state != "closed")
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,30 +1,49 @@
-"""The last stage: send the request to a worker and relay its answer.
+"""The last stage: lease a worker from the pool, send the request, relay its answer.
 
-A connect failure is retried on another worker (nothing reached the first one, so the
-retry cannot double-generate); any failure after that is the client's to see. Streams
-always ask the worker for usage (``stream_options.include_usage``) so every request is
-counted exactly; the usage chunk is dropped again when the client did not ask for it.
-A worker that dies mid-stream ends the client's stream with an OpenAI error event.
+The pool picks the worker and holds the request in its admission queue while every
+worker is at its cap; this stage tells it what it needs for that: the estimated tokens
+(for least-outstanding-tokens scheduling), the priority class (the tenant's, or a lower
+one from ``X-Priority``) and the prefix-affinity key. A failure that means "this worker
+cannot take requests" (connect error, a 502/503 answer) is retried on another worker:
+nothing reached the client yet and nothing was generated, so the retry cannot double
+anything. Any failure after that is the client's to see. Every outcome is reported to
+the lease, which feeds the worker's circuit breaker.
+
+Streams always ask the worker for usage (``stream_options.include_usage``) so every
+request is counted exactly; the usage chunk is dropped again when the client did not
+ask for it. A worker that dies mid-stream ends the client's stream with an OpenAI error
+event.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import AbstractAsyncContextManager, ExitStack
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from typing import Any, TypeVar
 
 import orjson
 from pydantic import ValidationError
 
 from services.caching.prefix import static_prefix_key
 from services.errors import EngineError, UpstreamError, UpstreamUnavailable
-from services.execution import UpstreamClient, WorkerPool, WorkerState
+from services.execution import (
+    DEFAULT_PRIORITY,
+    Lease,
+    PriorityClass,
+    UpstreamClient,
+    WorkerPool,
+    WorkerState,
+    estimate_tokens,
+    request_priority,
+)
 from services.gateway.pipeline import Next, Reply, RequestContext
 from services.gateway.protocol import ChatCompletionResponse, CompletionResponse, Usage
 
 _PATHS = {"chat.completions": "/v1/chat/completions", "completions": "/v1/completions"}
 _RESPONSES = {"chat.completions": ChatCompletionResponse, "completions": CompletionResponse}
+
+T = TypeVar("T")
 
 
 def upstream_payload(ctx: RequestContext) -> bytes:
@@ -36,13 +55,31 @@ def upstream_payload(ctx: RequestContext) -> bytes:
     return orjson.dumps(body)
 
 
+def _settle(lease: Lease, exc: EngineError) -> None:
+    """A 4xx is the request's fault (the worker answered fine); a 5xx is the worker's."""
+    if exc.status_code >= 500:
+        lease.failed(exc.message)
+    else:
+        lease.succeeded()
+
+
 class DispatchStage:
     name = "dispatch"
 
-    def __init__(self, pool: WorkerPool, client: UpstreamClient, *, retries: int = 1) -> None:
+    def __init__(
+        self,
+        pool: WorkerPool,
+        client: UpstreamClient,
+        *,
+        retries: int = 1,
+        tenant_priorities: Mapping[str, PriorityClass] | None = None,
+        expected_output_tokens: int = 256,
+    ) -> None:
         self._pool = pool
         self._client = client
         self._retries = retries
+        self._tenant_priorities = dict(tenant_priorities or {})
+        self._expected_output_tokens = expected_output_tokens
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> Reply:
         path = _PATHS[ctx.endpoint]
@@ -51,66 +88,88 @@ class DispatchStage:
             return await self._stream(ctx, path, payload)
         return await self._unary(ctx, path, payload)
 
-    def _candidates(self, ctx: RequestContext) -> Iterator[tuple[bool, WorkerState]]:
-        """Workers to try in turn: (is this the last try, worker)."""
-        tried: list[WorkerState] = []
+    async def _on_some_worker(
+        self, ctx: RequestContext, send: Callable[[WorkerState], Awaitable[T]]
+    ) -> tuple[Lease, T]:
+        """``send`` on a leased worker, retried on another one while it fails with
+        ``UpstreamUnavailable``; returns the still-held lease with the result."""
+        tokens = estimate_tokens(
+            ctx.request_dict, default_output_tokens=self._expected_output_tokens
+        )
+        priority = request_priority(
+            self._tenant_priorities.get(ctx.principal.tenant, DEFAULT_PRIORITY),
+            ctx.request_headers.get("x-priority"),
+        )
         affinity = static_prefix_key(ctx.endpoint, ctx.model, ctx.request_dict)
-        for attempt in range(self._retries + 1):
-            worker = self._pool.choose(ctx.model, exclude=tried, affinity=affinity)
-            tried.append(worker)
-            yield attempt == self._retries, worker
-
-    async def _unary(self, ctx: RequestContext, path: str, payload: bytes) -> Reply:
-        for last, worker in self._candidates(ctx):
-            ctx.worker = worker.url
+        tried: list[WorkerState] = []
+        failure: UpstreamUnavailable | None = None
+        while True:
             try:
-                with self._pool.lease(worker):
-                    ctx.upstream_started_at = time.perf_counter()
-                    body = await self._client.post_json(worker.url, path, payload)
-            except UpstreamUnavailable as exc:
-                self._pool.mark_failed(worker, exc.message)
-                if last:
-                    raise
-                continue
-            finally:
-                ctx.upstream_finished_at = time.perf_counter()
-            try:
-                response = _RESPONSES[ctx.endpoint].model_validate_json(body)
-            except ValidationError as exc:
-                raise UpstreamError(f"worker {worker.url} sent a malformed response") from exc
-            ctx.usage = response.usage
-            return Reply(body=body)
-        raise AssertionError("unreachable")  # _candidates yields at least once
-
-    async def _stream(self, ctx: RequestContext, path: str, payload: bytes) -> Reply:
-        for last, worker in self._candidates(ctx):
-            ctx.worker = worker.url
-            resources = ExitStack()
-            resources.enter_context(self._pool.lease(worker))
-            opened = self._client.stream_lines(worker.url, path, payload)
+                lease = await self._pool.acquire(
+                    ctx.model, tokens=tokens, priority=priority, exclude=tried,
+                    affinity=affinity,
+                )
+            except UpstreamUnavailable:
+                if failure is not None:  # no other worker to retry on: the first error
+                    raise failure from None
+                raise
+            tried.append(lease.worker)
+            ctx.worker = lease.worker.url
             ctx.upstream_started_at = time.perf_counter()
             try:
-                lines = await opened.__aenter__()
+                return lease, await send(lease.worker)
             except UpstreamUnavailable as exc:
-                resources.close()
-                self._pool.mark_failed(worker, exc.message)
-                if last:
+                ctx.upstream_finished_at = time.perf_counter()
+                lease.failed(exc.message)
+                lease.release()
+                if len(tried) > self._retries:
                     raise
-                continue
-            except BaseException:
-                resources.close()
+                failure = exc
+            except EngineError as exc:
+                ctx.upstream_finished_at = time.perf_counter()
+                _settle(lease, exc)
+                lease.release()
                 raise
-            return Reply(chunks=self._relay(ctx, worker, opened, lines, resources))
-        raise AssertionError("unreachable")
+            except BaseException:
+                lease.release()
+                raise
+
+    async def _unary(self, ctx: RequestContext, path: str, payload: bytes) -> Reply:
+        async def send(worker: WorkerState) -> bytes:
+            return await self._client.post_json(worker.url, path, payload)
+
+        lease, body = await self._on_some_worker(ctx, send)
+        ctx.upstream_finished_at = time.perf_counter()
+        try:
+            response = _RESPONSES[ctx.endpoint].model_validate_json(body)
+        except ValidationError as exc:
+            lease.failed("malformed response")
+            raise UpstreamError(f"worker {lease.worker.url} sent a malformed response") from exc
+        else:
+            lease.succeeded()
+        finally:
+            lease.release()
+        ctx.usage = response.usage
+        return Reply(body=body)
+
+    async def _stream(self, ctx: RequestContext, path: str, payload: bytes) -> Reply:
+        async def send(
+            worker: WorkerState,
+        ) -> tuple[AbstractAsyncContextManager[Any], AsyncIterator[str]]:
+            opened = self._client.stream_lines(worker.url, path, payload)
+            return opened, await opened.__aenter__()
+
+        lease, (opened, lines) = await self._on_some_worker(ctx, send)
+        return Reply(chunks=self._relay(ctx, lease, opened, lines))
 
     async def _relay(
         self,
         ctx: RequestContext,
-        worker: WorkerState,
+        lease: Lease,
         opened: AbstractAsyncContextManager[Any],
         lines: AsyncIterator[str],
-        resources: ExitStack,
     ) -> AsyncIterator[bytes]:
+        worker = lease.worker
         wants_usage = ctx.request.wants_usage_in_stream
         done = False
         try:
@@ -120,12 +179,14 @@ class DispatchStage:
                 data = line[5:].strip()
                 if data == "[DONE]":
                     done = True
+                    lease.succeeded()
                     break
                 chunk = _parse_chunk(worker, data)
                 if "error" in chunk:  # the worker reported a failure in-band: pass it on
                     ctx.status_code = UpstreamError.status_code
                     ctx.error_type = UpstreamError.error_type
                     done = True
+                    lease.failed("error event in the stream")
                     yield data.encode()
                     break
                 choices = chunk.get("choices") or []
@@ -142,7 +203,7 @@ class DispatchStage:
         except EngineError as exc:
             ctx.status_code = exc.status_code
             ctx.error_type = exc.error_type
-            self._pool.mark_failed(worker, exc.message)
+            lease.failed(exc.message)
             yield orjson.dumps(exc.body())
         finally:
             ctx.upstream_finished_at = time.perf_counter()
@@ -152,7 +213,7 @@ class DispatchStage:
             try:
                 await opened.__aexit__(None, None, None)
             finally:
-                resources.close()
+                lease.release()
 
 
 def _parse_chunk(worker: WorkerState, data: str) -> dict[str, Any]:
