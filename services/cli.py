@@ -99,9 +99,16 @@ def worker(
     port: Annotated[int | None, typer.Option(help="port (default: a free one)")] = None,
     host: str = "127.0.0.1",
     served_model_name: Annotated[str | None, typer.Option(help="model id to serve as")] = None,
+    gpus: Annotated[
+        int | None, typer.Option(min=0, help="GPUs to use (default: detected; 0 = CPU)")
+    ] = None,
     register: Annotated[bool, typer.Option(help="register in the shared workers table")] = True,
+    dry_run: Annotated[bool, typer.Option(help="print the vLLM command line and exit")] = False,
 ) -> None:
-    """Start a vLLM worker, wait until healthy, register it; stop cleanly on Ctrl-C."""
+    """Start a vLLM worker, wait until healthy, register it; on Ctrl-C or SIGTERM leave
+    the registry, drain the requests in flight, then stop."""
+    import shlex
+
     from models import create_store_engine, session_factory
     from services.execution import deregister_worker, register_worker
     from services.workers import VllmWorker
@@ -109,8 +116,12 @@ def worker(
     _logging()
     settings = _settings()
     vllm = VllmWorker.from_settings(
-        settings, model, host=host, port=port, served_model_name=served_model_name
+        settings, model, host=host, port=port, served_model_name=served_model_name,
+        gpu_count=gpus,
     )
+    if dry_run:
+        typer.echo(shlex.join(vllm.command))
+        return
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -133,6 +144,9 @@ def worker(
                 break
         if sessions is not None:
             deregister_worker(sessions, vllm.base_url)
+            typer.echo("deregistered; draining the requests in flight")
+            vllm.drain(notice_s=settings.health_interval_s,
+                       timeout_s=settings.worker_drain_timeout_s)
     typer.echo("worker stopped")
 
 

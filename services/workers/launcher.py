@@ -22,10 +22,10 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import httpx
 
@@ -67,10 +67,15 @@ def build_vllm_command(
     dtype: str | None = None,
     max_model_len: int | None = None,
     access_log: bool = False,
+    speculative_config: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """The argv that starts one vLLM OpenAI server for ``model_dir``.
 
-    ``gpu_count`` None means "detect" (``nvidia-smi``); 0 means CPU. On CPU, eager mode
+    ``gpu_count`` None means "detect" (``nvidia-smi``); 0 means CPU.
+    ``speculative_config`` (e.g. ``{"method": "ngram", "num_speculative_tokens": 4,
+    "prompt_lookup_max": 4}``) goes to vLLM's ``--speculative-config`` as it is: n-gram
+    speculation speeds up outputs that repeat their input (code edits, extraction,
+    RAG answers) at no model cost. On CPU, eager mode
     skips the torch.compile/graph capture that costs minutes on two cores, and bfloat16
     is the dtype vLLM's CPU kernels are built for. On GPUs, tensor parallelism spans all
     of them, as production runs one worker per machine. Prefix caching is on everywhere:
@@ -112,6 +117,8 @@ def build_vllm_command(
     max_len = max_model_len if max_model_len is not None else _default_max_model_len(model_dir)
     if max_len is not None:
         cmd += ["--max-model-len", str(max_len)]
+    if speculative_config:
+        cmd += ["--speculative-config", json.dumps(dict(speculative_config), sort_keys=True)]
     if not access_log:
         # One line per request floods the log under benchmark load; vLLM's own stats stay.
         cmd.append("--disable-uvicorn-access-log")
@@ -203,6 +210,8 @@ class VllmWorker:
         cpu_threads: str | None = None,
         max_model_len: int | None = None,
         extra_args: Sequence[str] = (),
+        speculative_config: Mapping[str, Any] | None = None,
+        detect: Callable[[], int] = detect_gpus,
         log_path: Path | None = None,
         startup_timeout_s: float = 300.0,
         stop_grace_s: float = 20.0,
@@ -212,11 +221,12 @@ class VllmWorker:
         self.host = host
         self.port = port if port is not None else free_port(host)
         self.served_model_name = served_model_name or self.model_dir.name
-        self.gpu_count = detect_gpus() if gpu_count is None else gpu_count
+        self.gpu_count = detect() if gpu_count is None else gpu_count
         self.kvcache_gib = kvcache_gib
         self.cpu_threads = cpu_threads
         self.max_model_len = max_model_len
         self.extra_args = tuple(extra_args)
+        self.speculative_config = dict(speculative_config) if speculative_config else None
         safe_name = self.served_model_name.replace("/", "_")
         self.log_path = log_path or (
             Path(tempfile.gettempdir()) / "optengine" / f"vllm-{safe_name}-{self.port}.log"
@@ -232,6 +242,8 @@ class VllmWorker:
             "python": settings.vllm_python,
             "kvcache_gib": settings.vllm_cpu_kvcache_gib,
             "startup_timeout_s": settings.vllm_startup_timeout_s,
+            "speculative_config": settings.vllm_speculative_config,
+            "extra_args": settings.vllm_extra_args,
         }
         options.update(kwargs)
         return cls(model_dir, **options)  # type: ignore[arg-type]
@@ -256,6 +268,7 @@ class VllmWorker:
             extra_args=self.extra_args,
             python=self.python,
             max_model_len=self.max_model_len,
+            speculative_config=self.speculative_config,
         )
 
     def is_running(self) -> bool:
@@ -352,6 +365,35 @@ class VllmWorker:
         code = proc.wait()
         logger.info("vLLM pid %d stopped (exit code %s)", pgid, code)
         return code
+
+    def requests_in_flight(self) -> int | None:
+        """Requests vLLM is running or holding in its queue (from its ``/metrics``);
+        None when it does not answer."""
+        try:
+            text = httpx.get(f"{self.base_url}/metrics", timeout=5).text
+        except httpx.HTTPError:
+            return None
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(("vllm:num_requests_running", "vllm:num_requests_waiting")):
+                total += float(line.rsplit(" ", 1)[1])
+        return int(total)
+
+    def drain(self, *, notice_s: float, timeout_s: float, poll_s: float = 0.5) -> bool:
+        """Wait until vLLM has no request left, after giving gateways ``notice_s`` to
+        see that the worker left (their registry sync interval); True when it emptied
+        within ``timeout_s``. Call it after deregistering, before ``stop()``."""
+        deadline = time.monotonic() + timeout_s
+        time.sleep(min(notice_s, timeout_s))
+        while True:
+            left = self.requests_in_flight()
+            if not left:  # 0, or the server is gone: nothing left to wait for
+                return True
+            if time.monotonic() >= deadline:
+                logger.warning("vLLM on %s still has %d requests after draining %.0f s",
+                               self.base_url, left, timeout_s)
+                return False
+            time.sleep(poll_s)
 
     def log_tail(self, lines: int = 40) -> str:
         try:

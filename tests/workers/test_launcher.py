@@ -14,6 +14,7 @@ import signal
 import socket
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -287,3 +288,100 @@ def test_from_settings(tmp_path: Path) -> None:
     assert worker.startup_timeout_s == 42
     assert worker.port == 1234
     assert worker.command[0] == str(tmp_path / "py")
+
+
+# --- GPU-aware command line, speculative decoding, draining ---------------------------
+
+
+def test_detected_gpus_set_tensor_parallelism(tmp_path: Path, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="services.workers.launcher")
+    model = _model_dir(tmp_path)
+    worker = VllmWorker(model, python=sys.executable, detect=lambda: 8,
+                        speculative_config={"method": "ngram", "num_speculative_tokens": 4},
+                        extra_args=["--max-num-seqs", "64"])
+    cmd = worker.command
+    assert worker.gpu_count == 8
+    assert _flag(cmd, "--tensor-parallel-size") == "8"
+    assert _flag(cmd, "--gpu-memory-utilization") == "0.9"
+    assert "--enable-prefix-caching" in cmd and "--enforce-eager" not in cmd
+    assert json.loads(_flag(cmd, "--speculative-config")) == {
+        "method": "ngram", "num_speculative_tokens": 4
+    }
+    assert cmd[-2:] == ["--max-num-seqs", "64"]
+
+    on_cpu = VllmWorker(model, python=sys.executable, detect=lambda: 0).command
+    assert "--enforce-eager" in on_cpu and "--tensor-parallel-size" not in on_cpu
+    assert "--speculative-config" not in on_cpu
+
+    overridden = VllmWorker(model, python=sys.executable, gpu_count=2,
+                            detect=lambda: pytest.fail("an explicit count skips detection"))
+    assert _flag(overridden.command, "--tensor-parallel-size") == "2"
+
+
+def test_settings_carry_speculation_and_extra_args(tmp_path: Path) -> None:
+    from services.settings import load_settings
+
+    settings = load_settings(
+        vllm_speculative_config='{"method": "ngram", "prompt_lookup_max": 4}',
+        vllm_extra_args="--max-num-seqs 32 --swap-space '4'",
+    )
+    worker = VllmWorker.from_settings(settings, _model_dir(tmp_path), gpu_count=1)
+    cmd = worker.command
+    assert json.loads(_flag(cmd, "--speculative-config"))["method"] == "ngram"
+    assert cmd[-4:] == ["--max-num-seqs", "32", "--swap-space", "4"]
+
+
+def test_cli_prints_the_command_line_for_a_gpu_override(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from services.cli import app
+
+    model = _model_dir(tmp_path)
+    result = CliRunner().invoke(
+        app, ["worker", "--model", str(model), "--gpus", "4", "--port", "9001", "--dry-run"]
+    )
+    assert result.exit_code == 0, result.output
+    cmd = result.output.split()
+    assert _flag(cmd, "--tensor-parallel-size") == "4" and _flag(cmd, "--port") == "9001"
+    refused = CliRunner().invoke(app, ["worker", "--model", str(model), "--gpus", "-1"])
+    assert refused.exit_code != 0
+
+
+_BUSY_SERVER = """
+    import http.server, os, sys
+
+    args = sys.argv[1:]
+    port = int(args[args.index("--port") + 1])
+    busy_file = os.environ["FAKE_BUSY_FILE"]
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path == "/metrics":
+                running = open(busy_file).read().strip()
+                body = (f"vllm:num_requests_running{{model_name=\\"m\\"}} {running}\\n"
+                        "vllm:num_requests_waiting{model_name=\\"m\\"} 0.0\\n").encode()
+            else:
+                body = b""
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    http.server.HTTPServer(("127.0.0.1", port), Handler).serve_forever()
+"""
+
+
+def test_drain_waits_until_vllm_has_no_request(tmp_path: Path, monkeypatch) -> None:
+    busy = tmp_path / "busy"
+    busy.write_text("2.0")
+    monkeypatch.setenv("FAKE_BUSY_FILE", str(busy))
+    worker = VllmWorker(_model_dir(tmp_path), python=_fake_python(tmp_path, _BUSY_SERVER),
+                        gpu_count=0, log_path=tmp_path / "vllm.log")
+    with worker:
+        assert worker.requests_in_flight() == 2
+        assert worker.drain(notice_s=0, timeout_s=0.5, poll_s=0.1) is False  # still busy
+        threading.Timer(0.5, busy.write_text, ["0.0"]).start()
+        assert worker.drain(notice_s=0, timeout_s=30, poll_s=0.1) is True
+    assert worker.requests_in_flight() is None  # stopped: nothing to wait for
