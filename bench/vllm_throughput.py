@@ -164,12 +164,15 @@ def start_vllm(args: argparse.Namespace, model: Path, workdir: Path) -> tuple[An
 
 
 def start_gateway(
-    workdir: Path, upstream: str, model_name: str, cpus: str | None
+    workdir: Path, upstream: str, model_name: str, cpus: str | None, *,
+    name: str = "gateway", env: dict[str, str] | None = None,
 ) -> tuple[Service, str]:
+    """``optengine serve`` in front of ``upstream``, once it lists ``model_name``;
+    ``env`` adds settings (several gateways in one run need distinct names)."""
     port = free_port()
-    data_dir = workdir / "gateway-data"
+    data_dir = workdir / f"{name}-data"
     gateway = Service(
-        "gateway",
+        name,
         [str(REPO_ROOT / ".venv/bin/optengine"), "serve", "--host", "127.0.0.1",
          "--port", str(port), "--log-level", "WARNING"],
         env={
@@ -180,6 +183,7 @@ def start_gateway(
             # prompts repeat: with the response cache on, the gateway would answer them
             # from memory and the comparison would measure the cache, not the proxy
             "OPTENGINE_CACHE_ENABLED": "false",
+            **(env or {}),
         },
         cpus=cpus,
         cwd=workdir,

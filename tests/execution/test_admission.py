@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from services.errors import InvalidRequest, Overloaded, UpstreamUnavailable
-from services.execution import UpstreamClient, WorkerPool, request_priority
+from services.execution import Lease, UpstreamClient, WorkerPool, request_priority
 from tests.execution.support import add
 
 
@@ -22,6 +22,14 @@ async def client():
 async def settle() -> None:
     for _ in range(5):
         await asyncio.sleep(0)
+
+
+async def one_waiting(pool: WorkerPool) -> tuple[Lease, asyncio.Task[Lease]]:
+    """Fill the pool's only slot, and queue one request behind it."""
+    held = await pool.acquire("m")
+    waiting = asyncio.create_task(pool.acquire("m"))
+    await settle()
+    return held, waiting
 
 
 def test_x_priority_can_only_lower_a_request() -> None:
@@ -90,9 +98,7 @@ async def test_queue_timeout_is_overloaded_with_retry_after(client) -> None:
 async def test_a_cancelled_waiter_leaves_no_trace(client) -> None:
     pool = WorkerPool(client, max_in_flight=1)
     a = add(pool, "http://a")
-    held = await pool.acquire("m")
-    waiting = asyncio.create_task(pool.acquire("m"))
-    await settle()
+    held, waiting = await one_waiting(pool)
     waiting.cancel()
     await settle()
     held.release()
@@ -110,9 +116,7 @@ async def test_no_cap_means_no_queue(client) -> None:
 async def test_waiters_fail_fast_when_their_last_worker_goes(client) -> None:
     pool = WorkerPool(client, max_in_flight=1)
     a = add(pool, "http://a")
-    held = await pool.acquire("m")
-    waiting = asyncio.create_task(pool.acquire("m"))
-    await settle()
+    held, waiting = await one_waiting(pool)
     a.healthy = False  # ejected by the health loop ...
     await pool.probe_all()  # ... whose pass admits waiters (none of ours can be served)
     with pytest.raises(UpstreamUnavailable):

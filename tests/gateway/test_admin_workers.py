@@ -2,21 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 import httpx
 import openai
 
-from tests.support.gateway import RunningGateway
-
-
-def wait_for(predicate, timeout_s: float = 15) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
+from tests.support.gateway import RunningGateway, wait_for
 
 
 def models(gateway: RunningGateway) -> list[str]:

@@ -142,15 +142,17 @@ def test_connect_error_is_retried_on_another_worker(
     # pretend the dead worker looked healthy and idle at its last probe, so it is chosen
     dead_state = pool.get(dead)
     dead_state.healthy, dead_state.models = True, frozenset({MODEL})
-    pool.get(vllm_worker.base_url).outstanding = 5
+    live_state = pool.get(vllm_worker.base_url)
+    live_state.outstanding_tokens = 10_000
     try:
         result = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="x").completions.create(
             model=MODEL, prompt="retry", max_tokens=3
         )
     finally:
-        pool.get(vllm_worker.base_url).outstanding = 0
+        live_state.outstanding_tokens = 0
     assert result.usage.completion_tokens >= 1
-    assert dead_state.healthy is False and dead_state.last_error
+    # the failure counts toward the dead worker's circuit breaker
+    assert dead_state.breaker.failures >= 1 and "connect" in dead_state.last_error
 
 
 def test_upstream_rejection_is_passed_back_as_400(vllm_gateway: RunningGateway) -> None:

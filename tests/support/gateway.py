@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import uvicorn
@@ -18,6 +18,16 @@ from services.settings import Settings
 from services.workers import free_port
 
 T = TypeVar("T")
+
+
+def wait_for(predicate: Callable[[], object], timeout_s: float = 30) -> bool:
+    """Poll ``predicate`` until it is true; False when ``timeout_s`` passed first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
 
 
 class RunningGateway:

