@@ -163,11 +163,12 @@ def poisson_arrivals(rate: float, duration_s: float, seed: int) -> list[float]:
     return arrivals
 
 
-def percentile(values: list[float], q: float) -> float:
+def percentile(values: list[float], q: float) -> float | None:
+    """The ``q`` quantile (nearest rank), rounded to ms; None for no values (JSON null)."""
     if not values:
-        return float("nan")
+        return None
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+    return round(ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))], 3)
 
 
 def summarize(outcomes: list[Outcome], wall_s: float, slo_s: float) -> dict[str, Any]:
@@ -182,10 +183,10 @@ def summarize(outcomes: list[Outcome], wall_s: float, slo_s: float) -> dict[str,
         "refused_fraction": round(len(refused) / n, 4),
         "timed_out_fraction": round(sum(o.status == 0 for o in outcomes) / n, 4),
         "other_errors": sum(o.status not in (0, 200, 503) for o in outcomes),
-        "p50_s": round(percentile(admitted, 0.50), 3),
-        "p95_s": round(percentile(admitted, 0.95), 3),
-        "max_s": round(max(admitted, default=float("nan")), 3),
-        "refusal_p95_s": round(percentile([o.latency_s for o in refused], 0.95), 3),
+        "p50_s": percentile(admitted, 0.50),
+        "p95_s": percentile(admitted, 0.95),
+        "max_s": percentile(admitted, 1.0),
+        "refusal_p95_s": percentile([o.latency_s for o in refused], 0.95),
         "completed_per_s": round(len(admitted) / wall_s, 2),
         "goodput_per_s": round(sum(lat <= slo_s for lat in admitted) / wall_s, 2),
         "wall_s": round(wall_s, 1),
@@ -259,7 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     figures = {
         "capacity_req_s": round(capacity, 2),
         "offered_req_s": round(rate, 2),
-        "p95_ratio_admission_vs_none": round(with_ac["p95_s"] / without["p95_s"], 3),
+        "p95_ratio_admission_vs_none": (
+            round(with_ac["p95_s"] / without["p95_s"], 3)
+            if with_ac["p95_s"] and without["p95_s"] else None
+        ),
         "refused_fraction_admission": with_ac["refused_fraction"],
         "goodput_admission": with_ac["goodput_per_s"],
         "goodput_no_admission": without["goodput_per_s"],
@@ -304,7 +308,7 @@ def report(results: dict[str, dict[str, Any]], figures: dict[str, Any],
         rows,
     ))
     print()
-    print(f"admitted p95 with admission control: {figures['p95_ratio_admission_vs_none']:.2f}x "
+    print(f"admitted p95 with admission control: {figures['p95_ratio_admission_vs_none']}x "
           f"of without; {100 * figures['refused_fraction_admission']:.0f}% refused")
     print(flush=True)
 
