@@ -389,6 +389,8 @@ class WorkerPool:
     def _admit_waiters(self) -> None:
         """Give free slots to waiting requests, in priority order."""
         for waiter in self._queue:
+            if self._every_worker_busy():
+                break  # the rest keep waiting; no need to look at each of them
             try:
                 worker = self._choose(waiter.model, waiter.exclude, waiter.affinity)
             except EngineError as exc:  # nobody can serve it any more: fail it now
@@ -403,6 +405,15 @@ class WorkerPool:
                 self._metrics.wait_seconds.labels(waiter.priority).observe(
                     time.monotonic() - waiter.enqueued_at
                 )
+
+    def _every_worker_busy(self) -> bool:
+        """True when every worker could serve but is at its cap: then no waiter can be
+        placed now, nor needs failing (a worker gone or out of use could mean either)."""
+        return bool(self.max_in_flight and self._workers) and all(
+            w.outstanding >= self.max_in_flight and w.healthy and not w.draining
+            and w.breaker.allows_request()
+            for w in self._workers.values()
+        )
 
     def _abandon(self, waiter: Waiter) -> None:
         """A waiter gave up (timeout or cancel): leave the queue, or return its lease."""
