@@ -8,8 +8,10 @@ candidate. So the best passages are taken whole while they fit, and what is left
 budget is filled with the best sentences of the other passages, each scored by its own
 relevance plus its passage's.
 
-Never dropped: protected segments (code blocks, ``<!-- keep -->`` regions) and sentences
-carrying a number the question mentions. Never changed: anything kept.
+Never dropped: protected segments (code blocks, ``<!-- keep -->`` regions). Taken first,
+while they fit in half the budget: sentences carrying a number the question mentions
+(a question about "the 1998 final" needs the sentence with 1998 even when its words
+score low). Never changed: anything kept.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class _Unit:
     text: str
     score: float
     mandatory: bool
+    pinned: bool = False
     tokens: int = 0
 
 
@@ -75,7 +78,7 @@ def compress(context: str, question: str, budget: int, count: Count,
     for passage, (text, protected) in zip(whole, parts, strict=True):
         for sentence in [text] if protected else sentences(text):
             units.append(_Unit(passage.passage, len(units), sentence, passage.score,
-                               protected or bool(wanted & numbers_in(sentence))))
+                               protected, bool(wanted & numbers_in(sentence))))
     own = relevance(question, [u.text for u in units])
     for unit, score in zip(units, own, strict=True):
         unit.score += score
@@ -89,19 +92,25 @@ def _select(units: list[_Unit], whole: list[_Unit], budget: int, passage_share: 
             ) -> list[_Unit]:
     chosen = [u for u in units if u.mandatory]
     used = sum(u.tokens + 1 for u in chosen)
+    for unit in sorted((u for u in units if u.pinned and not u.mandatory),
+                       key=lambda u: -u.score):
+        if used + unit.tokens + 1 <= budget / 2:
+            chosen.append(unit)
+            used += unit.tokens + 1
+    picked = {id(u) for u in chosen}
     taken: set[int] = set()
     by_passage: dict[int, list[_Unit]] = {}
     for unit in units:
         by_passage.setdefault(unit.passage, []).append(unit)
     for passage in sorted(whole, key=lambda p: -p.score):
-        members = [u for u in by_passage[passage.passage] if not u.mandatory]
+        members = [u for u in by_passage[passage.passage] if id(u) not in picked]
         cost = sum(u.tokens + 1 for u in members)
         if used + cost > budget * passage_share:
             break
         chosen.extend(members)
         used += cost
         taken.add(passage.passage)
-    rest = [u for u in units if u.passage not in taken and not u.mandatory]
+    rest = [u for u in units if u.passage not in taken and id(u) not in picked]
     for unit in sorted(rest, key=lambda u: -u.score):
         if used + unit.tokens + 1 <= budget:
             chosen.append(unit)
@@ -124,7 +133,8 @@ def _fit(chosen: list[_Unit], budget: int, count: Count) -> str:
     """Joining can merge or split tokens at the seams: drop the weakest optional units
     until the rendered text is within budget."""
     text = _render(chosen)
-    optional = sorted((u for u in chosen if not u.mandatory), key=lambda u: u.score)
+    optional = sorted((u for u in chosen if not u.mandatory),
+                      key=lambda u: (u.pinned, u.score))
     while count(text) > budget and optional:
         chosen.remove(optional.pop(0))
         text = _render(chosen)
