@@ -25,7 +25,8 @@ from services.tokens.policy import Policy
 from services.tokens.relevance import Embed
 
 Count = Callable[[str], int]
-_LAST_PARAGRAPH = re.compile(r"\n[ \t]*\n(?=[^\n]*\S[^\n]*\Z)", re.DOTALL)
+_PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n+")
+_CONTEXT_ROLES = frozenset({"system", "developer", "tool", "function", "context"})
 SUMMARY_PREFIX = "Summary of earlier conversation (extracted): "
 
 
@@ -112,22 +113,30 @@ class TokenOptimizer:
 
     def _compress_context(self, slots: list[_Slot], target: int, current: int,
                           count: Count) -> None:
-        """Cut the long unfrozen slots (system prompts, documents, tool results) so the
-        whole prompt meets ``target``, each in proportion to its size."""
+        """Cut the long context slots (system prompts, documents, tool results) so the
+        prompt meets ``target``. When earlier turns exist they share the cut: the
+        context keeps its share of the room left, and at least half of it; the history
+        stage then fits the turns into the rest."""
         question = " ".join(s.text for s in slots if s.frozen and s.role == "user") or \
             " ".join(s.text for s in slots if s.frozen)
         sizes = {id(s): count(s.text) for s in slots if not s.frozen}
-        long = [s for s in slots if not s.frozen
-                and s.role != "assistant" and sizes[id(s)] >= self._min_context_tokens]
-        compressible = sum(sizes[id(s)] for s in long)
-        excess = current - target
-        if not long or compressible <= 0:
+        context = [s for s in slots if not s.frozen and s.role in _CONTEXT_ROLES
+                   and sizes[id(s)] >= self._min_context_tokens]
+        history = sum(sizes[id(s)] for s in slots if not s.frozen and s.role in ("user",
+                                                                                "assistant"))
+        total = sum(sizes[id(s)] for s in context)
+        if not context:
             return
-        for slot in long:
+        room = max(1, target - (current - total - history))
+        share = room * total / (total + history) if history else room
+        if history:
+            share = max(share, min(total, room / 2))
+        for slot in context:
             size = sizes[id(slot)]
-            budget = max(1, size - round(excess * size / compressible))
-            slot.text = extractive.compress(slot.text, question, budget, count,
-                                            embed=self._embed)
+            budget = max(1, int(share * size / total))
+            if budget < size:
+                slot.text = extractive.compress(slot.text, question, budget, count,
+                                                embed=self._embed)
 
     def _window_history(self, messages: list[dict[str, Any]], slots: list[_Slot],
                         target: int, endpoint: str, count: Count) -> list[dict[str, Any]]:
@@ -164,7 +173,8 @@ def _slots(endpoint: str, request: dict[str, Any]) -> list[_Slot]:
         prompt = request.get("prompt")
         if not isinstance(prompt, str):
             return []
-        split = _LAST_PARAGRAPH.search(prompt)
+        breaks = [m for m in _PARAGRAPH_BREAK.finditer(prompt) if prompt[m.end():].strip()]
+        split = breaks[-1] if breaks else None
         if split is None:
             return [_Slot(None, None, "user", prompt, True)]
         return [_Slot(None, 0, "context", prompt[: split.start()], False),
