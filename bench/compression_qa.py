@@ -101,6 +101,20 @@ class Embedder:
                 self.vectors[text] = vector
                 self.cost_s[text] = spent * n / sum(tokens)
 
+    def load(self, path: Path) -> None:
+        """Vectors and their measured costs from an earlier run (``--embedding-cache``)."""
+        if path.exists():
+            data = np.load(path, allow_pickle=False)
+            for text, vector, cost in zip(data["texts"], data["vectors"], data["costs"],
+                                          strict=True):
+                self.vectors[str(text)] = vector
+                self.cost_s[str(text)] = float(cost)
+
+    def save(self, path: Path) -> None:
+        texts = list(self.vectors)
+        np.savez(path, texts=np.array(texts), costs=np.array([self.cost_s[t] for t in texts]),
+                 vectors=np.stack([self.vectors[t] for t in texts]))
+
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         missing = [t for t in texts if t not in self.vectors]
         if missing:
@@ -217,6 +231,9 @@ def main() -> None:
     parser.add_argument("--encoding", default="cl100k_base")
     parser.add_argument("--no-embeddings", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--embedding-cache", type=Path,
+                        help="npz of passage vectors and their measured encoding times, "
+                             "reused across runs (each method is still charged that time)")
     args = parser.parse_args()
 
     rows = [json.loads(line) for line in args.data.read_text().splitlines() if line.strip()]
@@ -226,8 +243,12 @@ def main() -> None:
     embedder = None
     if not args.no_embeddings:
         embedder = Embedder(count)
+        if args.embedding_cache:
+            embedder.load(args.embedding_cache)
         began = time.perf_counter()
         embedder.precompute([p for s in cases.values() for _, ps in s for p in ps])
+        if args.embedding_cache:
+            embedder.save(args.embedding_cache)
         print(f"embedded {len(embedder.vectors)} passages in "
               f"{time.perf_counter() - began:.0f} s", file=sys.stderr)
     methods = make_methods(count, args.encoding, embedder, random.Random(args.seed + 1))
