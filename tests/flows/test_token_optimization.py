@@ -10,11 +10,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
-import pytest
 from sqlalchemy import select
 
-from migrations import upgrade_to_head
-from models import CacheablePrefix, RequestLog, TokenReport, create_store_engine
+from models import CacheablePrefix, RequestLog, TokenReport
 from services.tokens import Policy, text_counter
 from services.tokens.evaluation import evaluate, prompt_samples, qa_samples, static_prefixes
 
@@ -32,16 +30,6 @@ def qa_rows(n: int = 12) -> list[dict]:
                                "text": f"Company {i} was founded by Founder{i} Smith in "
                                        f"{1900 + i}. It makes tools.   It has   offices."}]})
     return rows
-
-
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    url = f"sqlite:///{tmp_path / 'store.db'}"
-    upgrade_to_head(url)
-    monkeypatch.setenv("OPTENGINE_DATABASE_URL", url)
-    engine = create_store_engine(url)
-    yield engine
-    engine.dispose()
 
 
 def test_evaluation_measures_reduction_and_answer_recall() -> None:
