@@ -147,8 +147,8 @@ def keep_in_order(units: list[str], order: list[int], budget: int, count: Count,
     return text
 
 
-def make_methods(count: Count, enc_name: str, embedder: Embedder | None, rng: random.Random
-                 ) -> dict[str, Callable[[list[str], str, int], str]]:
+def make_methods(count: Count, enc_name: str, embedder: Embedder | None, rng: random.Random,
+                 options: dict[str, float]) -> dict[str, Callable[[list[str], str, int], str]]:
     enc = encoding(enc_name)
 
     def truncation(ps: list[str], q: str, budget: int) -> str:
@@ -183,10 +183,11 @@ def make_methods(count: Count, enc_name: str, embedder: Embedder | None, rng: ra
         return keep_in_order(ps, order, budget, count, "\n\n")
 
     def optengine(ps: list[str], q: str, budget: int) -> str:
-        return compress("\n\n".join(ps), q, budget, count, embed=embedder)
+        return compress("\n\n".join(ps), q, budget, count, embed=embedder, **options)
 
     def optengine_lexical(ps: list[str], q: str, budget: int) -> str:
-        return compress("\n\n".join(ps), q, budget, count)
+        return compress("\n\n".join(ps), q, budget, count,
+                        passage_share=options.get("passage_share", 1.0))
 
     methods = {"optengine": optengine, "optengine-lexical": optengine_lexical,
                "truncation": truncation, "random_passage": random_passage,
@@ -231,6 +232,10 @@ def main() -> None:
     parser.add_argument("--encoding", default="cl100k_base")
     parser.add_argument("--no-embeddings", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lexical-weight", type=float, default=1.0,
+                        help="optengine: BM25's weight beside the embedding score")
+    parser.add_argument("--passage-share", type=float, default=1.0,
+                        help="optengine: budget share whole passages may take")
     parser.add_argument("--embedding-cache", type=Path,
                         help="npz of passage vectors and their measured encoding times, "
                              "reused across runs (each method is still charged that time)")
@@ -251,7 +256,9 @@ def main() -> None:
             embedder.save(args.embedding_cache)
         print(f"embedded {len(embedder.vectors)} passages in "
               f"{time.perf_counter() - began:.0f} s", file=sys.stderr)
-    methods = make_methods(count, args.encoding, embedder, random.Random(args.seed + 1))
+    options = {"lexical_weight": args.lexical_weight, "passage_share": args.passage_share}
+    methods = make_methods(count, args.encoding, embedder, random.Random(args.seed + 1),
+                           options)
     if args.methods:
         methods = {k: v for k, v in methods.items() if k in args.methods.split(",")}
     ratios = [float(r) for r in args.ratios.split(",")]

@@ -60,17 +60,20 @@ def numbers_in(text: str) -> set[str]:
 
 
 def compress(context: str, question: str, budget: int, count: Count,
-             *, embed: Embed | None = None, passage_share: float = 1.0) -> str:
+             *, embed: Embed | None = None, passage_share: float = 1.0,
+             lexical_weight: float = 1.0) -> str:
     """The context cut to at most ``budget`` tokens (more only if the mandatory parts
     alone exceed it), the kept parts in their original order.
 
     ``passage_share`` is the part of the budget whole passages may take before the
-    sentence level fills the rest.
+    sentence level fills the rest; ``lexical_weight`` is BM25's weight beside the
+    embedding score (when ``embed`` is given).
     """
     if count(context) <= budget:
         return context
     parts = passages(context)
-    scores = relevance(question, [p for p, _ in parts], embed)
+    scores = relevance(question, [p for p, _ in parts], embed,
+                       lexical_weight=lexical_weight)
     wanted = numbers_in(question)
     whole = [_Unit(i, i, text, score, protected)
              for i, ((text, protected), score) in enumerate(zip(parts, scores, strict=True))]

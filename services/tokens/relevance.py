@@ -72,12 +72,14 @@ def _scaled(values: Sequence[float]) -> list[float]:
     return [(v - low) / (high - low) for v in values]
 
 
-def relevance(query: str, documents: Sequence[str], embed: Embed | None = None
-              ) -> list[float]:
-    """BM25 scaled to [0, 1], plus cosine similarity scaled to [0, 1] when ``embed``."""
+def relevance(query: str, documents: Sequence[str], embed: Embed | None = None,
+              *, lexical_weight: float = 1.0) -> list[float]:
+    """BM25 scaled to [0, 1], plus cosine similarity scaled to [0, 1] when ``embed``
+    (BM25 then weighs ``lexical_weight``)."""
     lexical = _scaled(bm25(query, documents))
     if embed is None or not documents:
         return lexical
     vectors = embed([query, *documents])
     cosine = (vectors[1:] @ vectors[0]).tolist()
-    return [lex + sem for lex, sem in zip(lexical, _scaled(cosine), strict=True)]
+    return [lexical_weight * lex + sem
+            for lex, sem in zip(lexical, _scaled(cosine), strict=True)]

@@ -33,3 +33,24 @@ def test_chat_framing_is_counted() -> None:
     request = {"messages": [{"role": "user", "content": "hi"},
                             {"role": "user", "content": [{"type": "text", "text": "yo"}]}]}
     assert count_request("chat.completions", request, count) == 3 + 2 * (3 + 1 + 1)
+
+
+async def test_worker_count_reads_tokenize_and_falls_back_to_none() -> None:
+    from services.errors import UpstreamUnavailable
+    from services.tokens import worker_count
+
+    sent: list[bytes] = []
+
+    async def answers(worker: str, path: str, payload: bytes) -> bytes:
+        sent.append(payload)
+        assert path == "/tokenize"
+        return b'{"count": 17, "max_model_len": 2048, "tokens": []}'
+
+    async def down(worker: str, path: str, payload: bytes) -> bytes:
+        raise UpstreamUnavailable("gone")
+
+    chat = {"messages": [{"role": "user", "content": "hi"}]}
+    assert await worker_count(answers, "http://w", "chat.completions", "m", chat) == 17
+    assert b'"add_generation_prompt":true' in sent[0]
+    assert await worker_count(down, "http://w", "chat.completions", "m", chat) is None
+    assert await worker_count(answers, "http://w", "completions", "m", {"prompt": [1, 2]}) is None
