@@ -198,13 +198,14 @@ def make_methods(count: Count, enc_name: str, embedder: Embedder | None, rng: ra
     return methods
 
 
-def build_cases(rows: list[dict], limit: int, pool_size: int, n_distractors: int,
+def build_cases(rows: list[dict], questions: range, pool_size: int, n_distractors: int,
                 rng: random.Random) -> dict[str, list[tuple[dict, list[str]]]]:
     pool = rows[:pool_size]
     texts = [passage_text(r["ctxs"][0]) for r in pool]
     index = Bm25Index(texts)
     cases: dict[str, list[tuple[dict, list[str]]]] = {"random": [], "hard": []}
-    for qi, row in enumerate(rows[:limit]):
+    for qi in questions:
+        row = rows[qi]
         gold = passage_text(row["ctxs"][0])
         usable = [i for i in range(len(pool)) if texts[i] != gold
                   and not has_answer(texts[i], row["answers"])]
@@ -215,7 +216,6 @@ def build_cases(rows: list[dict], limit: int, pool_size: int, n_distractors: int
             ps = [texts[i] for i in chosen]
             ps.insert(rng.randrange(len(ps) + 1), gold)
             cases[setting].append((row, ps))
-        del qi
     return cases
 
 
@@ -223,6 +223,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, type=Path)
     parser.add_argument("--limit", type=int, default=60, help="questions per setting")
+    parser.add_argument("--offset", type=int, default=0, help="skip this many questions")
     parser.add_argument("--pool", type=int, default=500,
                         help="rows whose gold passages serve as distractors")
     parser.add_argument("--distractors", type=int, default=19)
@@ -232,7 +233,7 @@ def main() -> None:
     parser.add_argument("--encoding", default="cl100k_base")
     parser.add_argument("--no-embeddings", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--lexical-weight", type=float, default=1.0,
+    parser.add_argument("--lexical-weight", type=float, default=0.25,
                         help="optengine: BM25's weight beside the embedding score")
     parser.add_argument("--passage-share", type=float, default=1.0,
                         help="optengine: budget share whole passages may take")
@@ -244,7 +245,8 @@ def main() -> None:
     rows = [json.loads(line) for line in args.data.read_text().splitlines() if line.strip()]
     rng = random.Random(args.seed)
     count = text_counter(args.encoding)
-    cases = build_cases(rows, args.limit, max(args.pool, args.limit), args.distractors, rng)
+    questions = range(args.offset, min(len(rows), args.offset + args.limit))
+    cases = build_cases(rows, questions, args.pool, args.distractors, rng)
     embedder = None
     if not args.no_embeddings:
         embedder = Embedder(count)
@@ -292,8 +294,8 @@ def main() -> None:
                 print(f"{setting:8} {name:18} {ratio:5g} {result['token_reduction']:9.1%} "
                       f"{result['answer_recall']:7.1%} {result['ms_per_1k_tokens']:9.2f}",
                       flush=True)
-    print(json.dumps({"questions": args.limit, "pool": args.pool, "encoding": args.encoding,
-                      "results": results}))
+    print(json.dumps({"questions": len(questions), "offset": args.offset, "pool": args.pool,
+                      "encoding": args.encoding, "results": results}))
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ def numbers_in(text: str) -> set[str]:
 
 def compress(context: str, question: str, budget: int, count: Count,
              *, embed: Embed | None = None, passage_share: float = 1.0,
-             lexical_weight: float = 1.0) -> str:
+             lexical_weight: float = 0.25) -> str:
     """The context cut to at most ``budget`` tokens (more only if the mandatory parts
     alone exceed it), the kept parts in their original order.
 

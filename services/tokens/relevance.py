@@ -73,9 +73,11 @@ def _scaled(values: Sequence[float]) -> list[float]:
 
 
 def relevance(query: str, documents: Sequence[str], embed: Embed | None = None,
-              *, lexical_weight: float = 1.0) -> list[float]:
+              *, lexical_weight: float = 0.25) -> list[float]:
     """BM25 scaled to [0, 1], plus cosine similarity scaled to [0, 1] when ``embed``
-    (BM25 then weighs ``lexical_weight``)."""
+    (BM25 then weighs ``lexical_weight``: 0.25 was best of 1, 0.5, 0.25, 0 on hard
+    distractors, questions 0-59 of the NQ compression set, and held on questions 60-199;
+    see docs/benchmarks.md)."""
     lexical = _scaled(bm25(query, documents))
     if embed is None or not documents:
         return lexical
