@@ -73,9 +73,11 @@ class TokenOptimizer:
 
     def optimize(self, endpoint: str, request: dict[str, Any], policy: Policy,
                  count: Count) -> Optimized:
-        before = count_request(endpoint, request, count)
         if policy.mode == "off":
+            before = count_request(endpoint, request, count)
             return Optimized(request, before, before)
+        count = _memoised(count)  # stages recount the whole prompt; most of it is unchanged
+        before = count_request(endpoint, request, count)
         work = copy.deepcopy(request)
         slots = _slots(endpoint, work)
         result = Optimized(work, before, before)
@@ -166,6 +168,18 @@ class TokenOptimizer:
                 "content": SUMMARY_PREFIX + summary}
         first = dropped[0]
         return [*kept[:first], note, *kept[first:]]
+
+
+def _memoised(count: Count) -> Count:
+    seen: dict[str, int] = {}
+
+    def counted(text: str) -> int:
+        tokens = seen.get(text)
+        if tokens is None:
+            tokens = seen[text] = count(text)
+        return tokens
+
+    return counted
 
 
 def _slots(endpoint: str, request: dict[str, Any]) -> list[_Slot]:
