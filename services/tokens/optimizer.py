@@ -144,30 +144,50 @@ class TokenOptimizer:
                         target: int, endpoint: str, count: Count) -> list[dict[str, Any]]:
         """Drop the oldest turns (never system messages or the last user message) until
         the prompt fits, and put back a budgeted extractive summary of what was dropped,
-        chosen for relevance to the last user message."""
+        chosen for relevance to the last user message.
+
+        A turn goes with the tool results that answer its tool calls (an orphaned tool
+        message is an invalid request), and only turns before the last user message are
+        dropped. The summary joins the first system message (a second system message or
+        two user messages in a row break some chat templates), else the first remaining
+        earlier user message; with neither, there is no summary."""
         frozen = {s.message for s in slots if s.frozen}
         question = " ".join(s.text for s in slots if s.frozen)
-        droppable = [i for i, m in enumerate(messages)
-                     if m.get("role") != "system" and i not in frozen]
-        dropped: list[int] = []
+        last = max(frozen - {None}, default=len(messages))
+        groups: list[list[int]] = []
+        for i, message in enumerate(messages[:last]):
+            role = message.get("role")
+            if role in ("system", "developer"):
+                continue
+            if role == "tool" and groups and groups[-1][-1] == i - 1:
+                groups[-1].append(i)
+            else:
+                groups.append([i])
+        dropped: set[int] = set()
         kept = list(messages)
         summary_budget = max(0, round(target * self._summary_share))
-        while droppable and count_request(endpoint, {"messages": kept}, count) + (
+        while groups and count_request(endpoint, {"messages": kept}, count) + (
                 summary_budget if dropped else 0) > target:
-            index = droppable.pop(0)
-            dropped.append(index)
+            dropped.update(groups.pop(0))
             kept = [m for i, m in enumerate(messages) if i not in dropped]
         if not dropped:
             return messages
-        removed = "\n\n".join(content_text(messages[i].get("content")) for i in dropped)
+        removed = "\n\n".join(content_text(messages[i].get("content")) for i in sorted(dropped))
         room = target - count_request(endpoint, {"messages": kept}, count) - 8
         summary = extractive.compress(removed, question, room, count) if room > 0 else ""
-        if not summary.strip():
+        host = next((i for i, m in enumerate(kept) if m.get("role") == "system"
+                     and isinstance(m.get("content"), str)), None)
+        if host is None:
+            host = next((i for i, m in enumerate(kept[: last - len(dropped)])
+                         if m.get("role") == "user" and isinstance(m.get("content"), str)),
+                        None)
+        if not summary.strip() or host is None:
             return kept
-        note = {"role": "system" if messages[0].get("role") == "system" else "user",
-                "content": SUMMARY_PREFIX + summary}
-        first = dropped[0]
-        return [*kept[:first], note, *kept[first:]]
+        note = SUMMARY_PREFIX + summary
+        content = kept[host]["content"]
+        kept[host] = {**kept[host], "content": f"{content}\n\n{note}" if kept[host].get(
+            "role") == "system" else f"{note}\n\n{content}"}
+        return kept
 
 
 def _memoised(count: Count) -> Count:

@@ -84,9 +84,30 @@ def test_history_window_summarises_dropped_turns() -> None:
     stages = {s.stage: s.saved for s in result.stages}
     assert stages["history"] > 0 and result.tokens_after <= result.tokens_before / 3
     messages = result.request["messages"]
-    assert messages[0] == {"role": "system", "content": "Be brief."}
-    assert any(m["content"].startswith(SUMMARY_PREFIX) for m in messages)
+    assert messages[0]["role"] == "system"  # the summary joins it: still one system message
+    assert messages[0]["content"].startswith("Be brief.\n\n" + SUMMARY_PREFIX)
+    assert [m["role"] for m in messages].count("system") == 1
     assert messages[-1]["content"].startswith("When did the bridge open?")
+
+
+def test_a_turn_is_dropped_with_its_tool_results() -> None:
+    messages = [{"role": "system", "content": "Use tools."}]
+    for i in range(6):
+        messages += [
+            {"role": "user", "content": f"Look up item {i}. " + FILLER[i % 5] * 2},
+            {"role": "assistant", "content": None,
+             "tool_calls": [{"id": f"c{i}", "type": "function",
+                             "function": {"name": "lookup", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": f"c{i}", "content": FILLER[(i + 2) % 5] * 2},
+            {"role": "assistant", "content": f"Item {i} found."},
+        ]
+    messages.append({"role": "user", "content": "Which items did you find?"})
+    result = TokenOptimizer().optimize("chat.completions", {"messages": messages},
+                                       Policy.parse("ratio=2"), count)
+    kept = result.request["messages"]
+    calls = {c["id"] for m in kept for c in m.get("tool_calls") or []}
+    assert all(m["tool_call_id"] in calls for m in kept if m["role"] == "tool")
+    assert len(kept) < len(messages) and kept[-1] == messages[-1]
 
 
 def test_off_returns_the_same_object_and_lossless_keeps_meaning() -> None:
