@@ -54,12 +54,23 @@ class TokenOptimizationStage:
                  ) -> None:
         self._optimizer = optimizer
         self._worker_count = worker_count
+        self._counters: dict[str, Callable[[str], int]] = {}
+
+    async def counter(self, model: str) -> Callable[[str], int]:
+        """The model's counter; the first one loads a vocabulary (~0.5 s), off the loop."""
+        count = self._counters.get(model)
+        if count is None:
+            count, _exact = await asyncio.to_thread(counter_for_model, model)
+            if len(self._counters) > 1024:  # model names come from clients
+                self._counters.clear()
+            self._counters[model] = count
+        return count
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> Reply:
         policy = ctx.token_policy or OFF
         if policy.mode == "off":
             return await call_next(ctx)
-        count, _exact = counter_for_model(ctx.model)
+        count = await self.counter(ctx.model)
         request = ctx.request_dict
         if _size(request) > _THREAD_ABOVE_CHARS:
             result = await asyncio.to_thread(self._optimizer.optimize, ctx.endpoint, request,
