@@ -34,19 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from services.tokens import compress, text_counter  # noqa: E402
 from services.tokens.counting import encoding  # noqa: E402
+from services.tokens.evaluation import has_answer, passage_text  # noqa: E402
 from services.tokens.extractive import sentences  # noqa: E402
 from services.tokens.relevance import bm25, terms  # noqa: E402
 
 Count = Callable[[str], int]
-
-
-def passage_text(ctx: dict) -> str:
-    return f"{ctx['title']}\n{ctx['text']}"
-
-
-def has_answer(text: str, answers: Sequence[str]) -> bool:
-    low = text.lower()
-    return any(a.lower() in low for a in answers)
 
 
 class Bm25Index:
