@@ -111,3 +111,18 @@ def test_bad_policy_is_a_400_from_the_gateway(make_settings, start_gateway) -> N
     error = response.json()["error"]
     assert error["type"] == "invalid_request_error"
     assert error["param"] == "X-Token-Optimization" and "ratio" in error["message"]
+
+
+def test_lossy_answers_are_cached_apart_from_full_prompt_answers() -> None:
+    from services.gateway.stages import CacheStage
+    from services.tokens import Policy
+
+    stage = CacheStage(cache=None)  # type: ignore[arg-type]  # namespace() needs no cache
+    ctx = context()
+    plain = stage.namespace(ctx)
+    ctx.token_policy = Policy.parse("lossless")
+    assert stage.namespace(ctx) == plain  # lossless keeps the meaning: same answers
+    ctx.token_policy = Policy.parse("ratio=5")
+    lossy = stage.namespace(ctx)
+    ctx.token_policy = Policy.parse("ratio=10")
+    assert len({plain, lossy, stage.namespace(ctx)}) == 3
