@@ -2,8 +2,9 @@
 
 A request's text lives in *slots*: each message's string content or text part (chat), or
 the prompt string (completions). The last user message (for a completion prompt: its
-last paragraph, the question) is frozen: lossless stages may tidy its layout but no
-stage removes anything from it. The request is copied, never changed in place.
+last paragraph, the question) is frozen: lossless stages may tidy its inside (minify
+pasted JSON, say) but keep its leading and trailing whitespace, and no stage removes
+anything from it. The request is copied, never changed in place.
 
 Stages, in order, each measured with the target model's counter:
 ``layout``, ``json``, ``xml``, ``dedupe`` (lossless), then for ``budget``/``ratio``
@@ -88,7 +89,8 @@ class TokenOptimizer:
         ]
         for name, rewrite in free_stages:
             for slot in slots:
-                slot.text = segments.map_free(slot.text, rewrite)
+                rewritten = segments.map_free(slot.text, rewrite)
+                slot.text = _same_edges(slot.text, rewritten) if slot.frozen else rewritten
             self._measure(result, name, endpoint, work, slots, count)
         deduped = lossless.dedupe([s.text for s in slots], [s.frozen for s in slots])
         for slot, text in zip(slots, deduped, strict=True):
@@ -188,6 +190,17 @@ class TokenOptimizer:
         kept[host] = {**kept[host], "content": f"{content}\n\n{note}" if kept[host].get(
             "role") == "system" else f"{note}\n\n{content}"}
         return kept
+
+
+def _same_edges(original: str, rewritten: str) -> str:
+    """The rewrite with the original's leading and trailing whitespace: the end of the
+    last user message is where the model continues (``"A: "`` and ``"A:"`` differ)."""
+    core = rewritten.strip()
+    if not core:
+        return original
+    lead = original[: len(original) - len(original.lstrip())]
+    trail = original[len(original.rstrip()):]
+    return lead + core + trail
 
 
 def _memoised(count: Count) -> Count:

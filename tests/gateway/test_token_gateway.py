@@ -45,3 +45,19 @@ def test_lossless_saves_model_tokens_and_records_them(vllm_gateway) -> None:
     # the worker's own count of what it was sent is what it billed
     assert row.prompt_tokens == row.prompt_tokens_after_optimization
     assert row.token_stages and row.token_stages.get("layout", 0) > 0
+
+
+def test_streams_and_lossy_policies_reach_the_worker(vllm_gateway) -> None:
+    body = {**BODY, "stream": True, "temperature": 0.7}
+    with httpx.stream("POST", f"{vllm_gateway.url}/v1/chat/completions", json=body,
+                      headers={"x-token-optimization": "ratio=2"}, timeout=120) as response:
+        assert response.status_code == 200
+        events = [line for line in response.iter_lines() if line.startswith("data:")]
+    assert int(response.headers["x-tokens-saved"]) > 0
+    assert events[-1] == "data: [DONE]" and len(events) > 1
+    vllm_gateway.flush_telemetry()
+    with vllm_gateway.services.sessions() as session:
+        row = session.scalars(select(RequestLog).where(RequestLog.stream.is_(True))).one()
+    assert row.token_policy == "ratio=2"
+    assert row.prompt_tokens == row.prompt_tokens_after_optimization
+    assert row.prompt_tokens_after_optimization < row.prompt_tokens_before_optimization

@@ -61,7 +61,7 @@ def chat(system: str, turns: int = 0) -> dict:
     for i in range(turns):
         messages += [{"role": "user", "content": f"Question {i}: " + FILLER[i % 5] * 3},
                      {"role": "assistant", "content": f"Answer {i}: " + FILLER[(i + 1) % 5] * 3}]
-    messages.append({"role": "user", "content": "When did the bridge open? Answer   briefly."})
+    messages.append({"role": "user", "content": "When did the bridge open? Answer   briefly. "})
     return {"model": "gpt-4o-mini", "messages": messages}
 
 
@@ -73,7 +73,7 @@ def test_budget_policy_meets_target_and_never_touches_the_last_user_message() ->
     assert hashlib.sha256(repr(request).encode()).hexdigest() == snapshot  # not in place
     assert result.tokens_after <= 200 < result.tokens_before
     last = result.request["messages"][-1]
-    assert last == {"role": "user", "content": "When did the bridge open? Answer briefly."}
+    assert last == {"role": "user", "content": "When did the bridge open? Answer briefly. "}
     assert "May 1937" in result.request["messages"][0]["content"]
 
 
