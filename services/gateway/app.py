@@ -89,9 +89,10 @@ def build_token_stages(settings: Settings, pool: WorkerPool, client: UpstreamCli
         async def counter(model: str, endpoint: str, request: dict) -> int | None:
             if encoding_name(model) is not None:
                 return None  # OpenAI-family: tiktoken is already exact
-            try:
-                worker = pool.choose(model)
-            except Exception:
+            # any healthy worker of the model shares its tokenizer; reading the list
+            # leaves routing state (loads, leases) alone
+            worker = next((w for w in pool.workers if w.healthy and model in w.models), None)
+            if worker is None:
                 return None
             return await worker_count(client.post_json, worker.url, endpoint, model, request)
 
