@@ -9,10 +9,12 @@ from models.db import create_store_engine, session_factory
 from models.tables import (
     Alert,
     ApiKey,
+    CacheablePrefix,
     CacheEntry,
     CacheReport,
     RequestLog,
     SemanticEntry,
+    TokenReport,
     Worker,
 )
 
@@ -20,10 +22,12 @@ __all__ = [
     "Alert",
     "ApiKey",
     "CacheEntry",
+    "CacheablePrefix",
     "CacheReport",
     "Base",
     "RequestLog",
     "SemanticEntry",
+    "TokenReport",
     "Worker",
     "create_store_engine",
     "session_factory",

@@ -45,6 +45,13 @@ class RequestLog(Base):
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
     cached_tokens: Mapped[int | None] = mapped_column(Integer)
     prompt_tokens_before_optimization: Mapped[int | None] = mapped_column(Integer)
+    prompt_tokens_after_optimization: Mapped[int | None] = mapped_column(
+        Integer, doc="same counter as the before count, so their difference is the saving"
+    )
+    token_policy: Mapped[str | None] = mapped_column(
+        String(64), doc="token optimisation policy applied (off | lossless | budget=N ...)"
+    )
+    token_stages: Mapped[dict | None] = mapped_column(JSON, doc="tokens saved per stage")
     ttft_ms: Mapped[float | None] = mapped_column(Double)
     tpot_ms: Mapped[float | None] = mapped_column(Double, doc="mean time per output token")
     latency_ms: Mapped[float | None] = mapped_column(Double)
@@ -181,3 +188,42 @@ class SemanticEntry(Base):
         Index("ix_semantic_entries_created_at", "created_at"),
         Index("ix_semantic_entries_expires_at", "expires_at"),
     )
+
+
+class TokenReport(Base):
+    """One run of the token optimisation flow over a dataset, a prompt-template library or
+    recent stored prompts: the reduction each stage earned and the quality kept."""
+
+    __tablename__ = "token_reports"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    source: Mapped[str] = mapped_column(String(512), doc="dataset path, 'templates', 'recent'")
+    policy: Mapped[str] = mapped_column(String(64))
+    encoding: Mapped[str] = mapped_column(String(64), doc="tokenizer the counts are in")
+    samples: Mapped[int] = mapped_column(Integer)
+    tokens_before: Mapped[int] = mapped_column(Integer)
+    tokens_after: Mapped[int] = mapped_column(Integer)
+    reduction: Mapped[float] = mapped_column(Double, doc="1 - after / before")
+    quality: Mapped[float | None] = mapped_column(
+        Double, doc="answer recall where the samples carry answers, else None"
+    )
+    stages: Mapped[dict] = mapped_column(JSON, doc="per stage: tokens_saved, share of before")
+    ms_per_1k_tokens: Mapped[float | None] = mapped_column(Double)
+
+    __table_args__ = (Index("ix_token_reports_created_at", "created_at"),)
+
+
+class CacheablePrefix(Base):
+    """A static prefix (system prompt, template, document) seen again and again: the
+    token optimisation flow marks it cache-eligible, the caching layer reads the table
+    (prefix affinity, Anthropic cache breakpoints, L2 warming)."""
+
+    __tablename__ = "cacheable_prefixes"
+
+    prefix_hash: Mapped[str] = mapped_column(String(64), primary_key=True, doc="sha256 hex")
+    kind: Mapped[str] = mapped_column(String(32), doc="system_prompt | template | document")
+    tokens: Mapped[int] = mapped_column(Integer)
+    occurrences: Mapped[int] = mapped_column(Integer)
+    text: Mapped[str | None] = mapped_column(Text, doc="only when prompts may be stored")
+    marked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

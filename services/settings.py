@@ -198,6 +198,24 @@ class Settings(BaseSettings):
         description="verifier acceptance threshold; None = the one calibrated for precision",
     )
 
+    # token optimisation (policies: off | lossless | budget=N | ratio=R)
+    token_optimization_enabled: bool = Field(
+        default=True, description="run the token stages (the default policy decides)"
+    )
+    token_optimization_default: str = Field(
+        default="off", description="policy of tenants not listed below (header wins)"
+    )
+    token_optimization_tenants: dict[str, str] = Field(
+        default_factory=dict, description="per-tenant policy, e.g. {team-a: lossless}"
+    )
+    token_optimization_embeddings: bool = Field(
+        default=False,
+        description="add MiniLM scores to BM25 in lossy stages (~2 s per 1k tokens on CPU)",
+    )
+    token_count_with_worker: bool = Field(
+        default=True, description="record vLLM models' counts from the worker's /tokenize"
+    )
+
     # telemetry
     telemetry_queue_size: int = Field(default=10_000, gt=0)
     telemetry_batch_size: int = Field(default=500, gt=0)

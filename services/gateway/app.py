@@ -29,9 +29,16 @@ from services.gateway.errors import install_error_handlers
 from services.gateway.pipeline import Pipeline, Stage
 from services.gateway.routes import admin_router, openai_router, ops_router
 from services.gateway.serving import OpenAIServing
-from services.gateway.stages import CacheStage, DispatchStage
+from services.gateway.stages import (
+    CacheStage,
+    DispatchStage,
+    TokenOptimizationStage,
+    TokenPolicyStage,
+)
+from services.gateway.stages.tokens import WorkerCount
 from services.settings import Settings
 from services.telemetry import GatewayMetrics, RequestPricer, TelemetryWriter
+from services.tokens import TokenOptimizer, encoding_name, worker_count
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +72,34 @@ def build_cache(settings: Settings, engine: Engine, metrics: GatewayMetrics) -> 
         )
     return ResponseCache(
         tiers, CacheMetrics(metrics.registry), flight_timeout_s=settings.upstream_read_timeout_s
+    )
+
+
+def build_token_stages(settings: Settings, pool: WorkerPool, client: UpstreamClient
+                       ) -> tuple[TokenPolicyStage, TokenOptimizationStage]:
+    """The policy stage (first: a bad policy is a 400 even on a cache hit) and the
+    optimisation stage (after the cache, before dispatch)."""
+    embed = None
+    if settings.token_optimization_embeddings:
+        from services.embeddings import default_encoder
+
+        embed = default_encoder().encode
+    counter: WorkerCount | None = None
+    if settings.token_count_with_worker:
+        async def counter(model: str, endpoint: str, request: dict) -> int | None:
+            if encoding_name(model) is not None:
+                return None  # OpenAI-family: tiktoken is already exact
+            # any healthy worker of the model shares its tokenizer; reading the list
+            # leaves routing state (loads, leases) alone
+            worker = next((w for w in pool.workers if w.healthy and model in w.models), None)
+            if worker is None:
+                return None
+            return await worker_count(client.post_json, worker.url, endpoint, model, request)
+
+    return (
+        TokenPolicyStage(settings.token_optimization_default,
+                         settings.token_optimization_tenants),
+        TokenOptimizationStage(TokenOptimizer(embed=embed), counter),
     )
 
 
@@ -106,6 +141,10 @@ def build_services(settings: Settings) -> AppServices:
     cache = build_cache(settings, engine, metrics) if settings.cache_enabled else None
     semantic_sync = None
     stages: list[Stage] = []
+    token_stages = build_token_stages(settings, pool, client) if (
+        settings.token_optimization_enabled) else None
+    if token_stages is not None:
+        stages.append(token_stages[0])
     if cache is not None:
         semantic = semantic_store = None
         if settings.cache_semantic_enabled:
@@ -122,6 +161,8 @@ def build_services(settings: Settings) -> AppServices:
                 semantic_ttl_s=settings.cache_l3_ttl_s,
             )
         )
+    if token_stages is not None:
+        stages.append(token_stages[1])
     stages.append(
         DispatchStage(
             pool,

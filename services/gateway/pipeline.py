@@ -8,6 +8,9 @@ worker. Later capabilities (auth and budget, cache, routing, token optimisation)
 in as stages without touching the routes:
 
     auth+budget -> normalize -> cache lookup -> routing -> token optimization -> dispatch
+
+A stage that rewrites what goes upstream (token optimisation) sets ``upstream_request``;
+``request_dict`` stays the request as the client sent it (cache keys, prompt hashes).
 """
 
 from __future__ import annotations
@@ -55,6 +58,10 @@ class RequestContext:
     cache_age_s: float | None = None
     route_reason: str | None = None
     prompt_tokens_before_optimization: int | None = None
+    prompt_tokens_after_optimization: int | None = None
+    token_policy: Any = None  # services.tokens.Policy, set by the token policy stage
+    token_stages: dict[str, int] | None = None  # tokens saved per optimisation stage
+    upstream_request: dict[str, Any] | None = None  # what to send when it differs
     upstream_started_at: float | None = None
     upstream_finished_at: float | None = None
     first_token_at: float | None = None

@@ -137,6 +137,9 @@ def build_event(ctx: RequestContext, *, store_prompts: bool) -> RequestEvent:
             if ctx.prompt_tokens_before_optimization is not None
             else (usage.prompt_tokens if usage else None)
         ),
+        prompt_tokens_after_optimization=ctx.prompt_tokens_after_optimization,
+        token_policy=str(ctx.token_policy) if ctx.token_policy is not None else None,
+        token_stages=ctx.token_stages,
         ttft_ms=ttft_ms,
         tpot_ms=tpot_ms,
         latency_ms=latency_ms,

@@ -31,6 +31,9 @@ class RequestEvent:
     completion_tokens: int | None = None
     cached_tokens: int | None = None
     prompt_tokens_before_optimization: int | None = None
+    prompt_tokens_after_optimization: int | None = None
+    token_policy: str | None = None
+    token_stages: dict[str, int] | None = None
     ttft_ms: float | None = None
     tpot_ms: float | None = None
     latency_ms: float | None = None

@@ -212,7 +212,9 @@ def ask(gateway, text, key=None, system=None, **headers):
     if key:
         headers["authorization"] = f"Bearer {key}"
     response = post(gateway, {**CHAT, "messages": messages}, **headers)
-    gateway.run(gateway.services.serving._pipeline.stages[0].drain())  # indexing is async
+    stages = gateway.services.serving._pipeline.stages
+    cache_stage = next(s for s in stages if s.name == "cache")
+    gateway.run(cache_stage.drain())  # indexing is async
     return response.headers["x-cache"]
 
 

@@ -9,8 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-from migrations import upgrade_to_head
-from models import Alert, CacheReport, RequestLog, create_store_engine
+from models import Alert, CacheReport, RequestLog
 from services.caching import CachedResponse, PersistentCache, RedisCache, cache_key
 from services.caching.optimization import analyze, recommend_ttls
 from services.workers import free_port
@@ -34,16 +33,6 @@ def log_rows(layers: dict[str, int], now: datetime) -> list[dict]:
                 }
             )
     return rows
-
-
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    url = f"sqlite:///{tmp_path / 'store.db'}"
-    upgrade_to_head(url)
-    monkeypatch.setenv("OPTENGINE_DATABASE_URL", url)
-    engine = create_store_engine(url)
-    yield engine
-    engine.dispose()
 
 
 def test_tier_ratios_are_judged_on_the_traffic_each_tier_saw(store) -> None:

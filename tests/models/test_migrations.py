@@ -12,7 +12,7 @@ from models import create_store_engine
 
 TABLES = {
     "request_log", "workers", "api_keys", "cache_entries", "alerts", "cache_reports",
-    "semantic_entries",
+    "semantic_entries", "token_reports", "cacheable_prefixes",
 }
 
 

@@ -2,5 +2,6 @@
 
 from services.gateway.stages.cache import CacheStage
 from services.gateway.stages.dispatch import DispatchStage
+from services.gateway.stages.tokens import TokenOptimizationStage, TokenPolicyStage
 
-__all__ = ["CacheStage", "DispatchStage"]
+__all__ = ["CacheStage", "DispatchStage", "TokenOptimizationStage", "TokenPolicyStage"]

@@ -106,11 +106,18 @@ class CacheStage:
         return ctx.principal.tenant in self._semantic_tenants or "*" in self._semantic_tenants
 
     def namespace(self, ctx: RequestContext) -> str:
+        """The key's namespace; answers to lossily compressed prompts (token policy
+        ``budget=N``/``ratio=R``) live apart from full-prompt answers and per policy."""
         requested = ctx.request_headers.get("x-cache-namespace")
         if requested and requested in self._shared:
-            return f"shared/{requested}"
-        tenant = ctx.principal.tenant
-        return f"tenant/{tenant}/{requested}" if requested else f"tenant/{tenant}"
+            namespace = f"shared/{requested}"
+        else:
+            tenant = ctx.principal.tenant
+            namespace = f"tenant/{tenant}/{requested}" if requested else f"tenant/{tenant}"
+        policy = ctx.token_policy
+        if policy is not None and policy.lossy:
+            namespace += f"#tokens={policy}"
+        return namespace
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> Reply:
         directives = CacheDirectives.parse(ctx.request_headers.get("cache-control"))

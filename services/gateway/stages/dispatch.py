@@ -47,7 +47,8 @@ T = TypeVar("T")
 
 
 def upstream_payload(ctx: RequestContext) -> bytes:
-    body = dict(ctx.request_dict)
+    body = dict(ctx.upstream_request if ctx.upstream_request is not None
+                else ctx.request_dict)
     body["model"] = ctx.model
     if ctx.stream:
         options = body.get("stream_options") or {}

@@ -1,0 +1,111 @@
+"""Token optimisation in the request path: two small stages around the cache.
+
+``TokenPolicyStage`` runs first: it resolves the request's policy (header
+``X-Token-Optimization`` over the tenant's setting over the default) so a bad value is
+a 400 even for a request the cache would have answered. ``TokenOptimizationStage`` runs
+after the cache lookup (the cache key is the request as the client sent it) and before
+dispatch: it rewrites a copy of the request for the serving model's tokenizer and leaves
+the client's request untouched; ``off`` sends the request byte for byte as received.
+
+Counts: the optimiser measures every stage with tiktoken (the model's own encoding for
+OpenAI-family models, ``cl100k_base`` as an estimate for others); the recorded before
+and after counts come from the serving vLLM worker's ``/tokenize`` when it answers, so
+``X-Tokens-Saved`` and ``request_log`` are in the model's own tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from services.gateway.pipeline import Next, Reply, RequestContext
+from services.tokens import HEADER, OFF, Policy, TokenOptimizer, counter_for_model
+
+# model, endpoint, request -> the serving worker's token count (None: it cannot tell)
+WorkerCount = Callable[[str, str, dict[str, Any]], Awaitable[int | None]]
+_THREAD_ABOVE_CHARS = 20_000  # bigger prompts are optimised off the event loop
+
+
+class TokenPolicyStage:
+    name = "token_policy"
+
+    def __init__(self, default: str = "off", tenants: Mapping[str, str] | None = None
+                 ) -> None:
+        self._default = Policy.parse(default, param="token_optimization_default")
+        self._tenants = {t: Policy.parse(p, param=f"token_optimization_tenants.{t}")
+                         for t, p in (tenants or {}).items()}
+
+    def resolve(self, ctx: RequestContext) -> Policy:
+        header = ctx.request_headers.get(HEADER)
+        if header is not None:
+            return Policy.parse(header)
+        return self._tenants.get(ctx.principal.tenant, self._default)
+
+    async def __call__(self, ctx: RequestContext, call_next: Next) -> Reply:
+        ctx.token_policy = self.resolve(ctx)
+        return await call_next(ctx)
+
+
+class TokenOptimizationStage:
+    name = "tokens"
+
+    def __init__(self, optimizer: TokenOptimizer, worker_count: WorkerCount | None = None
+                 ) -> None:
+        self._optimizer = optimizer
+        self._worker_count = worker_count
+        self._counters: dict[str, Callable[[str], int]] = {}
+
+    async def counter(self, model: str) -> Callable[[str], int]:
+        """The model's counter; the first one loads a vocabulary (~0.5 s), off the loop."""
+        count = self._counters.get(model)
+        if count is None:
+            count, _exact = await asyncio.to_thread(counter_for_model, model)
+            if len(self._counters) > 1024:  # model names come from clients
+                self._counters.clear()
+            self._counters[model] = count
+        return count
+
+    async def __call__(self, ctx: RequestContext, call_next: Next) -> Reply:
+        policy = ctx.token_policy or OFF
+        if policy.mode == "off":
+            return await call_next(ctx)
+        count = await self.counter(ctx.model)
+        request = ctx.request_dict
+        if _size(request) > _THREAD_ABOVE_CHARS:
+            result = await asyncio.to_thread(self._optimizer.optimize, ctx.endpoint, request,
+                                             policy, count)
+        else:
+            result = self._optimizer.optimize(ctx.endpoint, request, policy, count)
+        before, after = result.tokens_before, result.tokens_after
+        if result.saved > 0:
+            ctx.upstream_request = result.request
+            before, after = await self._model_counts(ctx, result.request, before, after)
+        else:
+            after = before
+        ctx.prompt_tokens_before_optimization = before
+        ctx.prompt_tokens_after_optimization = after
+        ctx.token_stages = {s.stage: s.saved for s in result.stages if s.saved}
+        ctx.response_headers["x-tokens-saved"] = str(max(0, before - after))
+        ctx.response_headers["x-token-optimization"] = str(policy)
+        return await call_next(ctx)
+
+    async def _model_counts(self, ctx: RequestContext, optimized: dict[str, Any],
+                            before: int, after: int) -> tuple[int, int]:
+        """The serving model's own counts when its worker tells them, else the estimate."""
+        if self._worker_count is None:
+            return before, after
+        exact = await asyncio.gather(
+            self._worker_count(ctx.model, ctx.endpoint, ctx.request_dict),
+            self._worker_count(ctx.model, ctx.endpoint, optimized),
+        )
+        if exact[0] is None or exact[1] is None:
+            return before, after
+        return exact[0], exact[1]
+
+
+def _size(request: dict[str, Any]) -> int:
+    messages = request.get("messages")
+    if isinstance(messages, list):
+        return sum(len(str(m.get("content") or "")) for m in messages)
+    return len(str(request.get("prompt") or ""))

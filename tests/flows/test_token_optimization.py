@@ -1,0 +1,86 @@
+"""The token optimisation flow under Prefect's test harness: a QA dataset gives reduction
+and answer recall per stage; recurring system prompts become cache-eligible prefixes;
+stored traffic is read where prompts are kept."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+from sqlalchemy import select
+
+from models import CacheablePrefix, RequestLog, TokenReport
+from services.tokens import Policy, text_counter
+from services.tokens.evaluation import evaluate, prompt_samples, qa_samples, static_prefixes
+
+DATA = Path(__file__).resolve().parents[3] / "shared/data/compression/nq_open_oracle_dev.jsonl"
+SYSTEM = ("You are the support assistant of Acme Hardware. Answer in two sentences, cite the "
+          "order number, never promise refunds, escalate safety issues to a human agent.")
+
+
+def qa_rows(n: int = 12) -> list[dict]:
+    rows = []
+    for i in range(n):
+        rows.append({"question": f"who founded company {i}",
+                     "answers": [f"Founder{i} Smith"],
+                     "ctxs": [{"title": f"Company {i}",
+                               "text": f"Company {i} was founded by Founder{i} Smith in "
+                                       f"{1900 + i}. It makes tools.   It has   offices."}]})
+    return rows
+
+
+def test_evaluation_measures_reduction_and_answer_recall() -> None:
+    samples = qa_samples(qa_rows(), distractors=5)
+    count = text_counter()
+    lossless = evaluate(samples, Policy.parse("lossless"), count)
+    assert lossless.quality == 1.0 and lossless.stages.get("layout", 0) > 0
+    lossy = evaluate(samples, Policy.parse("ratio=3"), count)
+    assert lossy.reduction > 0.5 and lossy.quality is not None
+    assert lossy.tokens_after < lossless.tokens_after
+
+
+def test_only_recurring_long_system_prompts_are_static_prefixes() -> None:
+    chats = [{"messages": [{"role": "system", "content": SYSTEM},
+                           {"role": "user", "content": f"Where is order {i}?"}]} for i in range(3)]
+    chats.append({"messages": [{"role": "system", "content": "Be brief."},
+                               {"role": "user", "content": "hi"}]})
+    chats.append({"messages": [{"role": "system", "content": "Be brief."},
+                               {"role": "user", "content": "yo"}]})
+    prefixes = static_prefixes(prompt_samples(chats), text_counter())
+    assert [(p.occurrences, p.kind) for p in prefixes] == [(3, "template")]
+
+
+def test_flow_reports_per_stage_and_marks_prefixes(store, prefect_harness, tmp_path) -> None:
+    from flows.token_optimization import token_optimization
+
+    data = tmp_path / "qa.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in qa_rows()))
+    result = token_optimization(source=str(data), policy="ratio=2")
+    assert result["samples"] == 12 and result["reduction"] > 0.3
+    with store.connect() as conn:
+        report = conn.execute(select(TokenReport)).one()
+    assert report.policy == "ratio=2" and report.quality == result["quality"]
+    assert report.stages["context"]["tokens_saved"] > 0
+    assert report.tokens_after < report.tokens_before
+
+    # recent traffic, as request_log keeps it when prompt storage is on
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "hello"}]
+    with store.begin() as conn:
+        conn.execute(RequestLog.__table__.insert(), [
+            {"id": f"req-{uuid.uuid4().hex}", "created_at": datetime.now(UTC), "tenant": "t",
+             "endpoint": "chat.completions", "status_code": 200,
+             "prompt_text": orjson.dumps(messages).decode()} for _ in range(3)])
+    recent = token_optimization(source="recent", policy="lossless")
+    assert recent["samples"] == 3 and recent["prefixes_marked"] == 1
+    with store.connect() as conn:
+        prefix = conn.execute(select(CacheablePrefix)).one()
+    assert prefix.occurrences == 3 and prefix.text is None  # prompts not stored by default
+
+
+def test_real_dataset_sample_keeps_answers_losslessly() -> None:
+    rows = [json.loads(line) for line in DATA.read_text().splitlines()[:20]]
+    evaluation = evaluate(qa_samples(rows), Policy.parse("lossless"), text_counter())
+    assert evaluation.quality == 1.0
