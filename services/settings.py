@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -169,6 +169,13 @@ class Settings(BaseSettings):
         default="gpt-4o-mini",
         description="hosted model a request would have gone to without this platform",
     )
+
+    # model routing (services/routing/config.py: tiers, models, budgets, cascade); empty = off
+    routing: dict[str, Any] = Field(default_factory=dict, description="routing config (YAML)")
+    openai_api_key: SecretStr = SecretStr("")
+    openai_base_url: str = "https://api.openai.com"
+    anthropic_api_key: SecretStr = SecretStr("")
+    anthropic_base_url: str = "https://api.anthropic.com"
 
     # response cache (exact tiers)
     cache_enabled: bool = True

@@ -35,6 +35,7 @@ from services.gateway.stages import (
     TokenOptimizationStage,
     TokenPolicyStage,
 )
+from services.gateway.stages.routing import build_routing_stage
 from services.gateway.stages.tokens import WorkerCount
 from services.settings import Settings
 from services.telemetry import GatewayMetrics, RequestPricer, TelemetryWriter
@@ -161,6 +162,9 @@ def build_services(settings: Settings) -> AppServices:
                 semantic_ttl_s=settings.cache_l3_ttl_s,
             )
         )
+    routing = build_routing_stage(settings, catalog, pool)
+    if routing is not None:
+        stages.append(routing)
     if token_stages is not None:
         stages.append(token_stages[1])
     stages.append(
@@ -186,6 +190,7 @@ def build_services(settings: Settings) -> AppServices:
         serving=serving,
         cache=cache,
         semantic_sync=semantic_sync,
+        routing=routing,
     )
 
 
@@ -218,6 +223,8 @@ def create_app(settings: Settings) -> FastAPI:
             await services.keyring.stop()
             if services.cache is not None:
                 await services.cache.aclose()
+            if services.routing is not None:
+                await services.routing.aclose()
             await services.telemetry.stop()
             await services.client.aclose()
             services.engine.dispose()

@@ -14,6 +14,7 @@ from services.caching.semantic_store import SemanticSync
 from services.execution import UpstreamClient, WorkerPool
 from services.gateway.auth import KeyRing, Principal
 from services.gateway.serving import OpenAIServing
+from services.gateway.stages.routing import RoutingStage
 from services.settings import Settings
 from services.telemetry import GatewayMetrics, TelemetryWriter
 
@@ -31,6 +32,7 @@ class AppServices:
     serving: OpenAIServing
     cache: ResponseCache | None = None
     semantic_sync: SemanticSync | None = None
+    routing: RoutingStage | None = None
 
 
 # Dependencies are async on purpose: FastAPI runs a plain ``def`` dependency in a thread

@@ -84,4 +84,8 @@ async def completions(request: Request, services: ServicesDep, principal: Princi
 
 @router.get("/models")
 async def list_models(services: ServicesDep, _principal: PrincipalDep) -> ModelList:
-    return ModelList(data=[ModelCard(id=model) for model in services.pool.models()])
+    models = services.pool.models()
+    if services.routing is not None:  # virtual names and configured (hosted) models
+        routed = services.routing.policy.names()
+        models = routed + [m for m in models if m not in routed]
+    return ModelList(data=[ModelCard(id=model) for model in models])

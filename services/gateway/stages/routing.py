@@ -1,0 +1,238 @@
+"""Routing stage: pick the model (``services.routing``), hold the budget, fall back.
+
+For a routed request (a virtual name or a configured model) it asks the policy for a
+model, reserves the request's maximum cost on the tenant's and key's budgets (429
+``budget_exceeded`` when that would pass a limit), serves it (vLLM models through the
+rest of the pipeline, hosted ones through their adapter) and settles the budget with
+the real cost when the answer ends. An upstream failure before the answer starts moves
+the request to the next model of the same or a higher tier. The chosen model and the
+reason go into ``X-Route-Model`` / ``X-Route-Reason`` and the request's log row.
+Non-streaming ``auto`` requests routed to the cheap tier may be cascaded
+(``CascadeRunner``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any, Protocol
+
+from services.costs import PriceCatalog, UnknownModelPrice
+from services.errors import InvalidRequest, ModelNotFound, UpstreamError, UpstreamUnavailable
+from services.execution import WorkerPool
+from services.gateway.pipeline import Next, Reply, RequestContext
+from services.gateway.protocol import Usage
+from services.routing.budgets import BudgetLedger, Reservation, Scope
+from services.routing.config import ModelConfig, RoutingConfig
+from services.routing.policy import Route, RouteRequest, RoutingPolicy
+from services.routing.router import SHIPPED_MODEL, ComplexityRouter
+from services.settings import Settings
+
+MAX_LATENCY_HEADER = "x-max-latency-ms"
+
+
+class HostedBackend(Protocol):
+    """An adapter that serves OpenAI-shaped requests from a hosted API."""
+
+    url: str
+
+    async def complete(self, model: ModelConfig, ctx: RequestContext) -> Reply: ...
+
+
+class Cascade(Protocol):
+    async def __call__(
+        self, ctx: RequestContext, route: Route, serve: ServeFn, max_latency_ms: float | None
+    ) -> Reply: ...
+
+
+class ServeFn(Protocol):
+    async def __call__(self, ctx: RequestContext, model: ModelConfig) -> Reply: ...
+
+
+class RoutingStage:
+    name = "routing"
+
+    def __init__(
+        self,
+        policy: RoutingPolicy,
+        ledger: BudgetLedger,
+        catalog: PriceCatalog,
+        *,
+        hosted: Mapping[str, HostedBackend] | None = None,
+        cascade: Cascade | None = None,
+        default_max_tokens: int = 1024,
+    ) -> None:
+        self.policy = policy
+        self._ledger = ledger
+        self._catalog = catalog
+        self._hosted = dict(hosted or {})
+        self._cascade = cascade
+        self._default_max_tokens = default_max_tokens
+
+    async def aclose(self) -> None:
+        await self._ledger.aclose()
+
+    async def __call__(self, ctx: RequestContext, call_next: Next) -> Reply:
+        if not self.policy.routes(ctx.model):
+            return await call_next(ctx)
+        scopes = self._ledger.scopes(ctx.principal.tenant, ctx.principal.key_id)
+        downgrade = False
+        level = self._ledger.downgrade_at(scopes)
+        if level is not None:
+            downgrade = await self._ledger.fraction_spent(scopes) >= level
+        max_latency = _max_latency(ctx)
+        text = prompt_text(ctx.request_dict, ctx.endpoint)
+        route = self.policy.choose(RouteRequest(
+            model=ctx.model, tenant=ctx.principal.tenant, text=text,
+            prompt_tokens=estimate_tokens(text), max_tokens=_max_tokens(ctx.request_dict),
+            max_latency_ms=max_latency, downgrade=downgrade,
+        ))
+
+        async def serve(ctx: RequestContext, model: ModelConfig) -> Reply:
+            return await self._serve_with_budget(ctx, model, scopes, call_next)
+
+        if self._cascade is not None and route.cheap and route.strong and not ctx.stream:
+            return await self._cascade(ctx, route, serve, max_latency)
+        return await self.serve_with_fallback(ctx, route, serve)
+
+    async def serve_with_fallback(
+        self, ctx: RequestContext, route: Route, serve: ServeFn
+    ) -> Reply:
+        attempts = [route.model, *route.fallbacks]
+        reason = route.reason
+        for i, model in enumerate(attempts):
+            self.apply(ctx, model, reason)
+            try:
+                return await serve(ctx, model)
+            except (UpstreamError, ModelNotFound) as exc:
+                if i == len(attempts) - 1:
+                    raise
+                reason = f"{route.reason}; fallback: {model.name} failed ({exc.error_type})"
+        raise AssertionError("unreachable")  # attempts is never empty
+
+    @staticmethod
+    def apply(ctx: RequestContext, model: ModelConfig, reason: str) -> None:
+        ctx.model = model.wire_name
+        ctx.route_reason = reason[:256]
+        ctx.worker = None
+        ctx.usage = None
+        ctx.response_headers["x-route-model"] = model.name
+        ctx.response_headers["x-route-reason"] = reason.encode("ascii", "replace").decode()
+
+    async def _serve_with_budget(
+        self, ctx: RequestContext, model: ModelConfig, scopes: Sequence[Scope], call_next: Next
+    ) -> Reply:
+        reservation = None
+        if scopes:
+            text = prompt_text(ctx.request_dict, ctx.endpoint)
+            most = _max_tokens(ctx.request_dict) or self._default_max_tokens
+            reservation = await self._ledger.reserve(
+                scopes, self._cost(model, estimate_tokens(text), most)
+            )
+        try:
+            reply = await self._call(ctx, model, call_next)
+        except BaseException:
+            if reservation is not None:
+                await self._ledger.settle(reservation, None)
+            raise
+        if reservation is None:
+            return reply
+        if reply.chunks is not None:
+            return Reply(chunks=self._settle_after(ctx, model, reply.chunks, reservation),
+                         status_code=reply.status_code)
+        await self._ledger.settle(reservation, self._usage_cost(model, ctx.usage))
+        return reply
+
+    async def _call(self, ctx: RequestContext, model: ModelConfig, call_next: Next) -> Reply:
+        if model.upstream == "vllm":
+            return await call_next(ctx)
+        backend = self._hosted.get(model.upstream)
+        if backend is None:
+            raise UpstreamUnavailable(f"no {model.upstream} API key is configured")
+        ctx.worker = backend.url
+        return await backend.complete(model, ctx)
+
+    async def _settle_after(
+        self, ctx: RequestContext, model: ModelConfig, chunks: AsyncIterator[bytes],
+        reservation: Reservation,
+    ) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            await self._ledger.settle(reservation, self._usage_cost(model, ctx.usage))
+
+    def _cost(self, model: ModelConfig, prompt_tokens: int, completion_tokens: int,
+              cached_tokens: int = 0) -> float:
+        """USD at the model's price; 0 for a model with no price yet (a vLLM model before
+        its workers are discovered), which then spends nothing against budgets."""
+        name = model.priced_as if model.upstream != "vllm" else model.wire_name
+        try:
+            return self._catalog.cost(name, prompt_tokens, completion_tokens, cached_tokens)
+        except UnknownModelPrice:
+            return 0.0
+
+    def _usage_cost(self, model: ModelConfig, usage: Usage | None) -> float | None:
+        if usage is None:
+            return None
+        return self._cost(model, usage.prompt_tokens, usage.completion_tokens,
+                          min(usage.cached_tokens, usage.prompt_tokens))
+
+
+def prompt_text(request: Mapping[str, Any], endpoint: str) -> str:
+    """The text of the prompt the router reads: every message's text, in order."""
+    if endpoint != "chat.completions":
+        prompt = request.get("prompt", "")
+        return prompt if isinstance(prompt, str) else "\n".join(map(str, prompt))
+    parts = []
+    for message in request.get("messages", []):
+        content = message.get("content")
+        if isinstance(content, str):
+            parts.append(content)
+        elif isinstance(content, list):
+            parts.extend(p.get("text", "") for p in content if isinstance(p, dict))
+    return "\n".join(parts)
+
+
+def estimate_tokens(text: str) -> int:
+    """About four characters a token (English, GPT-style tokenizers); no tokenizer call."""
+    return len(text) // 4 + 1
+
+
+def _max_tokens(request: Mapping[str, Any]) -> int | None:
+    value = request.get("max_completion_tokens") or request.get("max_tokens")
+    return int(value) if isinstance(value, int) and value > 0 else None
+
+
+def _max_latency(ctx: RequestContext) -> float | None:
+    raw = ctx.request_headers.get(MAX_LATENCY_HEADER)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidRequest(f"X-Max-Latency-Ms must be a number of milliseconds, got {raw!r}",
+                             param=MAX_LATENCY_HEADER) from None
+    return value if value > 0 else None
+
+
+def build_routing_stage(
+    settings: Settings, catalog: PriceCatalog, pool: WorkerPool
+) -> RoutingStage | None:
+    """The routing stage of ``settings.routing``, or None when routing is not configured.
+
+    Raises ``RoutingConfigError`` (the gateway does not start) for a malformed config.
+    """
+    if not settings.routing:
+        return None
+    config = RoutingConfig.parse(settings.routing, catalog)
+    router = ComplexityRouter.load(config.router_model or SHIPPED_MODEL)
+
+    def available(model: ModelConfig) -> bool:
+        return model.upstream != "vllm" or model.wire_name in pool.models()
+
+    return RoutingStage(
+        RoutingPolicy(config, router, available),
+        BudgetLedger(config.budgets, redis_url=settings.redis_url),
+        catalog,
+        default_max_tokens=config.default_max_tokens,
+    )

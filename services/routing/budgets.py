@@ -1,0 +1,156 @@
+"""Spend budgets per tenant or API key: reserve before the upstream call, settle after.
+
+A request reserves its estimated maximum cost (prompt plus the most tokens it may
+generate) on every budget that applies to it before it goes upstream, and settles with
+its real cost when it ends (a failed call releases its reservation). So concurrent
+requests see each other's reservations and together never spend past a limit.
+
+With Redis (``redis_url``) the counters are shared by every gateway replica and each
+reservation is one Lua script: check and add in one atomic step. Without Redis they are
+in-process (one replica only), atomic because nothing awaits between check and add.
+Counters are per period (``total``, ``day``, ``month``; UTC) and expire after it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from services.errors import RateLimited
+from services.routing.config import BudgetConfig
+
+_RESERVE = """
+local spent = tonumber(redis.call('GET', KEYS[1]) or '0')
+local amount = tonumber(ARGV[1])
+if spent + amount > tonumber(ARGV[2]) then
+  return {0, tostring(spent)}
+end
+local now = redis.call('INCRBYFLOAT', KEYS[1], ARGV[1])
+if tonumber(ARGV[3]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
+return {1, now}
+"""
+_PERIOD_TTL_S = {"total": 0, "day": 2 * 86400, "month": 32 * 86400}
+
+
+class BudgetExceeded(RateLimited):
+    default_code = "budget_exceeded"
+
+
+@dataclass(frozen=True)
+class Scope:
+    name: str  # "tenant:team-a" or "key:42"
+    config: BudgetConfig
+
+    def counter(self, now: datetime) -> str:
+        period = {"total": "all", "day": now.strftime("%Y-%m-%d"), "month": now.strftime("%Y-%m")}
+        return f"optengine:budget:{{{self.name}}}:{period[self.config.period]}"
+
+
+@dataclass
+class Reservation:
+    scopes: list[tuple[Scope, str]]  # (scope, counter key)
+    amount: float
+    settled: bool = False
+
+
+class BudgetLedger:
+    def __init__(self, budgets: dict[str, BudgetConfig], *, redis_url: str = "") -> None:
+        self._budgets = budgets
+        self._local: dict[str, float] = {}
+        self._redis = None
+        self._script = None
+        if redis_url:
+            import redis.asyncio as aioredis
+
+            self._redis = aioredis.from_url(redis_url)
+            self._script = self._redis.register_script(_RESERVE)
+
+    async def aclose(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
+
+    def scopes(self, tenant: str, key_id: str | None) -> list[Scope]:
+        found = []
+        for name in (f"tenant:{tenant}", f"key:{key_id}" if key_id else None):
+            if name is None:
+                continue
+            config = self._budgets.get(name)
+            if config is None and name.startswith("tenant:"):
+                config = self._budgets.get("tenant:*")
+            if config is not None:
+                found.append(Scope(name, config))
+        return found
+
+    async def fraction_spent(self, scopes: Sequence[Scope]) -> float:
+        """The highest spent/limit of ``scopes`` (reservations in flight included)."""
+        now = datetime.now(UTC)
+        highest = 0.0
+        for scope in scopes:
+            highest = max(highest, await self._spent(scope.counter(now)) / scope.config.limit_usd)
+        return highest
+
+    def downgrade_at(self, scopes: Sequence[Scope]) -> float | None:
+        levels = [s.config.downgrade_at for s in scopes if s.config.downgrade_at is not None]
+        return min(levels) if levels else None
+
+    async def reserve(self, scopes: Sequence[Scope], amount: float) -> Reservation:
+        """Reserve ``amount`` USD on every scope, or none: raise ``BudgetExceeded``."""
+        now = datetime.now(UTC)
+        taken: list[tuple[Scope, str]] = []
+        for scope in scopes:
+            key = scope.counter(now)
+            ok, spent = await self._try_add(key, amount, scope)
+            if not ok:
+                await self._release(taken, amount)
+                raise BudgetExceeded(
+                    f"budget exceeded for {scope.name}: ${spent:.6f} of ${scope.config.limit_usd:g}"
+                    f" per {scope.config.period} spent or reserved, and this request may cost up "
+                    f"to ${amount:.6f}; lower max_tokens, pick a cheaper model or wait for the "
+                    "next period",
+                )
+            taken.append((scope, key))
+        return Reservation(taken, amount)
+
+    async def settle(self, reservation: Reservation, cost: float | None) -> None:
+        """Replace the reserved amount with the real ``cost`` (None: nothing was spent)."""
+        if reservation.settled:
+            return
+        reservation.settled = True
+        delta = (cost or 0.0) - reservation.amount
+        for _, key in reservation.scopes:
+            await self._add(key, delta)
+
+    async def _release(self, taken: list[tuple[Scope, str]], amount: float) -> None:
+        for _, key in taken:
+            await self._add(key, -amount)
+
+    # --- storage ----------------------------------------------------------------------
+
+    async def _spent(self, key: str) -> float:
+        if self._redis is None:
+            return self._local.get(key, 0.0)
+        value = await self._redis.get(key)
+        return float(value) if value is not None else 0.0
+
+    async def _try_add(self, key: str, amount: float, scope: Scope) -> tuple[bool, float]:
+        limit = scope.config.limit_usd
+        if self._redis is None:
+            spent = self._local.get(key, 0.0)
+            if spent + amount > limit:
+                return False, spent
+            self._local[key] = spent + amount
+            return True, spent + amount
+        assert self._script is not None
+        ok, spent = await self._script(
+            keys=[key], args=[repr(amount), repr(limit), _PERIOD_TTL_S[scope.config.period]]
+        )
+        return bool(int(ok)), float(spent)
+
+    async def _add(self, key: str, delta: float) -> None:
+        if delta == 0:
+            return
+        if self._redis is None:
+            self._local[key] = self._local.get(key, 0.0) + delta
+        else:
+            await self._redis.incrbyfloat(key, delta)

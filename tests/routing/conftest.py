@@ -1,0 +1,61 @@
+"""A gateway with three tiers of fake OpenAI-compatible workers (the answers are under
+the test's control, which a random tiny model's are not)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from services.settings import Settings
+from tests.support.fake_openai import Answer, FakeOpenAI
+from tests.support.gateway import RunningGateway
+
+HARD = (
+    "Let p = (1, 2, 5, 4)(2, 3) in S_5 . Find the index of <p> in S_5.\n"
+    "A. 8\nB. 2\nC. 24\nD. 120\nAnswer:"
+)
+EASY = "Translate 'good morning' into Spanish."
+PRICES = {
+    "small": {"input_per_mtok": 0.1, "output_per_mtok": 0.1},
+    "medium": {"input_per_mtok": 1.0, "output_per_mtok": 2.0},
+    "large": {"input_per_mtok": 10.0, "output_per_mtok": 30.0},
+}
+
+
+def routing_config(**extra: Any) -> dict[str, Any]:
+    return {
+        "models": [
+            {"name": "small", "tier": "fast_cheap", "context_window": 4096,
+             "latency_slo_ms": 500},
+            {"name": "medium", "tier": "balanced", "context_window": 8192,
+             "latency_slo_ms": 2000},
+            {"name": "large", "tier": "powerful", "context_window": 32768,
+             "latency_slo_ms": 10000},
+        ],
+        **extra,
+    }
+
+
+@pytest.fixture
+def fake_workers() -> Iterator[FakeOpenAI]:
+    server = FakeOpenAI({name: Answer() for name in PRICES}).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def routed_gateway(
+    fake_workers: FakeOpenAI,
+    make_settings: Callable[..., Settings],
+    start_gateway: Callable[[Settings], RunningGateway],
+) -> Callable[..., RunningGateway]:
+    def start(**routing: Any) -> RunningGateway:
+        settings = make_settings(
+            workers=[fake_workers.url], routing=routing_config(**routing),
+            price_overrides=PRICES, cache_enabled=False,
+        )
+        return start_gateway(settings)
+
+    return start

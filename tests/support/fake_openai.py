@@ -1,0 +1,131 @@
+"""A local stand-in for an OpenAI-compatible server (a vLLM worker or api.openai.com),
+following the chat completions API's documented request and response shapes, for tests
+of routing, fallback and cascades where the answer's content matters (a random tiny
+model's gibberish cannot be steered) or the real API is unreachable.
+
+Each model's answer is configurable (text, finish_reason, token logprobs), a model can
+be made to fail with a status, and every request is recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from services.workers import free_port
+
+
+@dataclass
+class Answer:
+    text: str = "The answer is B."
+    finish_reason: str = "stop"
+    logprob: float | None = None  # each token's logprob, when the request asks for them
+    fail_status: int | None = None
+
+
+@dataclass
+class FakeOpenAI:
+    models: dict[str, Answer]
+    api_key: str | None = None  # when set, requests must carry "Authorization: Bearer KEY"
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    port: int = field(default_factory=free_port)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> FakeOpenAI:
+        app = web.Application()
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        self._loop = asyncio.new_event_loop()
+        self._runner = web.AppRunner(app)
+        started = threading.Event()
+
+        def serve() -> None:
+            asyncio.set_event_loop(self._loop)
+            self._loop.run_until_complete(self._runner.setup())
+            site = web.TCPSite(self._runner, "127.0.0.1", self.port)
+            self._loop.run_until_complete(site.start())
+            started.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=serve, daemon=True, name="fake-openai")
+        self._thread.start()
+        if not started.wait(10):
+            raise RuntimeError("the fake OpenAI server did not start")
+        return self
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def calls(self, model: str) -> int:
+        return sum(1 for r in self.requests if r["body"].get("model") == model)
+
+    def _authorized(self, request: web.Request) -> bool:
+        return self.api_key is None or request.headers.get("authorization") == (
+            f"Bearer {self.api_key}"
+        )
+
+    async def _models(self, request: web.Request) -> web.Response:
+        data = [{"id": m, "object": "model", "owned_by": "fake"} for m in self.models]
+        return web.json_response({"object": "list", "data": data})
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.requests.append({"headers": dict(request.headers), "body": body})
+        if not self._authorized(request):
+            return _error(401, "Incorrect API key provided", "invalid_request_error")
+        answer = self.models.get(body.get("model", ""))
+        if answer is None:
+            return _error(404, f"The model `{body.get('model')}` does not exist", "not_found")
+        if answer.fail_status is not None:
+            return _error(answer.fail_status, "the server had an error", "server_error")
+        words = answer.text.split(" ")
+        tokens = [w if i == 0 else f" {w}" for i, w in enumerate(words)]
+        prompt_tokens = sum(len(str(m.get("content", ""))) // 4 + 1 for m in body["messages"])
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(tokens),
+                 "total_tokens": prompt_tokens + len(tokens)}
+        logprobs = None
+        if body.get("logprobs") and answer.logprob is not None:
+            logprobs = {"content": [
+                {"token": t, "logprob": answer.logprob, "bytes": list(t.encode()),
+                 "top_logprobs": []} for t in tokens
+            ]}
+        common = {"id": f"chatcmpl-{len(self.requests)}", "created": int(time.time()),
+                  "model": body["model"]}
+        if not body.get("stream"):
+            return web.json_response({
+                **common, "object": "chat.completion",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
+                             "logprobs": logprobs, "finish_reason": answer.finish_reason}],
+                "usage": usage,
+            })
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        chunk = {**common, "object": "chat.completion.chunk"}
+        for i, token in enumerate(tokens):
+            last = i == len(tokens) - 1
+            choice = {"index": 0, "delta": {"content": token},
+                      "finish_reason": answer.finish_reason if last else None}
+            await response.write(f"data: {json.dumps({**chunk, 'choices': [choice]})}\n\n".encode())
+        if (body.get("stream_options") or {}).get("include_usage"):
+            await response.write(
+                f"data: {json.dumps({**chunk, 'choices': [], 'usage': usage})}\n\n".encode()
+            )
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+
+def _error(status: int, message: str, kind: str) -> web.Response:
+    return web.json_response(
+        {"error": {"message": message, "type": kind, "param": None, "code": None}}, status=status
+    )
