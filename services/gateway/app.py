@@ -28,7 +28,7 @@ from services.gateway.deps import AppServices
 from services.gateway.errors import install_error_handlers
 from services.gateway.pipeline import Pipeline, Stage
 from services.gateway.routes import admin_router, openai_router, ops_router
-from services.gateway.serving import OpenAIServing
+from services.gateway.serving import OpenAIServing, build_event
 from services.gateway.stages import (
     CacheStage,
     DispatchStage,
@@ -162,7 +162,10 @@ def build_services(settings: Settings) -> AppServices:
                 semantic_ttl_s=settings.cache_l3_ttl_s,
             )
         )
-    routing = build_routing_stage(settings, catalog, pool)
+    routing = build_routing_stage(
+        settings, catalog, pool,
+        lambda ctx: telemetry.submit(build_event(ctx, store_prompts=settings.store_prompts)),
+    )
     if routing is not None:
         stages.append(routing)
     if token_stages is not None:

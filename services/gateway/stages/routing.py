@@ -13,7 +13,7 @@ Non-streaming ``auto`` requests routed to the cheap tier may be cascaded
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from services.costs import PriceCatalog, UnknownModelPrice
@@ -21,6 +21,7 @@ from services.errors import InvalidRequest, ModelNotFound, UpstreamError, Upstre
 from services.execution import WorkerPool
 from services.gateway.pipeline import Next, Reply, RequestContext
 from services.gateway.protocol import Usage
+from services.gateway.stages.cascade import CascadeRunner
 from services.routing.budgets import BudgetLedger, Reservation, Scope
 from services.routing.config import ModelConfig, RoutingConfig
 from services.routing.policy import Route, RouteRequest, RoutingPolicy
@@ -65,7 +66,7 @@ class RoutingStage:
         self._ledger = ledger
         self._catalog = catalog
         self._hosted = dict(hosted or {})
-        self._cascade = cascade
+        self.cascade = cascade
         self._default_max_tokens = default_max_tokens
 
     async def aclose(self) -> None:
@@ -90,8 +91,8 @@ class RoutingStage:
         async def serve(ctx: RequestContext, model: ModelConfig) -> Reply:
             return await self._serve_with_budget(ctx, model, scopes, call_next)
 
-        if self._cascade is not None and route.cheap and route.strong and not ctx.stream:
-            return await self._cascade(ctx, route, serve, max_latency)
+        if self.cascade is not None and route.cheap and route.strong and not ctx.stream:
+            return await self.cascade(ctx, route, serve, max_latency)
         return await self.serve_with_fallback(ctx, route, serve)
 
     async def serve_with_fallback(
@@ -216,11 +217,13 @@ def _max_latency(ctx: RequestContext) -> float | None:
 
 
 def build_routing_stage(
-    settings: Settings, catalog: PriceCatalog, pool: WorkerPool
+    settings: Settings, catalog: PriceCatalog, pool: WorkerPool,
+    record: Callable[[RequestContext], None],
 ) -> RoutingStage | None:
     """The routing stage of ``settings.routing``, or None when routing is not configured.
 
-    Raises ``RoutingConfigError`` (the gateway does not start) for a malformed config.
+    ``record`` logs a request context (the cascade's cheap attempts). Raises
+    ``RoutingConfigError`` (the gateway does not start) for a malformed config.
     """
     if not settings.routing:
         return None
@@ -230,9 +233,16 @@ def build_routing_stage(
     def available(model: ModelConfig) -> bool:
         return model.upstream != "vllm" or model.wire_name in pool.models()
 
-    return RoutingStage(
+    stage = RoutingStage(
         RoutingPolicy(config, router, available),
         BudgetLedger(config.budgets, redis_url=settings.redis_url),
         catalog,
+        hosted=None,
         default_max_tokens=config.default_max_tokens,
     )
+    if config.cascade.enabled:
+        stage.cascade = CascadeRunner(
+            config, config.cascade, apply=stage.apply,
+            serve_with_fallback=stage.serve_with_fallback, record=record,
+        )
+    return stage

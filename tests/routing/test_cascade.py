@@ -1,0 +1,108 @@
+"""The cascade: escalates on a low-scoring cheap answer, not on a good one; never when
+the latency limit cannot hold two calls; logs the cheap attempt; streams skip it."""
+
+from __future__ import annotations
+
+import httpx
+from sqlalchemy import select
+
+from models.tables import RequestLog
+from services.routing.cascade import score_answer
+from tests.routing.conftest import EASY
+from tests.support.fake_openai import FakeOpenAI
+
+CASCADE = {"cascade": {"enabled": True, "threshold": 0.5}}
+
+
+def chat(gateway, text: str = EASY, **extra) -> httpx.Response:
+    headers = extra.pop("headers", {})
+    return httpx.post(
+        f"{gateway.url}/v1/chat/completions", headers=headers, timeout=30,
+        json={"model": "auto", "messages": [{"role": "user", "content": text}], **extra},
+    )
+
+
+def rows(gateway) -> list[RequestLog]:
+    gateway.flush_telemetry()
+    with gateway.services.sessions() as session:
+        return list(session.scalars(select(RequestLog).order_by(RequestLog.created_at)))
+
+
+def test_a_confident_cheap_answer_is_kept(routed_gateway, fake_workers: FakeOpenAI) -> None:
+    fake_workers.models["small"].logprob = -0.05  # ~95% per token
+    gateway = routed_gateway(**CASCADE)
+    response = chat(gateway)
+    assert response.status_code == 200
+    assert response.headers["x-route-model"] == "small"
+    assert "cascade: accepted, score 0.95" in response.headers["x-route-reason"]
+    assert fake_workers.calls("large") == 0
+    sent = fake_workers.requests[-1]["body"]
+    assert sent["logprobs"] is True  # the cascade asked for them ...
+    assert "logprobs" not in response.json()["choices"][0]  # ... the client did not
+
+
+def test_a_low_confidence_answer_escalates_and_the_cheap_attempt_is_logged(
+    routed_gateway, fake_workers: FakeOpenAI
+) -> None:
+    fake_workers.models["small"].logprob = -2.0  # ~14% per token
+    gateway = routed_gateway(**CASCADE)
+    response = chat(gateway)
+    assert response.status_code == 200
+    assert response.headers["x-route-model"] == "large"
+    assert "cascade: escalated from small, score 0.14" in response.headers["x-route-reason"]
+    assert fake_workers.calls("small") == 1 and fake_workers.calls("large") == 1
+    assert "logprobs" not in fake_workers.requests[-1]["body"]  # strong call as asked
+    logged = rows(gateway)
+    assert [r.model_served for r in logged] == ["small", "large"]
+    cheap, final = logged
+    assert cheap.id.endswith("-cheap") and cheap.cost_usd > 0
+    assert cheap.route_reason.startswith("cascade: cheap attempt escalated")
+    assert final.model_requested == "auto" and final.status_code == 200
+
+
+def test_refusals_and_truncation_escalate_without_logprobs(
+    routed_gateway, fake_workers: FakeOpenAI
+) -> None:
+    fake_workers.models["small"].text = "I'm sorry, but I can't help with that."
+    gateway = routed_gateway(**CASCADE)
+    assert chat(gateway).headers["x-route-model"] == "large"
+    fake_workers.models["small"].text = "Buenos"
+    fake_workers.models["small"].finish_reason = "length"
+    assert chat(gateway).headers["x-route-model"] == "large"
+
+
+def test_no_cascade_when_the_latency_limit_cannot_hold_two_calls(
+    routed_gateway, fake_workers: FakeOpenAI
+) -> None:
+    fake_workers.models["small"].logprob = -2.0
+    gateway = routed_gateway(**CASCADE)
+    # within 2.2 s the strong choice is medium (large's SLO is 10 s): 0.5 + 2 s > 2.2 s
+    response = chat(gateway, headers={"X-Max-Latency-Ms": "2200"})
+    assert response.headers["x-route-model"] == "small"
+    assert "no cascade: latency limit" in response.headers["x-route-reason"]
+    assert fake_workers.calls("medium") == 0 and fake_workers.calls("large") == 0
+    # within 5 s the cascade fits (small, then medium)
+    response = chat(gateway, headers={"X-Max-Latency-Ms": "5000"})
+    assert response.headers["x-route-model"] == "medium"
+    assert "cascade: escalated from small" in response.headers["x-route-reason"]
+
+
+def test_streaming_requests_use_the_router_not_the_cascade(
+    routed_gateway, fake_workers: FakeOpenAI
+) -> None:
+    fake_workers.models["small"].logprob = -2.0
+    gateway = routed_gateway(**CASCADE)
+    response = chat(gateway, stream=True)
+    assert response.headers["x-route-model"] == "small"
+    assert "cascade" not in response.headers["x-route-reason"]
+    assert fake_workers.calls("large") == 0
+
+
+def test_answer_scores() -> None:
+    sure = score_answer("Paris.", finish_reason="stop", token_logprobs=[-0.01, -0.02])
+    hedged = score_answer("I'm not sure, it might be Lyon.", finish_reason="stop")
+    assert sure.score > 0.95 and hedged.score < 0.5 and "hedging" in hedged.reasons
+    split = score_answer("B", finish_reason="stop", samples=["C", "D"])
+    agree = score_answer("B", finish_reason="stop", samples=["b.", "B"])
+    assert split.score < agree.score
+    assert score_answer("", finish_reason="stop").score == 0
