@@ -20,7 +20,7 @@ fresh connection, since the worker cannot have started on it.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -92,9 +92,12 @@ class UpstreamClient:
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             raise UpstreamError(f"worker {worker} sent a malformed model list") from exc
 
-    async def post_json(self, worker: str, path: str, payload: bytes) -> bytes:
-        """POST a JSON body and return the response body of a 200 answer."""
-        response = await self._post(worker, path, payload)
+    async def post_json(
+        self, worker: str, path: str, payload: bytes, *, headers: Mapping[str, str] | None = None
+    ) -> bytes:
+        """POST a JSON body and return the response body of a 200 answer; ``headers``
+        are added to the JSON content type (hosted APIs' keys and versions)."""
+        response = await self._post(worker, path, payload, headers)
         try:
             with upstream_errors(worker):
                 status, content = response.status, await response.read()
@@ -106,7 +109,7 @@ class UpstreamClient:
 
     @asynccontextmanager
     async def stream_lines(
-        self, worker: str, path: str, payload: bytes
+        self, worker: str, path: str, payload: bytes, *, headers: Mapping[str, str] | None = None
     ) -> AsyncIterator[AsyncIterator[str]]:
         """Open a streaming POST; yields the response's lines once the status is 200.
 
@@ -114,7 +117,7 @@ class UpstreamClient:
         caller can still retry on another worker; errors while reading are raised from
         the iterator, already mapped into the engine's hierarchy.
         """
-        response = await self._post(worker, path, payload)
+        response = await self._post(worker, path, payload, headers)
         try:
             if response.status != 200:
                 with upstream_errors(worker):
@@ -124,13 +127,16 @@ class UpstreamClient:
         finally:
             response.release()
 
-    async def _post(self, worker: str, path: str, payload: bytes) -> aiohttp.ClientResponse:
+    async def _post(
+        self, worker: str, path: str, payload: bytes, headers: Mapping[str, str] | None = None
+    ) -> aiohttp.ClientResponse:
         """POST and return the response once its headers are in; a connection that
         turns out stale (closed by the worker while idle) is retried once."""
+        all_headers = {**_JSON_HEADERS, **headers} if headers else _JSON_HEADERS
         with upstream_errors(worker):
             try:
                 return await self._http.post(
-                    f"{worker}{path}", data=payload, headers=_JSON_HEADERS
+                    f"{worker}{path}", data=payload, headers=all_headers
                 )
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
                 if isinstance(exc, aiohttp.ClientConnectorError):
@@ -138,7 +144,7 @@ class UpstreamClient:
                 log.info("worker %s dropped a pooled connection (%s); retrying once", worker,
                          type(exc).__name__)
             return await self._http.post(
-                f"{worker}{path}", data=payload, headers=_JSON_HEADERS
+                f"{worker}{path}", data=payload, headers=all_headers
             )
 
 
@@ -155,8 +161,12 @@ def raise_for_upstream_status(worker: str, status: int, body: bytes) -> None:
     than the model's context) and goes back as a 400/404 with the worker's message; a
     502/503 means the worker (or a proxy in front of it) cannot take requests now, which
     is safe to retry elsewhere; any other 5xx is the worker's fault and becomes a 502.
+    401/403/429 say the upstream refused the gateway itself (a hosted API's key or rate
+    limit): a 503 too, which routing's fallback may route around.
     """
     message = _error_message(body) or f"HTTP {status}"
+    if status in {401, 403, 429}:  # the upstream refused the gateway (its key, its load)
+        raise UpstreamUnavailable(f"upstream {worker} answered {status}: {message}")
     if status == 404:
         raise ModelNotFound(f"upstream {worker}: {message}")
     if 400 <= status < 500:

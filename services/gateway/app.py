@@ -163,7 +163,7 @@ def build_services(settings: Settings) -> AppServices:
             )
         )
     routing = build_routing_stage(
-        settings, catalog, pool,
+        settings, catalog, pool, client,
         lambda ctx: telemetry.submit(build_event(ctx, store_prompts=settings.store_prompts)),
     )
     if routing is not None:

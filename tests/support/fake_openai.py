@@ -9,16 +9,14 @@ be made to fail with a status, and every request is recorded.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
-from services.workers import free_port
+from tests.support.aio_server import BackgroundServer
 
 
 @dataclass
@@ -34,38 +32,24 @@ class FakeOpenAI:
     models: dict[str, Answer]
     api_key: str | None = None  # when set, requests must carry "Authorization: Bearer KEY"
     requests: list[dict[str, Any]] = field(default_factory=list)
-    port: int = field(default_factory=free_port)
+
+    _server: BackgroundServer | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        assert self._server is not None, "start() the server first"
+        return self._server.url
 
     def start(self) -> FakeOpenAI:
         app = web.Application()
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/chat/completions", self._chat)
-        self._loop = asyncio.new_event_loop()
-        self._runner = web.AppRunner(app)
-        started = threading.Event()
-
-        def serve() -> None:
-            asyncio.set_event_loop(self._loop)
-            self._loop.run_until_complete(self._runner.setup())
-            site = web.TCPSite(self._runner, "127.0.0.1", self.port)
-            self._loop.run_until_complete(site.start())
-            started.set()
-            self._loop.run_forever()
-
-        self._thread = threading.Thread(target=serve, daemon=True, name="fake-openai")
-        self._thread.start()
-        if not started.wait(10):
-            raise RuntimeError("the fake OpenAI server did not start")
+        self._server = BackgroundServer(app, "fake-openai").start()
         return self
 
     def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
+        if self._server is not None:
+            self._server.stop()
 
     def calls(self, model: str) -> int:
         return sum(1 for r in self.requests if r["body"].get("model") == model)

@@ -18,10 +18,11 @@ from typing import Any, Protocol
 
 from services.costs import PriceCatalog, UnknownModelPrice
 from services.errors import InvalidRequest, ModelNotFound, UpstreamError, UpstreamUnavailable
-from services.execution import WorkerPool
+from services.execution import UpstreamClient, WorkerPool
 from services.gateway.pipeline import Next, Reply, RequestContext
 from services.gateway.protocol import Usage
 from services.gateway.stages.cascade import CascadeRunner
+from services.gateway.stages.hosted import HostedBackend, hosted_backends
 from services.routing.budgets import BudgetLedger, Reservation, Scope
 from services.routing.config import ModelConfig, RoutingConfig
 from services.routing.policy import Route, RouteRequest, RoutingPolicy
@@ -29,14 +30,6 @@ from services.routing.router import SHIPPED_MODEL, ComplexityRouter
 from services.settings import Settings
 
 MAX_LATENCY_HEADER = "x-max-latency-ms"
-
-
-class HostedBackend(Protocol):
-    """An adapter that serves OpenAI-shaped requests from a hosted API."""
-
-    url: str
-
-    async def complete(self, model: ModelConfig, ctx: RequestContext) -> Reply: ...
 
 
 class Cascade(Protocol):
@@ -217,7 +210,7 @@ def _max_latency(ctx: RequestContext) -> float | None:
 
 
 def build_routing_stage(
-    settings: Settings, catalog: PriceCatalog, pool: WorkerPool,
+    settings: Settings, catalog: PriceCatalog, pool: WorkerPool, client: UpstreamClient,
     record: Callable[[RequestContext], None],
 ) -> RoutingStage | None:
     """The routing stage of ``settings.routing``, or None when routing is not configured.
@@ -237,7 +230,7 @@ def build_routing_stage(
         RoutingPolicy(config, router, available),
         BudgetLedger(config.budgets, redis_url=settings.redis_url),
         catalog,
-        hosted=None,
+        hosted=hosted_backends(settings, client, default_max_tokens=config.default_max_tokens),
         default_max_tokens=config.default_max_tokens,
     )
     if config.cascade.enabled:
