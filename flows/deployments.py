@@ -11,11 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 from flows.cache_optimization import cache_optimization
+from flows.model_routing import model_routing
 from flows.token_optimization import token_optimization
 
 FLOWS: dict[str, Any] = {
     "cache_optimization": cache_optimization,
     "token_optimization": token_optimization,
+    "model_routing": model_routing,
 }
 
 
@@ -23,4 +25,5 @@ def deployments() -> list[Any]:
     return [
         cache_optimization.to_deployment(name="every-5-minutes", interval=300),
         token_optimization.to_deployment(name="hourly-recent-traffic", interval=3600),
+        model_routing.to_deployment(name="daily", interval=86400),
     ]

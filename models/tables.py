@@ -227,3 +227,41 @@ class CacheablePrefix(Base):
     occurrences: Mapped[int] = mapped_column(Integer)
     text: Mapped[str | None] = mapped_column(Text, doc="only when prompts may be stored")
     marked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class RoutingLabel(Base):
+    """One thing the router can learn from: did this prompt need the strong tier?
+
+    Written by whatever learns it (user feedback, an A/B test's outcome, a reviewer);
+    cascade outcomes are read straight from ``request_log``. Holds the prompt's text,
+    so only tenants that allow storing prompts produce labels.
+    """
+
+    __tablename__ = "routing_labels"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    source: Mapped[str] = mapped_column(String(32), doc="feedback | ab_test | review ...")
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    prompt_text: Mapped[str] = mapped_column(Text)
+    needs_strong: Mapped[bool] = mapped_column(Boolean)
+    weight: Mapped[float] = mapped_column(Double, default=1.0)
+
+    __table_args__ = (Index("ix_routing_labels_created_at", "created_at"),)
+
+
+class RouterVersion(Base):
+    """A trained complexity router; the gateway serves the one marked active (the shipped
+    model when none is). The model itself is stored here, so every replica loads the
+    same bytes."""
+
+    __tablename__ = "router_versions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    version: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    model: Mapped[bytes] = mapped_column(LargeBinary, doc="the .npz file's bytes")
+    labels: Mapped[int] = mapped_column(Integer, doc="labelled prompts it was trained on")
+    metrics: Mapped[dict] = mapped_column(JSON, default=dict)
+    active: Mapped[bool] = mapped_column(Boolean, default=False)
+    activated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -37,6 +37,7 @@ from services.gateway.stages import (
 )
 from services.gateway.stages.routing import build_routing_stage
 from services.gateway.stages.tokens import WorkerCount
+from services.routing.retrain import load_active_router
 from services.settings import Settings
 from services.telemetry import GatewayMetrics, RequestPricer, TelemetryWriter
 from services.tokens import TokenOptimizer, encoding_name, worker_count
@@ -216,6 +217,8 @@ def create_app(settings: Settings) -> FastAPI:
             await services.cache.start()
         if services.semantic_sync is not None:
             await services.semantic_sync.start()
+        if services.routing is not None:
+            await services.routing.start(lambda: load_active_router(services.engine))
         log.info("gateway ready; stages: %s", " -> ".join(services.serving.stage_names))
         try:
             yield

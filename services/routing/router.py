@@ -19,6 +19,7 @@ versions (the ``model_routing`` flow) are the same format in the store's router 
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from dataclasses import dataclass, field
@@ -95,35 +96,42 @@ class ComplexityRouter:
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(self.to_bytes())
+
+    def to_bytes(self) -> bytes:
         targets = sorted(self.thresholds)
-        with path.open("wb") as handle:
-            np.savez_compressed(
-                handle,
-                weights=self.weights.astype(np.float32),
-                bias=np.float64(self.bias),
-                targets=np.asarray(targets, dtype=np.float64),
-                thresholds=np.asarray([self.thresholds[t] for t in targets], dtype=np.float64),
-                cost_thresholds=np.asarray(
-                    [self.cost_thresholds[t] for t in targets], dtype=np.float64
-                ),
-                meta=np.frombuffer(
-                    json.dumps({"version": self.version, **self.meta}).encode(), dtype=np.uint8
-                ),
-            )
+        buffer = io.BytesIO()
+        np.savez_compressed(
+            buffer,
+            weights=self.weights.astype(np.float32),
+            bias=np.float64(self.bias),
+            targets=np.asarray(targets, dtype=np.float64),
+            thresholds=np.asarray([self.thresholds[t] for t in targets], dtype=np.float64),
+            cost_thresholds=np.asarray([self.cost_thresholds[t] for t in targets],
+                                       dtype=np.float64),
+            meta=np.frombuffer(
+                json.dumps({"version": self.version, **self.meta}).encode(), dtype=np.uint8
+            ),
+        )
+        return buffer.getvalue()
 
     @classmethod
     def load(cls, path: Path = SHIPPED_MODEL) -> ComplexityRouter:
         if not path.is_file():
             raise FileNotFoundError(f"router model {path} does not exist")
-        with np.load(path, allow_pickle=False) as data:
+        return cls.from_bytes(path.read_bytes())
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> ComplexityRouter:
+        with np.load(io.BytesIO(raw), allow_pickle=False) as data:
             meta = json.loads(bytes(data["meta"]).decode())
+            targets = list(map(float, data["targets"]))
             return cls(
                 weights=np.ascontiguousarray(data["weights"], dtype=np.float32),
                 bias=float(data["bias"]),
-                thresholds=dict(zip(map(float, data["targets"]), map(float, data["thresholds"]),
-                                    strict=True)),
-                cost_thresholds=dict(zip(map(float, data["targets"]),
-                                         map(float, data["cost_thresholds"]), strict=True)),
+                thresholds=dict(zip(targets, map(float, data["thresholds"]), strict=True)),
+                cost_thresholds=dict(zip(targets, map(float, data["cost_thresholds"]),
+                                         strict=True)),
                 version=str(meta.pop("version", "v1")),
                 meta=meta,
             )

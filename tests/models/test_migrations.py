@@ -12,7 +12,8 @@ from models import create_store_engine
 
 TABLES = {
     "request_log", "workers", "api_keys", "cache_entries", "alerts", "cache_reports",
-    "semantic_entries", "token_reports", "cacheable_prefixes",
+    "semantic_entries", "token_reports", "cacheable_prefixes", "routing_labels",
+    "router_versions",
 }
 
 

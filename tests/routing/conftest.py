@@ -6,8 +6,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import pytest
+from sqlalchemy import select
 
+from models.tables import RequestLog
 from services.settings import Settings
 from tests.support.fake_openai import Answer, FakeOpenAI
 from tests.support.gateway import RunningGateway
@@ -36,6 +39,21 @@ def routing_config(**extra: Any) -> dict[str, Any]:
         ],
         **extra,
     }
+
+
+def post_chat(gateway: RunningGateway, model: str, text: str, **extra: Any) -> httpx.Response:
+    """POST one user message; ``headers=`` are request headers, other keywords body fields."""
+    headers = extra.pop("headers", {})
+    return httpx.post(
+        f"{gateway.url}/v1/chat/completions", headers=headers, timeout=30,
+        json={"model": model, "messages": [{"role": "user", "content": text}], **extra},
+    )
+
+
+def logged_rows(gateway: RunningGateway) -> list[RequestLog]:
+    gateway.flush_telemetry()
+    with gateway.services.sessions() as session:
+        return list(session.scalars(select(RequestLog).order_by(RequestLog.created_at)))
 
 
 @pytest.fixture

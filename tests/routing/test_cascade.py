@@ -4,28 +4,16 @@ the latency limit cannot hold two calls; logs the cheap attempt; streams skip it
 from __future__ import annotations
 
 import httpx
-from sqlalchemy import select
 
-from models.tables import RequestLog
 from services.routing.cascade import score_answer
-from tests.routing.conftest import EASY
+from tests.routing.conftest import EASY, logged_rows, post_chat
 from tests.support.fake_openai import FakeOpenAI
 
 CASCADE = {"cascade": {"enabled": True, "threshold": 0.5}}
 
 
 def chat(gateway, text: str = EASY, **extra) -> httpx.Response:
-    headers = extra.pop("headers", {})
-    return httpx.post(
-        f"{gateway.url}/v1/chat/completions", headers=headers, timeout=30,
-        json={"model": "auto", "messages": [{"role": "user", "content": text}], **extra},
-    )
-
-
-def rows(gateway) -> list[RequestLog]:
-    gateway.flush_telemetry()
-    with gateway.services.sessions() as session:
-        return list(session.scalars(select(RequestLog).order_by(RequestLog.created_at)))
+    return post_chat(gateway, "auto", text, **extra)
 
 
 def test_a_confident_cheap_answer_is_kept(routed_gateway, fake_workers: FakeOpenAI) -> None:
@@ -52,7 +40,7 @@ def test_a_low_confidence_answer_escalates_and_the_cheap_attempt_is_logged(
     assert "cascade: escalated from small, score 0.14" in response.headers["x-route-reason"]
     assert fake_workers.calls("small") == 1 and fake_workers.calls("large") == 1
     assert "logprobs" not in fake_workers.requests[-1]["body"]  # strong call as asked
-    logged = rows(gateway)
+    logged = logged_rows(gateway)
     assert [r.model_served for r in logged] == ["small", "large"]
     cheap, final = logged
     assert cheap.id.endswith("-cheap") and cheap.cost_usd > 0

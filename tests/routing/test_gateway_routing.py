@@ -4,43 +4,32 @@ latency header, fallback, budgets and a bad config refused at startup."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 import httpx
 import pytest
-from sqlalchemy import select
 
-from models.tables import RequestLog
+from migrations import upgrade_to_head
+from models import create_store_engine
+from models.tables import RouterVersion
 from services.gateway.app import build_services
+from services.routing import ComplexityRouter
 from services.routing.config import RoutingConfigError
-from tests.routing.conftest import EASY, HARD, routing_config
+from tests.routing.conftest import EASY, HARD, PRICES, logged_rows, post_chat, routing_config
 from tests.support.fake_openai import FakeOpenAI
-
-
-def chat(gateway, model: str, text: str, **headers: str) -> httpx.Response:
-    return httpx.post(
-        f"{gateway.url}/v1/chat/completions",
-        json={"model": model, "messages": [{"role": "user", "content": text}]},
-        headers=headers, timeout=30,
-    )
-
-
-def rows(gateway) -> list[RequestLog]:
-    gateway.flush_telemetry()
-    with gateway.services.sessions() as session:
-        return list(session.scalars(select(RequestLog).order_by(RequestLog.created_at)))
 
 
 def test_auto_sends_a_hard_prompt_to_the_strong_tier_and_an_easy_one_to_the_cheap(
     routed_gateway, fake_workers: FakeOpenAI
 ) -> None:
     gateway = routed_gateway()
-    hard, easy = chat(gateway, "auto", HARD), chat(gateway, "auto", EASY)
+    hard, easy = post_chat(gateway, "auto", HARD), post_chat(gateway, "auto", EASY)
     assert hard.status_code == 200 and easy.status_code == 200
     assert hard.headers["x-route-model"] == "large"
     assert easy.headers["x-route-model"] == "small"
     assert hard.headers["x-route-reason"].startswith("auto: router")
     assert fake_workers.calls("large") == 1 and fake_workers.calls("small") == 1
-    logged = rows(gateway)
+    logged = logged_rows(gateway)
     assert [(r.model_requested, r.model_served) for r in logged] == [
         ("auto", "large"), ("auto", "small")
     ]
@@ -58,21 +47,21 @@ def test_an_explicit_model_is_respected_unless_the_tenant_allows_substitution(
     routed_gateway,
 ) -> None:
     gateway = routed_gateway()
-    response = chat(gateway, "large", EASY)
+    response = post_chat(gateway, "large", EASY)
     assert response.headers["x-route-model"] == "large"
     assert response.headers["x-route-reason"] == "explicit"
     substituting = routed_gateway(substitution_tenants=["default", "*"])
-    response = chat(substituting, "large", EASY)
+    response = post_chat(substituting, "large", EASY)
     assert response.headers["x-route-model"] == "small"
     assert response.headers["x-route-reason"].startswith("substituted large")
-    assert chat(substituting, "large", HARD).headers["x-route-model"] == "large"
+    assert post_chat(substituting, "large", HARD).headers["x-route-model"] == "large"
 
 
 def test_the_latency_header_moves_to_a_model_within_the_limit(routed_gateway) -> None:
     gateway = routed_gateway()
-    response = chat(gateway, "auto", HARD, **{"X-Max-Latency-Ms": "3000"})
+    response = post_chat(gateway, "auto", HARD, headers={"X-Max-Latency-Ms": "3000"})
     assert response.headers["x-route-model"] == "medium"  # large's SLO is 10 s
-    bad = chat(gateway, "auto", HARD, **{"X-Max-Latency-Ms": "soon"})
+    bad = post_chat(gateway, "auto", HARD, headers={"X-Max-Latency-Ms": "soon"})
     assert bad.status_code == 400 and "X-Max-Latency-Ms" in bad.json()["error"]["message"]
 
 
@@ -81,12 +70,12 @@ def test_a_failing_upstream_falls_back_to_the_next_model_of_the_same_or_higher_t
 ) -> None:
     fake_workers.models["small"].fail_status = 500
     gateway = routed_gateway()
-    response = chat(gateway, "auto", EASY)
+    response = post_chat(gateway, "auto", EASY)
     assert response.status_code == 200, response.text
     assert response.headers["x-route-model"] == "medium"
     assert "fallback: small failed (upstream_error)" in response.headers["x-route-reason"]
     assert fake_workers.calls("small") >= 1 and fake_workers.calls("medium") == 1
-    assert rows(gateway)[-1].model_served == "medium"
+    assert logged_rows(gateway)[-1].model_served == "medium"
 
 
 def test_streaming_is_routed_and_settles_its_budget(routed_gateway) -> None:
@@ -106,7 +95,7 @@ def test_streaming_is_routed_and_settles_its_budget(routed_gateway) -> None:
 
 def test_over_budget_is_a_429_with_a_clear_message(routed_gateway) -> None:
     gateway = routed_gateway(budgets={"tenant:default": {"limit_usd": 0.001}})
-    response = chat(gateway, "large", HARD)  # may cost up to 1024 x $30/Mtok
+    response = post_chat(gateway, "large", HARD)  # may cost up to 1024 x $30/Mtok
     assert response.status_code == 429
     error = response.json()["error"]
     assert error["code"] == "budget_exceeded" and error["type"] == "rate_limit_error"
@@ -119,7 +108,7 @@ def test_near_the_limit_auto_downgrades_to_the_cheapest_tier(routed_gateway) -> 
     )
     ledger = gateway.services.routing._ledger
     gateway.run(ledger.reserve(ledger.scopes("default", None), 0.6))
-    response = chat(gateway, "auto", HARD)
+    response = post_chat(gateway, "auto", HARD)
     assert response.headers["x-route-model"] == "small"
     assert response.headers["x-route-reason"] == "budget near limit: cheapest tier"
 
@@ -142,7 +131,7 @@ def test_fifty_parallel_requests_at_the_limit_never_overspend(routed_gateway) ->
 
     statuses = asyncio.run(burst())
     assert set(statuses) <= {200, 429} and 200 in statuses and 429 in statuses
-    logged = [r for r in rows(gateway) if r.status_code == 200]
+    logged = [r for r in logged_rows(gateway) if r.status_code == 200]
     assert sum(r.cost_usd for r in logged) <= per_request * 10.5
 
 
@@ -165,3 +154,23 @@ def test_a_malformed_routing_config_stops_the_start_with_a_clear_message(
 ) -> None:
     with pytest.raises(RoutingConfigError, match="invalid routing config: .*" + message):
         build_services(make_settings(routing=routing))
+
+
+def test_the_gateway_routes_with_the_active_router_version(
+    fake_workers, make_settings, start_gateway
+) -> None:
+    settings = make_settings(workers=[fake_workers.url], routing=routing_config(),
+                             price_overrides=PRICES, cache_enabled=False)
+    upgrade_to_head(settings.database_url)
+    shipped = ComplexityRouter.load()
+    retrained = ComplexityRouter(shipped.weights, shipped.bias, shipped.thresholds,
+                                 shipped.cost_thresholds, version="v-retrained")
+    engine = create_store_engine(settings.database_url)
+    with engine.begin() as connection:
+        connection.execute(RouterVersion.__table__.insert().values(
+            version="v-retrained", model=retrained.to_bytes(), labels=300, metrics={},
+            active=True, created_at=datetime.now(UTC), activated_at=datetime.now(UTC)))
+    engine.dispose()
+    gateway = start_gateway(settings)
+    assert gateway.services.routing.policy.router.version == "v-retrained"
+    assert post_chat(gateway, "auto", HARD).headers["x-route-model"] == "large"

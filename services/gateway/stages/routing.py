@@ -13,9 +13,12 @@ Non-streaming ``auto`` requests routed to the cheap tier may be cascaded
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
+from services.background import cancel_and_wait, now_and_every
 from services.costs import PriceCatalog, UnknownModelPrice
 from services.errors import InvalidRequest, ModelNotFound, UpstreamError, UpstreamUnavailable
 from services.execution import UpstreamClient, WorkerPool
@@ -27,7 +30,10 @@ from services.routing.budgets import BudgetLedger, Reservation, Scope
 from services.routing.config import ModelConfig, RoutingConfig
 from services.routing.policy import Route, RouteRequest, RoutingPolicy
 from services.routing.router import SHIPPED_MODEL, ComplexityRouter
+from services.routing.text import estimate_tokens, prompt_text
 from services.settings import Settings
+
+log = logging.getLogger(__name__)
 
 MAX_LATENCY_HEADER = "x-max-latency-ms"
 
@@ -61,8 +67,26 @@ class RoutingStage:
         self._hosted = dict(hosted or {})
         self.cascade = cascade
         self._default_max_tokens = default_max_tokens
+        self._refresh: asyncio.Task[None] | None = None
+
+    async def start(self, load_router: Callable[[], ComplexityRouter | None] | None = None,
+                    refresh_s: float = 60.0) -> None:
+        """Serve the store's active router version (the shipped one until there is one),
+        unless the config names a router model file."""
+        if load_router is None or self.policy.config.router_model is not None:
+            return
+
+        def refresh() -> None:
+            router = load_router()
+            if router is not None and router.version != self.policy.router.version:
+                log.info("routing with router version %s", router.version)
+                self.policy.router = router
+
+        self._refresh = await now_and_every(refresh_s, refresh, name="router-refresh",
+                                            failure="could not load the active router version")
 
     async def aclose(self) -> None:
+        await cancel_and_wait(self._refresh)
         await self._ledger.aclose()
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> Reply:
@@ -170,26 +194,6 @@ class RoutingStage:
             return None
         return self._cost(model, usage.prompt_tokens, usage.completion_tokens,
                           min(usage.cached_tokens, usage.prompt_tokens))
-
-
-def prompt_text(request: Mapping[str, Any], endpoint: str) -> str:
-    """The text of the prompt the router reads: every message's text, in order."""
-    if endpoint != "chat.completions":
-        prompt = request.get("prompt", "")
-        return prompt if isinstance(prompt, str) else "\n".join(map(str, prompt))
-    parts = []
-    for message in request.get("messages", []):
-        content = message.get("content")
-        if isinstance(content, str):
-            parts.append(content)
-        elif isinstance(content, list):
-            parts.extend(p.get("text", "") for p in content if isinstance(p, dict))
-    return "\n".join(parts)
-
-
-def estimate_tokens(text: str) -> int:
-    """About four characters a token (English, GPT-style tokenizers); no tokenizer call."""
-    return len(text) // 4 + 1
 
 
 def _max_tokens(request: Mapping[str, Any]) -> int | None:
