@@ -23,7 +23,8 @@ from services.routing.config import BudgetConfig
 _RESERVE = """
 local spent = tonumber(redis.call('GET', KEYS[1]) or '0')
 local amount = tonumber(ARGV[1])
-if spent + amount > tonumber(ARGV[2]) then
+local limit = tonumber(ARGV[2])
+if spent >= limit or spent + amount > limit then
   return {0, tostring(spent)}
 end
 local now = redis.call('INCRBYFLOAT', KEYS[1], ARGV[1])
@@ -137,7 +138,7 @@ class BudgetLedger:
         limit = scope.config.limit_usd
         if self._redis is None:
             spent = self._local.get(key, 0.0)
-            if spent + amount > limit:
+            if spent >= limit or spent + amount > limit:  # a spent budget refuses even $0
                 return False, spent
             self._local[key] = spent + amount
             return True, spent + amount

@@ -57,7 +57,7 @@ class ModelConfig(_Strict):
 
     @property
     def priced_as(self) -> str:
-        return self.price_model or self.name
+        return self.price_model or self.wire_name
 
 
 class BudgetConfig(_Strict):

@@ -174,3 +174,15 @@ def test_the_gateway_routes_with_the_active_router_version(
     gateway = start_gateway(settings)
     assert gateway.services.routing.policy.router.version == "v-retrained"
     assert post_chat(gateway, "auto", HARD).headers["x-route-model"] == "large"
+
+
+def test_a_model_routing_does_not_know_is_still_held_to_the_budget(
+    routed_gateway, fake_workers
+) -> None:
+    fake_workers.models["unlisted"] = fake_workers.models["large"]
+    gateway = routed_gateway(budgets={"tenant:default": {"limit_usd": 0.0001}})
+    gateway.run(gateway.services.pool.probe_all())
+    ledger = gateway.services.routing._ledger
+    gateway.run(ledger.reserve(ledger.scopes("default", None), 0.0001))  # spend it all
+    response = post_chat(gateway, "unlisted", EASY)
+    assert response.status_code == 429 and response.json()["error"]["code"] == "budget_exceeded"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from services.background import cancel_and_wait, now_and_every
@@ -90,9 +90,11 @@ class RoutingStage:
         await self._ledger.aclose()
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> Reply:
-        if not self.policy.routes(ctx.model):
-            return await call_next(ctx)
         scopes = self._ledger.scopes(ctx.principal.tenant, ctx.principal.key_id)
+        if not self.policy.routes(ctx.model):  # a model routing does not know: budget only
+            if not scopes:
+                return await call_next(ctx)
+            return await self._serve_with_budget(ctx, ctx.model, scopes, lambda: call_next(ctx))
         downgrade = False
         level = self._ledger.downgrade_at(scopes)
         if level is not None:
@@ -106,7 +108,9 @@ class RoutingStage:
         ))
 
         async def serve(ctx: RequestContext, model: ModelConfig) -> Reply:
-            return await self._serve_with_budget(ctx, model, scopes, call_next)
+            return await self._serve_with_budget(
+                ctx, model.priced_as, scopes, lambda: self._call(ctx, model, call_next)
+            )
 
         if self.cascade is not None and route.cheap and route.strong and not ctx.stream:
             return await self.cascade(ctx, route, serve, max_latency)
@@ -137,17 +141,19 @@ class RoutingStage:
         ctx.response_headers["x-route-reason"] = reason.encode("ascii", "replace").decode()
 
     async def _serve_with_budget(
-        self, ctx: RequestContext, model: ModelConfig, scopes: Sequence[Scope], call_next: Next
+        self, ctx: RequestContext, priced_as: str, scopes: Sequence[Scope],
+        call: Callable[[], Awaitable[Reply]],
     ) -> Reply:
+        """Reserve the request's most expensive outcome, call, settle with the real cost."""
         reservation = None
         if scopes:
             text = prompt_text(ctx.request_dict, ctx.endpoint)
             most = _max_tokens(ctx.request_dict) or self._default_max_tokens
             reservation = await self._ledger.reserve(
-                scopes, self._cost(model, estimate_tokens(text), most)
+                scopes, self._cost(priced_as, estimate_tokens(text), most)
             )
         try:
-            reply = await self._call(ctx, model, call_next)
+            reply = await call()
         except BaseException:
             if reservation is not None:
                 await self._ledger.settle(reservation, None)
@@ -155,9 +161,9 @@ class RoutingStage:
         if reservation is None:
             return reply
         if reply.chunks is not None:
-            return Reply(chunks=self._settle_after(ctx, model, reply.chunks, reservation),
+            return Reply(chunks=self._settle_after(ctx, priced_as, reply.chunks, reservation),
                          status_code=reply.status_code)
-        await self._ledger.settle(reservation, self._usage_cost(model, ctx.usage))
+        await self._ledger.settle(reservation, self._usage_cost(priced_as, ctx.usage))
         return reply
 
     async def _call(self, ctx: RequestContext, model: ModelConfig, call_next: Next) -> Reply:
@@ -170,29 +176,28 @@ class RoutingStage:
         return await backend.complete(model, ctx)
 
     async def _settle_after(
-        self, ctx: RequestContext, model: ModelConfig, chunks: AsyncIterator[bytes],
+        self, ctx: RequestContext, priced_as: str, chunks: AsyncIterator[bytes],
         reservation: Reservation,
     ) -> AsyncIterator[bytes]:
         try:
             async for chunk in chunks:
                 yield chunk
         finally:
-            await self._ledger.settle(reservation, self._usage_cost(model, ctx.usage))
+            await self._ledger.settle(reservation, self._usage_cost(priced_as, ctx.usage))
 
-    def _cost(self, model: ModelConfig, prompt_tokens: int, completion_tokens: int,
+    def _cost(self, priced_as: str, prompt_tokens: int, completion_tokens: int,
               cached_tokens: int = 0) -> float:
         """USD at the model's price; 0 for a model with no price yet (a vLLM model before
         its workers are discovered), which then spends nothing against budgets."""
-        name = model.priced_as if model.upstream != "vllm" else model.wire_name
         try:
-            return self._catalog.cost(name, prompt_tokens, completion_tokens, cached_tokens)
+            return self._catalog.cost(priced_as, prompt_tokens, completion_tokens, cached_tokens)
         except UnknownModelPrice:
             return 0.0
 
-    def _usage_cost(self, model: ModelConfig, usage: Usage | None) -> float | None:
+    def _usage_cost(self, priced_as: str, usage: Usage | None) -> float | None:
         if usage is None:
             return None
-        return self._cost(model, usage.prompt_tokens, usage.completion_tokens,
+        return self._cost(priced_as, usage.prompt_tokens, usage.completion_tokens,
                           min(usage.cached_tokens, usage.prompt_tokens))
 
 
