@@ -113,9 +113,12 @@ def test_near_the_limit_auto_downgrades_to_the_cheapest_tier(routed_gateway) -> 
     assert response.headers["x-route-reason"] == "budget near limit: cheapest tier"
 
 
-def test_fifty_parallel_requests_at_the_limit_never_overspend(routed_gateway) -> None:
+def test_fifty_parallel_requests_at_the_limit_never_overspend(
+    routed_gateway, fake_workers: FakeOpenAI
+) -> None:
     # each request reserves its maximum (prompt + 100 tokens on "large"); the budget
-    # holds about ten such reservations
+    # holds about ten such reservations while the calls are in flight
+    fake_workers.models["large"].delay_s = 0.5
     per_request = (len(HARD) // 4 + 1) * 10e-6 + 100 * 30e-6
     gateway = routed_gateway(budgets={"tenant:default": {"limit_usd": per_request * 10.5}})
 

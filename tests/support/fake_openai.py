@@ -9,6 +9,7 @@ be made to fail with a status, and every request is recorded.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ class Answer:
     finish_reason: str = "stop"
     logprob: float | None = None  # each token's logprob, when the request asks for them
     fail_status: int | None = None
+    delay_s: float = 0.0  # time to "generate" before answering
 
 
 @dataclass
@@ -71,6 +73,8 @@ class FakeOpenAI:
         answer = self.models.get(body.get("model", ""))
         if answer is None:
             return _error(404, f"The model `{body.get('model')}` does not exist", "not_found")
+        if answer.delay_s:
+            await asyncio.sleep(answer.delay_s)
         if answer.fail_status is not None:
             return _error(answer.fail_status, "the server had an error", "server_error")
         words = answer.text.split(" ")
