@@ -4,6 +4,7 @@ latency header, fallback, budgets and a bad config refused at startup."""
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime
 
 import httpx
@@ -87,7 +88,7 @@ def test_streaming_is_routed_and_settles_its_budget(routed_gateway) -> None:
         assert response.headers["x-route-model"] == "large"
         body = response.read().decode()
     assert body.rstrip().endswith("data: [DONE]")
-    ledger = gateway.services.routing._ledger
+    ledger = gateway.services.routing.ledger
     scopes = ledger.scopes("default", None)
     spent = gateway.run(ledger.fraction_spent(scopes))
     assert 0 < spent < 0.001  # the real cost of a few tokens, not the reservation
@@ -106,7 +107,7 @@ def test_near_the_limit_auto_downgrades_to_the_cheapest_tier(routed_gateway) -> 
     gateway = routed_gateway(
         budgets={"tenant:default": {"limit_usd": 1.0, "downgrade_at": 0.5}}
     )
-    ledger = gateway.services.routing._ledger
+    ledger = gateway.services.routing.ledger
     gateway.run(ledger.reserve(ledger.scopes("default", None), 0.6))
     response = post_chat(gateway, "auto", HARD)
     assert response.headers["x-route-model"] == "small"
@@ -185,7 +186,26 @@ def test_a_model_routing_does_not_know_is_still_held_to_the_budget(
     fake_workers.models["unlisted"] = fake_workers.models["large"]
     gateway = routed_gateway(budgets={"tenant:default": {"limit_usd": 0.0001}})
     gateway.run(gateway.services.pool.probe_all())
-    ledger = gateway.services.routing._ledger
+    ledger = gateway.services.routing.ledger
     gateway.run(ledger.reserve(ledger.scopes("default", None), 0.0001))  # spend it all
     response = post_chat(gateway, "unlisted", EASY)
     assert response.status_code == 429 and response.json()["error"]["code"] == "budget_exceeded"
+
+
+def test_a_stream_whose_upstream_fails_before_answering_falls_back(
+    routed_gateway, fake_workers: FakeOpenAI
+) -> None:
+    fake_workers.models["small"].fail_status = 503
+    gateway = routed_gateway()
+    with httpx.stream(
+        "POST", f"{gateway.url}/v1/chat/completions", timeout=30,
+        json={"model": "small", "stream": True, "messages": [{"role": "user", "content": EASY}]},
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["x-route-model"] == "medium"
+        body = response.read().decode()
+    events = [line[6:] for line in body.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    text = "".join(c["delta"].get("content") or "" for e in events[:-1]
+                   for c in json.loads(e)["choices"])
+    assert text == "The answer is B."

@@ -37,6 +37,6 @@ def test_auto_routes_to_the_vllm_worker_and_settles_with_its_usage(
     rows = logged_rows(gateway)
     assert [r.model_served for r in rows] == ["tiny-llama", "large"]
     assert rows[0].worker == vllm_worker.base_url and rows[0].cost_usd > 0
-    ledger = gateway.services.routing._ledger
+    ledger = gateway.services.routing.ledger
     spent = gateway.run(ledger.fraction_spent(ledger.scopes("default", None)))
     assert spent == pytest.approx(sum(r.cost_usd for r in rows))  # limit $1: fraction = USD

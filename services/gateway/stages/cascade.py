@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -29,6 +29,18 @@ from services.routing.policy import Route
 Apply = Callable[[RequestContext, ModelConfig, str], None]
 
 
+class ServeFn(Protocol):
+    """Serve ``ctx`` on ``model`` (budget held, upstream called)."""
+
+    async def __call__(self, ctx: RequestContext, model: ModelConfig) -> Reply: ...
+
+
+class FallbackFn(Protocol):
+    """Serve ``ctx`` on the route's model, falling back along the route on failure."""
+
+    async def __call__(self, ctx: RequestContext, route: Route, serve: ServeFn) -> Reply: ...
+
+
 class CascadeRunner:
     def __init__(
         self,
@@ -36,7 +48,7 @@ class CascadeRunner:
         settings: CascadeConfig,
         *,
         apply: Apply,
-        serve_with_fallback: Any,
+        serve_with_fallback: FallbackFn,
         record: Callable[[RequestContext], None],
     ) -> None:
         self._config = config
@@ -47,7 +59,7 @@ class CascadeRunner:
         self._record = record
 
     async def __call__(
-        self, ctx: RequestContext, route: Route, serve: Any, max_latency_ms: float | None
+        self, ctx: RequestContext, route: Route, serve: ServeFn, max_latency_ms: float | None
     ) -> Reply:
         cheap, strong = route.model, route.strong
         assert strong is not None

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from services.background import cancel_and_wait, now_and_every
 from services.costs import PriceCatalog, UnknownModelPrice
@@ -24,7 +24,7 @@ from services.errors import InvalidRequest, ModelNotFound, UpstreamError, Upstre
 from services.execution import UpstreamClient, WorkerPool
 from services.gateway.pipeline import Next, Reply, RequestContext
 from services.gateway.protocol import Usage
-from services.gateway.stages.cascade import CascadeRunner
+from services.gateway.stages.cascade import CascadeRunner, ServeFn
 from services.gateway.stages.hosted import HostedBackend, hosted_backends
 from services.routing.budgets import BudgetLedger, Reservation, Scope
 from services.routing.config import ModelConfig, RoutingConfig
@@ -38,16 +38,6 @@ log = logging.getLogger(__name__)
 MAX_LATENCY_HEADER = "x-max-latency-ms"
 
 
-class Cascade(Protocol):
-    async def __call__(
-        self, ctx: RequestContext, route: Route, serve: ServeFn, max_latency_ms: float | None
-    ) -> Reply: ...
-
-
-class ServeFn(Protocol):
-    async def __call__(self, ctx: RequestContext, model: ModelConfig) -> Reply: ...
-
-
 class RoutingStage:
     name = "routing"
 
@@ -58,11 +48,11 @@ class RoutingStage:
         catalog: PriceCatalog,
         *,
         hosted: Mapping[str, HostedBackend] | None = None,
-        cascade: Cascade | None = None,
+        cascade: CascadeRunner | None = None,
         default_max_tokens: int = 1024,
     ) -> None:
         self.policy = policy
-        self._ledger = ledger
+        self.ledger = ledger
         self._catalog = catalog
         self._hosted = dict(hosted or {})
         self.cascade = cascade
@@ -87,18 +77,18 @@ class RoutingStage:
 
     async def aclose(self) -> None:
         await cancel_and_wait(self._refresh)
-        await self._ledger.aclose()
+        await self.ledger.aclose()
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> Reply:
-        scopes = self._ledger.scopes(ctx.principal.tenant, ctx.principal.key_id)
+        scopes = self.ledger.scopes(ctx.principal.tenant, ctx.principal.key_id)
         if not self.policy.routes(ctx.model):  # a model routing does not know: budget only
             if not scopes:
                 return await call_next(ctx)
             return await self._serve_with_budget(ctx, ctx.model, scopes, lambda: call_next(ctx))
         downgrade = False
-        level = self._ledger.downgrade_at(scopes)
+        level = self.ledger.downgrade_at(scopes)
         if level is not None:
-            downgrade = await self._ledger.fraction_spent(scopes) >= level
+            downgrade = await self.ledger.fraction_spent(scopes) >= level
         max_latency = _max_latency(ctx)
         text = prompt_text(ctx.request_dict, ctx.endpoint)
         route = self.policy.choose(RouteRequest(
@@ -149,21 +139,21 @@ class RoutingStage:
         if scopes:
             text = prompt_text(ctx.request_dict, ctx.endpoint)
             most = _max_tokens(ctx.request_dict) or self._default_max_tokens
-            reservation = await self._ledger.reserve(
+            reservation = await self.ledger.reserve(
                 scopes, self._cost(priced_as, estimate_tokens(text), most)
             )
         try:
             reply = await call()
         except BaseException:
             if reservation is not None:
-                await self._ledger.settle(reservation, None)
+                await self.ledger.settle(reservation, None)
             raise
         if reservation is None:
             return reply
         if reply.chunks is not None:
             return Reply(chunks=self._settle_after(ctx, priced_as, reply.chunks, reservation),
                          status_code=reply.status_code)
-        await self._ledger.settle(reservation, self._usage_cost(priced_as, ctx.usage))
+        await self.ledger.settle(reservation, self._usage_cost(priced_as, ctx.usage))
         return reply
 
     async def _call(self, ctx: RequestContext, model: ModelConfig, call_next: Next) -> Reply:
@@ -183,7 +173,7 @@ class RoutingStage:
             async for chunk in chunks:
                 yield chunk
         finally:
-            await self._ledger.settle(reservation, self._usage_cost(priced_as, ctx.usage))
+            await self.ledger.settle(reservation, self._usage_cost(priced_as, ctx.usage))
 
     def _cost(self, priced_as: str, prompt_tokens: int, completion_tokens: int,
               cached_tokens: int = 0) -> float:
