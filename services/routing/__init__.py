@@ -1,9 +1,24 @@
 """Routing: model tiers, the complexity router, cascades and budgets.
 
-Public surface: ``ComplexityRouter`` (the shipped prompt-complexity model) and
-``RouterDecision``; the rest of the package is reached through the names added below.
+The public surface: the router (``ComplexityRouter``), the config (``RoutingConfig``,
+``RoutingConfigError``), model choice (``RoutingPolicy``), budgets (``BudgetLedger``,
+``BudgetExceeded``) and the cascade's answer score (``score_answer``). Training lives in
+``services.routing.train`` and retraining from the store in ``services.routing.retrain``.
 """
 
+from services.routing.budgets import BudgetExceeded, BudgetLedger
+from services.routing.cascade import score_answer
+from services.routing.config import RoutingConfig, RoutingConfigError
+from services.routing.policy import RoutingPolicy
 from services.routing.router import ComplexityRouter, RouterDecision
 
-__all__ = ["ComplexityRouter", "RouterDecision"]
+__all__ = [
+    "BudgetExceeded",
+    "BudgetLedger",
+    "ComplexityRouter",
+    "RouterDecision",
+    "RoutingConfig",
+    "RoutingConfigError",
+    "RoutingPolicy",
+    "score_answer",
+]
