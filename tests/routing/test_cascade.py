@@ -94,3 +94,19 @@ def test_answer_scores() -> None:
     agree = score_answer("B", finish_reason="stop", samples=["b.", "B"])
     assert split.score < agree.score
     assert score_answer("", finish_reason="stop").score == 0
+
+
+def test_self_consistency_asks_for_extra_samples_and_escalates_when_they_disagree(
+    routed_gateway, fake_workers: FakeOpenAI
+) -> None:
+    gateway = routed_gateway(cascade={"enabled": True, "threshold": 0.5, "self_consistency": 2})
+    small = fake_workers.models["small"]
+    small.logprob = -0.1  # confident tokens (score ~0.9 alone)
+    agreeing = chat(gateway, temperature=0.7)
+    assert fake_workers.requests[-1]["body"]["n"] == 3
+    assert agreeing.headers["x-route-model"] == "small"
+    assert len(agreeing.json()["choices"]) == 1  # the client asked for one
+    small.other_samples = ["The answer is C.", "The answer is D."]
+    disagreeing = chat(gateway, temperature=0.7)
+    assert disagreeing.headers["x-route-model"] == "large"
+    assert "self-consistency 0.00" in disagreeing.headers["x-route-reason"]

@@ -27,6 +27,11 @@ class Answer:
     logprob: float | None = None  # each token's logprob, when the request asks for them
     fail_status: int | None = None
     delay_s: float = 0.0  # time to "generate" before answering
+    other_samples: list[str] | None = None  # choices 2..n (default: the same text)
+
+    def samples(self, n: int) -> list[str]:
+        others = self.other_samples or [self.text]
+        return [self.text] + [others[i % len(others)] for i in range(n - 1)]
 
 
 @dataclass
@@ -93,8 +98,9 @@ class FakeOpenAI:
         if not body.get("stream"):
             return web.json_response({
                 **common, "object": "chat.completion",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
-                             "logprobs": logprobs, "finish_reason": answer.finish_reason}],
+                "choices": [{"index": i, "message": {"role": "assistant", "content": text},
+                             "logprobs": logprobs, "finish_reason": answer.finish_reason}
+                            for i, text in enumerate(answer.samples(body.get("n") or 1))],
                 "usage": usage,
             })
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})
