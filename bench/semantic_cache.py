@@ -20,7 +20,8 @@ method (the nearest entry, accepted when cosine >= 2t - 1 for its threshold t).
 
 Latency (``--latency``): lookups on indexes of 10k and 100k entries built from the
 pairs' texts plus deterministic rewordings (embedded once, cached), with the query
-embedding, the search and the verification timed separately, and the index designs
+embedding, the search and the verification timed separately (the query embedded by every
+encoder named in ``--encoders``, one after the other, for a side-by-side), and the index designs
 compared on the same queries (exact float32 scan vs the PCA prefilter; FAISS and HNSW
 run in their own environment by ``bench/semantic_ann.py`` on vectors ``--export`` writes).
 
@@ -336,13 +337,15 @@ def latency(args: argparse.Namespace) -> dict[str, Any]:
         for name, figures in point["parts_ms"].items():
             rows.append([f"{size:,}", name, figures["p50"], figures["p95"],
                          f"{load_before:.2f} / {load_after:.2f}"])
-        design_rows += compare_designs(vectors[:size], corpus[:size], query_vectors, size,
-                                       results["sizes"][str(size)])
+        if args.designs:
+            design_rows += compare_designs(vectors[:size], corpus[:size], query_vectors, size,
+                                           results["sizes"][str(size)])
     print(markdown_table(["entries", "part", "p50 ms", "p95 ms", "load 1-min before/after"],
                          rows))
-    print("\nindex designs on the same queries (search only)")
-    print(markdown_table(["entries", "design", "p50 ms", "p95 ms", "top-1 = exact",
-                          "top-4 = exact", "memory MB"], design_rows))
+    if design_rows:
+        print("\nindex designs on the same queries (search only)")
+        print(markdown_table(["entries", "design", "p50 ms", "p95 ms", "top-1 = exact",
+                              "top-4 = exact", "memory MB"], design_rows))
     return results
 
 
@@ -409,6 +412,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--latency", action="store_true", help="measure lookup latency")
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--no-designs", dest="designs", action="store_false",
+                        help="latency mode: skip the index-design comparison")
     parser.add_argument("--export", type=Path, default=None,
                         help="latency mode: write entries.npy/queries.npy here")
     args = parser.parse_args(argv)
