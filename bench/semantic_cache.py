@@ -107,7 +107,8 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
     encoder = default_encoder(args.encoders[0])
     texts = sorted(entry_set | {p.text_b for p in queries})
     t0 = time.perf_counter()
-    vectors = encode_cached(encoder.encode, texts, _embeddings_cache(args, encoder))
+    cache_path = _embeddings_cache(args, encoder)
+    vectors = encode_cached(encoder.encode, texts, cache_path)
     embed_s = time.perf_counter() - t0
     row = {t: i for i, t in enumerate(texts)}
 
@@ -141,7 +142,7 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
     print(f"pairs {len(pairs)}, left out as verifier training pairs {len(pairs) - len(evaluated)}"
           f", evaluated {len(evaluated)}: {len(entries)} distinct entries, {len(queries)} "
           f"queries ({positives} duplicates), {repeats} exact repeats left to the exact tiers")
-    print(f"embedding {embed_s:.1f} s (cache {args.embeddings_cache}), lookups {lookup_s:.1f} s"
+    print(f"embedding {embed_s:.1f} s (cache {cache_path}), lookups {lookup_s:.1f} s"
           f"; verifier {cache.verifier.kind}, {cache.search_k} candidates, threshold "
           f"{threshold:.4f} (calibrated {cache.verifier.calibrated_threshold:.4f} for "
           f"precision {cache.verifier.spec.get('target_precision')})\n")
