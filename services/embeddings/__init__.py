@@ -19,9 +19,13 @@ ENCODER_KINDS: tuple[EncoderKind, ...] = ("onnx-int8", "onnx-fp32", "numpy")
 DEFAULT_ENCODER: EncoderKind = "onnx-int8"
 
 
-@cache
 def default_encoder(kind: EncoderKind = DEFAULT_ENCODER) -> SentenceEncoder:
     """One shared encoder of each kind per process (loading costs 0.3-2 s and ~100 MB)."""
+    return _shared_encoder(kind)  # positional: default_encoder() is the same one
+
+
+@cache
+def _shared_encoder(kind: EncoderKind) -> SentenceEncoder:
     if kind == "numpy":
         return MiniLMEncoder()
     if kind in ("onnx-int8", "onnx-fp32"):
