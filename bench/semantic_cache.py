@@ -20,7 +20,8 @@ method (the nearest entry, accepted when cosine >= 2t - 1 for its threshold t).
 
 Latency (``--latency``): lookups on indexes of 10k and 100k entries built from the
 pairs' texts plus deterministic rewordings (embedded once, cached), with the query
-embedding, the search and the verification timed separately, and the index designs
+embedding, the search and the verification timed separately (the query embedded by every
+encoder named in ``--encoders``, one after the other, for a side-by-side), and the index designs
 compared on the same queries (exact float32 scan vs the PCA prefilter; FAISS and HNSW
 run in their own environment by ``bench/semantic_ann.py`` on vectors ``--export`` writes).
 
@@ -50,10 +51,10 @@ from services.caching.semantic.train import (
     Outcome,
     precision_curve,
 )
-from services.embeddings import default_encoder
+from services.embeddings import DEFAULT_ENCODER, ENCODER_KINDS, SentenceEncoder, default_encoder
 
 SCOPE = ("bench", "bench")
-DEFAULT_CACHE = Path.home() / ".cache" / "optengine" / "semantic-embeddings.npz"
+CACHE_DIR = Path.home() / ".cache" / "optengine"
 GPTCACHE_T = (0.95, 0.9, 0.8)
 RECALL_LEVELS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -103,10 +104,11 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
     repeats = len(evaluated) - len(queries)
     positives = sum(p.label for p in queries)
 
-    encoder = default_encoder()
+    encoder = default_encoder(args.encoders[0])
     texts = sorted(entry_set | {p.text_b for p in queries})
     t0 = time.perf_counter()
-    vectors = encode_cached(encoder.encode, texts, args.embeddings_cache)
+    cache_path = _embeddings_cache(args, encoder)
+    vectors = encode_cached(encoder.encode, texts, cache_path)
     embed_s = time.perf_counter() - t0
     row = {t: i for i, t in enumerate(texts)}
 
@@ -140,7 +142,7 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
     print(f"pairs {len(pairs)}, left out as verifier training pairs {len(pairs) - len(evaluated)}"
           f", evaluated {len(evaluated)}: {len(entries)} distinct entries, {len(queries)} "
           f"queries ({positives} duplicates), {repeats} exact repeats left to the exact tiers")
-    print(f"embedding {embed_s:.1f} s (cache {args.embeddings_cache}), lookups {lookup_s:.1f} s"
+    print(f"embedding {embed_s:.1f} s (cache {cache_path}), lookups {lookup_s:.1f} s"
           f"; verifier {cache.verifier.kind}, {cache.search_k} candidates, threshold "
           f"{threshold:.4f} (calibrated {cache.verifier.calibrated_threshold:.4f} for "
           f"precision {cache.verifier.spec.get('target_precision')})\n")
@@ -272,9 +274,12 @@ def latency(args: argparse.Namespace) -> dict[str, Any]:
     _, pairs = load_pairs(args.pairs)
     sizes = sorted(int(s) for s in args.sizes.split(","))
     corpus, base = latency_corpus(pairs, max(sizes))
-    encoder = default_encoder()
+    # the first encoder embeds the entries and its query vector is searched and verified;
+    # every encoder embeds every query, one after the other, so their times compare
+    encoders = [default_encoder(kind) for kind in args.encoders]
+    encoder = encoders[0]
     t0 = time.perf_counter()
-    vectors = encode_cached(encoder.encode, corpus, args.embeddings_cache)
+    vectors = encode_cached(encoder.encode, corpus, _embeddings_cache(args, encoder))
     print(f"# semantic lookup latency: {len(corpus)} entries embedded/loaded in "
           f"{time.perf_counter() - t0:.0f} s")
     step = max(1, len(base) // args.queries)
@@ -293,11 +298,18 @@ def latency(args: argparse.Namespace) -> dict[str, Any]:
         for i in range(size):
             cache.index.add(SCOPE, _digest(corpus[i]), corpus[i], vectors[i])
         load_before = os.getloadavg()[0]
-        for text in query_texts[:10]:  # warm caches, the encoder and the feature memo
+        for text in query_texts[:10]:  # warm caches, the encoders and the feature memo
             cache.score(SCOPE, text)
-        embed, search, verify, total = [], [], [], []
+            for other in encoders[1:]:
+                other.encode_one(text)
+        embed: dict[str, list[float]] = {e.kind: [] for e in encoders}
+        search, verify = [], []
         hits = 0
         for text in query_texts:
+            for other in encoders[1:]:
+                a = time.perf_counter()
+                other.encode_one(text)
+                embed[other.kind].append((time.perf_counter() - a) * 1e3)
             a = time.perf_counter()
             vector = cache.embed(text)
             b = time.perf_counter()
@@ -306,32 +318,35 @@ def latency(args: argparse.Namespace) -> dict[str, Any]:
             best = cache.verifier.best(text, neighbors)
             d = time.perf_counter()
             hits += best is not None and best[1] >= cache.threshold
-            embed.append((b - a) * 1e3)
+            embed[encoder.kind].append((b - a) * 1e3)
             search.append((c - b) * 1e3)
             verify.append((d - c) * 1e3)
-            total.append((d - a) * 1e3)
         load_after = os.getloadavg()[0]
         stats = cache.stats()
+        parts = {f"embed ({kind})": times for kind, times in embed.items()}
+        parts |= {"search": search, "verify": verify}
+        parts |= {f"total ({kind})": list(np.add(times, search) + verify)
+                  for kind, times in embed.items()}
         point = {
             "entries": size, "queries": len(query_texts), "hits": hits,
-            "embed_ms": {"p50": _pct(embed, 50), "p95": _pct(embed, 95)},
-            "search_ms": {"p50": _pct(search, 50), "p95": _pct(search, 95)},
-            "verify_ms": {"p50": _pct(verify, 50), "p95": _pct(verify, 95)},
-            "total_ms": {"p50": _pct(total, 50), "p95": _pct(total, 95)},
+            "parts_ms": {name: {"p50": _pct(v, 50), "p95": _pct(v, 95)}
+                         for name, v in parts.items()},
             "index_bytes": stats.vector_bytes, "load_before": load_before,
             "load_after": load_after,
         }
         results["sizes"][str(size)] = point
-        for name in ("embed_ms", "search_ms", "verify_ms", "total_ms"):
-            rows.append([f"{size:,}", name.removesuffix("_ms"), point[name]["p50"],
-                         point[name]["p95"], f"{load_before:.2f} / {load_after:.2f}"])
-        design_rows += compare_designs(vectors[:size], corpus[:size], query_vectors, size,
-                                       results["sizes"][str(size)])
+        for name, figures in point["parts_ms"].items():
+            rows.append([f"{size:,}", name, figures["p50"], figures["p95"],
+                         f"{load_before:.2f} / {load_after:.2f}"])
+        if args.designs:
+            design_rows += compare_designs(vectors[:size], corpus[:size], query_vectors, size,
+                                           results["sizes"][str(size)])
     print(markdown_table(["entries", "part", "p50 ms", "p95 ms", "load 1-min before/after"],
                          rows))
-    print("\nindex designs on the same queries (search only)")
-    print(markdown_table(["entries", "design", "p50 ms", "p95 ms", "top-1 = exact",
-                          "top-4 = exact", "memory MB"], design_rows))
+    if design_rows:
+        print("\nindex designs on the same queries (search only)")
+        print(markdown_table(["entries", "design", "p50 ms", "p95 ms", "top-1 = exact",
+                              "top-4 = exact", "memory MB"], design_rows))
     return results
 
 
@@ -372,6 +387,13 @@ def compare_designs(vectors: np.ndarray, texts: Sequence[str], queries: np.ndarr
     return out
 
 
+def _embeddings_cache(args: argparse.Namespace, encoder: SentenceEncoder) -> Path | None:
+    """Vectors are kept per encoder: an int8 run must never read fp32 vectors."""
+    if args.embeddings_cache is None:
+        return CACHE_DIR / f"semantic-embeddings-{encoder.kind}.npz"
+    return Path(args.embeddings_cache) if args.embeddings_cache else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     if os.environ.get("OPENBLAS_NUM_THREADS") != "1":
         # one BLAS thread: under load, OpenBLAS threads spin and make every timing a lottery
@@ -381,15 +403,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pairs", type=Path, required=True)
     parser.add_argument("--threshold", type=float, default=None,
                         help="verifier probability threshold (default: the calibrated one)")
-    parser.add_argument("--embeddings-cache", default=str(DEFAULT_CACHE),
-                        help="an .npz keeping text embeddings between runs ('' = none)")
+    parser.add_argument("--embeddings-cache", default=None,
+                        help="an .npz keeping text embeddings between runs ('' = none; "
+                             f"default {CACHE_DIR}/semantic-embeddings-ENCODER.npz)")
+    parser.add_argument("--encoders", default=DEFAULT_ENCODER,
+                        type=lambda v: [k for k in v.split(",") if k],
+                        help=f"comma-separated, of {', '.join(ENCODER_KINDS)}: the first embeds "
+                             "(both modes); --latency also times the others on every query")
     parser.add_argument("--latency", action="store_true", help="measure lookup latency")
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--no-designs", dest="designs", action="store_false",
+                        help="latency mode: skip the index-design comparison")
     parser.add_argument("--export", type=Path, default=None,
                         help="latency mode: write entries.npy/queries.npy here")
     args = parser.parse_args(argv)
-    args.embeddings_cache = Path(args.embeddings_cache) if args.embeddings_cache else None
+    unknown = set(args.encoders) - set(ENCODER_KINDS)
+    if unknown or not args.encoders:
+        parser.error(f"--encoders: expected some of {', '.join(ENCODER_KINDS)}")
     result = latency(args) if args.latency else quality(args)
     print()
     print_json_line(result)

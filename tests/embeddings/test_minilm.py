@@ -1,7 +1,8 @@
-"""The NumPy encoder gives the reference model's embeddings.
+"""The fp32 encoders (NumPy and ONNX Runtime) give the reference model's embeddings.
 
 The reference is the same checkpoint run by transformers + torch, which live only in the
-vLLM venv (the app venv has no torch), so it runs there as a subprocess."""
+vLLM venv (the app venv has no torch), so it runs there as a subprocess. The int8 encoder
+is checked against the fp32 ones in ``test_onnx_encoder.py``."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.embeddings import bundled_model_dir, default_encoder
+from services.embeddings import ENCODER_KINDS, bundled_model_dir, default_encoder
 
 ROOT = Path(__file__).resolve().parents[2]
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
@@ -50,20 +51,23 @@ def reference() -> np.ndarray:
     return np.array(json.loads(result.stdout.strip().splitlines()[-1]), dtype=np.float32)
 
 
-def test_matches_the_reference_implementation(reference: np.ndarray) -> None:
-    ours = default_encoder().encode(SENTENCES)
+@pytest.mark.parametrize("kind", ["numpy", "onnx-fp32"])
+def test_matches_the_reference_implementation(reference: np.ndarray, kind: str) -> None:
+    ours = default_encoder(kind).encode(SENTENCES)
     assert ours.shape == (len(SENTENCES), 384)
     assert np.abs(ours - reference).max() < 1e-4
 
 
-def test_batched_and_single_encodings_agree() -> None:
-    encoder = default_encoder()
+@pytest.mark.parametrize("kind", ENCODER_KINDS)
+def test_batched_and_single_encodings_agree(kind: str) -> None:
+    encoder = default_encoder(kind)
     batch = encoder.encode(SENTENCES[:3], batch_size=2)
     for row, sentence in zip(batch, SENTENCES[:3], strict=True):
         assert np.allclose(row, encoder.encode_one(sentence), atol=1e-5)
     assert np.allclose(np.linalg.norm(batch, axis=1), 1, atol=1e-5)
 
 
-def test_paraphrases_are_closer_than_unrelated_questions() -> None:
-    a, b, c = default_encoder().encode(SENTENCES[:3])
+@pytest.mark.parametrize("kind", ENCODER_KINDS)
+def test_paraphrases_are_closer_than_unrelated_questions(kind: str) -> None:
+    a, b, c = default_encoder(kind).encode(SENTENCES[:3])
     assert a @ b > 0.8 > 0.2 > a @ c

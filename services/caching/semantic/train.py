@@ -46,6 +46,7 @@ from services.caching.semantic.corpus import (
 from services.caching.semantic.features import FEATURE_NAMES, pair_features, same_words_key
 from services.caching.semantic.index import VectorIndex
 from services.caching.semantic.verifier import SemanticVerifier
+from services.embeddings import DEFAULT_ENCODER, ENCODER_KINDS, default_encoder
 
 log = logging.getLogger("semantic.train")
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -216,12 +217,12 @@ def exact_repeat(pair: Pair, entry_texts: set[str]) -> bool:
 def train(pairs_path: Path, *, out_dir: Path, model_kind: str, target: float, folds: int,
           k: int, min_cosine: float, trees: int, depth: int, learning_rate: float,
           min_hits: int, hard_negatives_per_kind: int, embeddings_cache: Path | None,
-          labelled_only: bool = True,
+          labelled_only: bool = True, encoder: str = DEFAULT_ENCODER,
           encode: Callable[[Sequence[str]], np.ndarray] | None = None) -> dict[str, Any]:
+    """``encoder`` names the embedding encoder the verifier is calibrated on (recorded in
+    the spec); ``encode`` replaces it (tests)."""
     if encode is None:
-        from services.embeddings import default_encoder
-
-        encode = default_encoder().encode
+        encode = default_encoder(encoder).encode  # type: ignore[arg-type]
     fmt, pairs = load_pairs(pairs_path)
     if fmt != "qqp":
         raise SystemExit("training needs labelled pairs with negatives ({text_a,text_b,label})")
@@ -304,7 +305,7 @@ def train(pairs_path: Path, *, out_dir: Path, model_kind: str, target: float, fo
     spec["training"] = {
         "pairs_file": pairs_path.name,
         "pairs_file_sha256": hashlib.sha256(pairs_path.read_bytes()).hexdigest(),
-        "split_rule": SPLIT_RULE, "pairs": len(training),
+        "split_rule": SPLIT_RULE, "pairs": len(training), "encoder": encoder,
         "duplicates": int(y.sum()), "synthetic_hard_negatives": len(synthetic),
         "manifest": MANIFEST_NAME,
         "manifest_sha256": hashlib.sha256(manifest_text.encode()).hexdigest(),
@@ -338,6 +339,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "all hits counting other entries as wrong")
     parser.add_argument("--hard-negatives", type=int, default=600,
                         help="synthetic hard negatives per kind (number, negation, ...)")
+    parser.add_argument("--encoder", choices=ENCODER_KINDS,
+                        default=DEFAULT_ENCODER, help="embedding encoder to calibrate on "
+                        "(the one the app uses: setting embedding_encoder)")
     parser.add_argument("--embeddings-cache", type=Path, default=None,
                         help="an .npz to keep text embeddings in between runs")
     args = parser.parse_args(argv)
@@ -346,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           folds=args.folds, k=args.k, min_cosine=args.min_cosine, trees=args.trees,
           depth=args.depth, learning_rate=args.learning_rate, min_hits=args.min_hits,
           hard_negatives_per_kind=args.hard_negatives, embeddings_cache=args.embeddings_cache,
-          labelled_only=args.calibrate_on == "labelled")
+          labelled_only=args.calibrate_on == "labelled", encoder=args.encoder)
     return 0
 
 
