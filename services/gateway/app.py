@@ -85,7 +85,7 @@ def build_token_stages(settings: Settings, pool: WorkerPool, client: UpstreamCli
     if settings.token_optimization_embeddings:
         from services.embeddings import default_encoder
 
-        embed = default_encoder().encode
+        embed = default_encoder(settings.embedding_encoder).encode
     counter: WorkerCount | None = None
     if settings.token_count_with_worker:
         async def counter(model: str, endpoint: str, request: dict) -> int | None:
