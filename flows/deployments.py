@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from flows.cache_optimization import cache_optimization
+from flows.parallel_execution import parallel_execution
 
 FLOWS: dict[str, Any] = {"cache_optimization": cache_optimization}
 
@@ -18,4 +19,6 @@ FLOWS: dict[str, Any] = {"cache_optimization": cache_optimization}
 def deployments() -> list[Any]:
     return [
         cache_optimization.to_deployment(name="every-5-minutes", interval=300),
+        # no schedule: started per batch (POST /v1/batches), with parameters={"batch_id": ...}
+        parallel_execution.to_deployment(name="on-demand"),
     ]

@@ -5,26 +5,33 @@ the dashboard, and each of them brings its own settings.
 """
 
 from models.base import Base
-from models.db import create_store_engine, session_factory
+from models.db import create_store_engine, insert_ignoring_conflicts, session_factory
 from models.tables import (
     Alert,
     ApiKey,
+    Batch,
+    BatchResult,
     CacheEntry,
     CacheReport,
     RequestLog,
     SemanticEntry,
+    StoredFile,
     Worker,
 )
 
 __all__ = [
     "Alert",
     "ApiKey",
+    "Batch",
+    "BatchResult",
     "CacheEntry",
     "CacheReport",
     "Base",
     "RequestLog",
     "SemanticEntry",
+    "StoredFile",
     "Worker",
     "create_store_engine",
+    "insert_ignoring_conflicts",
     "session_factory",
 ]

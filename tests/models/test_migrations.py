@@ -12,7 +12,7 @@ from models import create_store_engine
 
 TABLES = {
     "request_log", "workers", "api_keys", "cache_entries", "alerts", "cache_reports",
-    "semantic_entries",
+    "semantic_entries", "files", "batches", "batch_results",
 }
 
 
