@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import orjson
-from sklearn.ensemble import GradientBoostingRegressor
 from sqlalchemy import Engine, or_, select
 
 from models import RequestLog
@@ -50,12 +49,14 @@ def _features(prompt_tokens: int, max_tokens: int | None, chat: bool) -> list[fl
 class LengthPredictor:
     """Per-model regressors (models with enough history only) and the fallback."""
 
-    regressors: dict[str, GradientBoostingRegressor] = field(default_factory=dict)
+    regressors: dict[str, Any] = field(default_factory=dict)  # model -> fitted regressor
     default_tokens: int = DEFAULT_OUTPUT_TOKENS
 
     @classmethod
     def train(cls, engine: Engine, models: Iterable[str], *, min_history: int = MIN_HISTORY,
               default_tokens: int = DEFAULT_OUTPUT_TOKENS) -> LengthPredictor:
+        from sklearn.ensemble import GradientBoostingRegressor  # not loaded by the gateway
+
         predictor = cls(default_tokens=default_tokens)
         for model in set(models):
             rows = _history(engine, model)
