@@ -105,3 +105,15 @@ def _check_line(number: int, raw: bytes, endpoint: str) -> BatchLine | LineError
     if needed not in body:
         return error("invalid_body", f"body.{needed} is required for {url}")
     return BatchLine(number, custom_id, url, body)
+
+
+def guess_endpoint(content: bytes) -> str:
+    """The ``url`` of the first line that names a known one (for ``optengine batch run``)."""
+    for raw in content.splitlines():
+        try:
+            url = orjson.loads(raw).get("url")
+        except (orjson.JSONDecodeError, AttributeError):
+            continue
+        if url in ENDPOINTS:
+            return str(url)
+    raise ValueError("no line names an endpoint (/v1/chat/completions or /v1/completions)")
