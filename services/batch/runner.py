@@ -93,8 +93,12 @@ class _Checkpointer:
         results = [{"batch_id": batch_id, "line": o.line.line, "custom_id": o.line.custom_id,
                     "ok": o.ok, "record": outcome_record(batch_id, o)} for o in batch]
         rows = [self._log_row(o) for o in batch]
-        control = await asyncio.to_thread(store.checkpoint, self._engine, batch_id,
-                                          results=results, log_rows=rows)
+        try:
+            control = await asyncio.to_thread(store.checkpoint, self._engine, batch_id,
+                                              results=results, log_rows=rows)
+        except BaseException:
+            self._pending[:0] = batch  # kept for the next checkpoint, never dropped
+            raise
         self.stop_reason = self.stop_reason or control.stop_reason
 
     async def run(self) -> None:
@@ -174,9 +178,11 @@ def finalize(engine: Engine, batch_id: str, reason: str) -> Batch:
     results = store.results_in_order(engine, batch_id)
     output = [record for _, ok, record in results if ok]
     errors = [(line, record) for line, ok, record in results if not ok]
-    if reason != "done":
-        errors += _unfinished(engine, batch, {line for line, _, _ in results}, reason)
-        errors.sort()
+    unfinished = _unfinished(engine, batch, {line for line, _, _ in results}, reason)
+    if reason == "done" and unfinished:  # never reached: dispatch records every line
+        raise RuntimeError(f"batch {batch_id}: {len(unfinished)} lines have no result; "
+                           "rerun the flow to resume them")
+    errors = sorted(errors + unfinished)
     with Session(engine, expire_on_commit=False) as session, session.begin():
         output_file = _result_file(batch, "output", output)
         error_file = _result_file(batch, "error", [r for _, r in errors]) if errors else None

