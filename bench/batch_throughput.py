@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
+import random
 import shutil
 import sys
 import time
@@ -68,6 +70,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sequential-limit", type=int, default=32,
                         help="prompts the one-by-one arm sends")
     parser.add_argument("--static-size", type=int, default=64, help="static batch size")
+    parser.add_argument("--mixed-lengths", action="store_true",
+                        help="each request's max_tokens drawn (seeded, log-uniform) from "
+                             "4..--max-tokens instead of one fixed length")
     parser.add_argument("--model", type=Path, default=None, help="model folder")
     parser.add_argument("--vllm-python", type=Path, default=REPO_ROOT / ".venv-vllm/bin/python")
     parser.add_argument("--kvcache-gib", type=int, default=2)
@@ -77,11 +82,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def bodies(prompts: list[str], model: str, max_tokens: int, tag: str) -> list[dict[str, Any]]:
+def mixed_lengths(count: int, ceiling: int) -> list[int]:
+    """Seeded log-uniform output lengths in [4, ceiling]: many short answers, a few long
+    ones, as chat answers come (the prompt file holds no answers to take them from)."""
+    rng = random.Random(0)
+    return [round(math.exp(rng.uniform(math.log(4), math.log(ceiling)))) for _ in range(count)]
+
+
+def bodies(prompts: list[str], model: str, max_tokens: list[int],
+           tag: str) -> list[dict[str, Any]]:
     """Requests for one run; ``tag`` starts every prompt, so no run reuses another's
     prefix cache."""
     return [{"model": model, "messages": [{"role": "user", "content": f"[{tag}] {p}"}],
-             "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True} for p in prompts]
+             "max_tokens": n, "temperature": 0, "ignore_eos": True}
+            for p, n in zip(prompts, max_tokens, strict=True)]
 
 
 async def _send(client: UpstreamClient, url: str, body: dict[str, Any]) -> int:
@@ -164,18 +178,23 @@ def main(argv: list[str] | None = None) -> int:
     workdir = bench_tempdir("batch-throughput-")
     model = model_dir(args)
     prompts = fitting_prompts(load_prompts(args.prompts), model, args.max_tokens)[:args.limit]
+    if args.mixed_lengths:
+        lengths = mixed_lengths(len(prompts), args.max_tokens)
+    else:
+        lengths = [args.max_tokens] * len(prompts)
     worker, served = start_vllm(args, model, workdir)
     url = worker.base_url
     try:
-        asyncio.run(run_static(url, bodies(prompts[:8], served, args.max_tokens, "warm-up"), 8))
-        sequential = bodies(prompts[:args.sequential_limit], served, args.max_tokens, "seq")
+        asyncio.run(run_static(url, bodies(prompts[:8], served, lengths[:8], "warm-up"), 8))
+        sequential = bodies(prompts[:args.sequential_limit], served,
+                            lengths[:args.sequential_limit], "seq")
         rows = [measure("sequential", len(sequential),
                         lambda: asyncio.run(run_sequential(url, sequential)))]
         for run in (1, 2):
-            static = bodies(prompts, served, args.max_tokens, f"static-{run}")
+            static = bodies(prompts, served, lengths, f"static-{run}")
             rows.append(measure("static", len(static), lambda r=static: asyncio.run(
                 run_static(url, r, args.static_size))))
-            batch = bodies(prompts, served, args.max_tokens, f"engine-{run}")
+            batch = bodies(prompts, served, lengths, f"engine-{run}")
             rows.append(measure("engine", len(batch),
                                 engine_batch(url, batch, workdir / f"engine-{run}")))
     finally:
@@ -193,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
           r["client_cpu_s"], f"{r['busy_before']:.0%}", r["load"]] for r in rows]))
     payload = {
         "benchmark": "batch_throughput", "prompts": str(args.prompts), "requests": len(prompts),
-        "max_tokens": args.max_tokens, "static_size": args.static_size,
+        "max_tokens": args.max_tokens, "mixed_lengths": args.mixed_lengths,
+        "static_size": args.static_size,
         "sequential_tok_s": rate["sequential"], "static_tok_s": rate["static"],
         "engine_tok_s": rate["engine"],
         "speedup_vs_sequential": rate["engine"] / rate["sequential"],
