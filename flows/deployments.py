@@ -12,6 +12,7 @@ from typing import Any
 
 from flows.cache_optimization import cache_optimization
 from flows.model_routing import model_routing
+from flows.parallel_execution import parallel_execution
 from flows.token_optimization import token_optimization
 
 FLOWS: dict[str, Any] = {
@@ -26,4 +27,6 @@ def deployments() -> list[Any]:
         cache_optimization.to_deployment(name="every-5-minutes", interval=300),
         token_optimization.to_deployment(name="hourly-recent-traffic", interval=3600),
         model_routing.to_deployment(name="daily", interval=86400),
+        # no schedule: started per batch (POST /v1/batches), with parameters={"batch_id": ...}
+        parallel_execution.to_deployment(name="on-demand"),
     ]

@@ -5,15 +5,18 @@ the dashboard, and each of them brings its own settings.
 """
 
 from models.base import Base
-from models.db import create_store_engine, session_factory
+from models.db import create_store_engine, insert_ignoring_conflicts, session_factory
 from models.tables import (
     Alert,
     ApiKey,
+    Batch,
+    BatchResult,
     CacheablePrefix,
     CacheEntry,
     CacheReport,
     RequestLog,
     SemanticEntry,
+    StoredFile,
     TokenReport,
     Worker,
 )
@@ -21,6 +24,8 @@ from models.tables import (
 __all__ = [
     "Alert",
     "ApiKey",
+    "Batch",
+    "BatchResult",
     "CacheEntry",
     "CacheablePrefix",
     "CacheReport",
@@ -28,7 +33,9 @@ __all__ = [
     "RequestLog",
     "SemanticEntry",
     "TokenReport",
+    "StoredFile",
     "Worker",
     "create_store_engine",
+    "insert_ignoring_conflicts",
     "session_factory",
 ]

@@ -9,8 +9,9 @@ server does not hand out dead connections.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, Table, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -38,3 +39,19 @@ def create_store_engine(url: str, **kwargs: object) -> Engine:
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def insert_ignoring_conflicts(
+    conn: Connection, table: Table, rows: list[dict[str, Any]], *, keys: list[str]
+) -> None:
+    """Bulk insert; rows whose ``keys`` already exist are skipped (replays and resumed
+    runs write the same rows again, never twice)."""
+    if not rows:
+        return
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif conn.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:  # pragma: no cover - only Postgres and SQLite are supported stores
+        raise RuntimeError(f"unsupported metrics store dialect {conn.dialect.name}")
+    conn.execute(insert(table).on_conflict_do_nothing(index_elements=keys), rows)

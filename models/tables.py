@@ -10,7 +10,18 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, Boolean, DateTime, Double, Index, Integer, LargeBinary, String, Text
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base
@@ -43,6 +54,9 @@ class RequestLog(Base):
     error_type: Mapped[str | None] = mapped_column(String(64))
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    max_tokens: Mapped[int | None] = mapped_column(
+        Integer, doc="the request's max_tokens (a feature of the batch length predictor)"
+    )
     cached_tokens: Mapped[int | None] = mapped_column(Integer)
     prompt_tokens_before_optimization: Mapped[int | None] = mapped_column(Integer)
     prompt_tokens_after_optimization: Mapped[int | None] = mapped_column(
@@ -265,3 +279,73 @@ class RouterVersion(Base):
     metrics: Mapped[dict] = mapped_column(JSON, default=dict)
     active: Mapped[bool] = mapped_column(Boolean, default=False)
     activated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class StoredFile(Base):
+    """A file uploaded through ``/v1/files`` or written by a batch (its output and error
+    files), kept in the store so every gateway replica and the batch flow see it."""
+
+    __tablename__ = "files"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(128))
+    purpose: Mapped[str] = mapped_column(String(32), doc="batch | batch_output")
+    filename: Mapped[str] = mapped_column(String(512))
+    bytes: Mapped[int] = mapped_column(Integer)
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (Index("ix_files_tenant_created_at", "tenant", "created_at"),)
+
+
+class Batch(Base):
+    """One batch job (OpenAI's batch object) and the bookkeeping of the flow running it:
+    ``heartbeat_at`` is refreshed by the running flow, ``attempts`` counts starts, so a
+    sweep can restart a crashed run a bounded number of times."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(128))
+    endpoint: Mapped[str] = mapped_column(String(64))
+    input_file_id: Mapped[str] = mapped_column(ForeignKey("files.id"))
+    completion_window: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default="validating")
+    output_file_id: Mapped[str | None] = mapped_column(String(64))
+    error_file_id: Mapped[str | None] = mapped_column(String(64))
+    errors: Mapped[list | None] = mapped_column(JSON, doc="job-level errors (not line errors)")
+    batch_metadata: Mapped[dict | None] = mapped_column(JSON)
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    completed: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    in_progress_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finalizing_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    failed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    expired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cancelling_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cancelled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+    __table_args__ = (
+        Index("ix_batches_tenant_created_at", "tenant", "created_at"),
+        Index("ix_batches_status", "status"),
+    )
+
+
+class BatchResult(Base):
+    """One finished line of a batch (success or error), checkpointed as it finishes: the
+    primary key (batch, line) is what makes a resumed run skip it and never write it
+    twice."""
+
+    __tablename__ = "batch_results"
+
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id"), primary_key=True)
+    line: Mapped[int] = mapped_column(Integer, primary_key=True, doc="1-based input line")
+    custom_id: Mapped[str | None] = mapped_column(String(512))
+    ok: Mapped[bool] = mapped_column(Boolean)
+    record: Mapped[str] = mapped_column(Text, doc="the output (or error) JSONL record")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

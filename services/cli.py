@@ -6,17 +6,25 @@ import logging
 import signal
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from services.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from models import Batch
 
 app = typer.Typer(help="Performance Optimization Engine", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys kept (hashed) in the metrics store")
 app.add_typer(keys_app, name="keys")
 flows_app = typer.Typer(help="Prefect flows: the control loops over the metrics store")
 app.add_typer(flows_app, name="flows")
+batch_app = typer.Typer(help="Batch inference: a JSONL file of requests, run by the "
+                        "parallel_execution flow")
+app.add_typer(batch_app, name="batch")
 
 # Prefect runs offline here: no analytics (they log an error per run without a network)
 # and a generous ephemeral-server start on a busy 2-core machine.
@@ -226,6 +234,118 @@ def flows_serve() -> None:
     from flows.deployments import deployments
 
     serve(*deployments())
+
+
+@batch_app.command("run")
+def batch_run(
+    file: Annotated[Path, typer.Argument(help="JSONL: one {custom_id, method, url, body} a line",
+                                         exists=True, dir_okay=False)],
+    output: Annotated[Path | None, typer.Option(help="results JSONL (default FILE.output.jsonl)")
+                      ] = None,
+    tenant: str = "default",
+    completion_window: str = "24h",
+) -> None:
+    """Run a batch file now, in this process, with a progress bar; writes the results."""
+    from services.batch import store
+    from services.batch.lines import guess_endpoint
+
+    content = file.read_bytes()
+    try:
+        endpoint = guess_endpoint(content)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="FILE") from None
+    settings, engine = _batch_store()
+    stored = store.create_file(engine, tenant=tenant, filename=file.name, purpose="batch",
+                               content=content)
+    batch = store.create_batch(engine, tenant=tenant, input_file_id=stored.id, endpoint=endpoint,
+                               completion_window=completion_window)
+    store.claim_run(engine, batch.id, stale_after_s=settings.batch_stale_after_s)
+    typer.echo(f"batch {batch.id}: {file} -> {endpoint}")
+    _follow_batch(engine, batch.id, output or file.with_suffix(".output.jsonl"))
+
+
+@batch_app.command("resume")
+def batch_resume(
+    batch_id: Annotated[str, typer.Argument(help="batch id (batch_...)")],
+    output: Annotated[Path | None, typer.Option(help="results JSONL (default BATCH_ID.jsonl)")
+                      ] = None,
+) -> None:
+    """Resume a batch whose run stopped: finished lines are kept, the rest run now."""
+    from services.batch import store
+    from services.errors import NotFound
+
+    settings, engine = _batch_store()
+    output = output or Path(f"{batch_id}.jsonl")
+    try:
+        batch = store.get_batch(engine, batch_id)
+    except NotFound as exc:
+        raise typer.BadParameter(exc.message, param_hint="BATCH_ID") from None
+    if batch.status in store.TERMINAL:
+        _write_results(engine, batch, output)
+        return
+    if not store.claim_run(engine, batch_id, stale_after_s=settings.batch_stale_after_s):
+        typer.echo(f"batch {batch_id} is being run by another process (its checkpoints are "
+                   f"fresh); try again after {settings.batch_stale_after_s:.0f} s", err=True)
+        raise typer.Exit(1)
+    _follow_batch(engine, batch_id, output)
+
+
+def _batch_store() -> tuple[Settings, Engine]:
+    from migrations import upgrade_to_head
+    from models import create_store_engine
+
+    _prefect_env()
+    _logging("WARNING")
+    settings = _settings()
+    upgrade_to_head(settings.database_url)
+    return settings, create_store_engine(settings.database_url)
+
+
+def _follow_batch(engine: Engine, batch_id: str, output: Path) -> None:
+    """Run the flow in a thread and draw its progress from the store's checkpoints."""
+    import asyncio
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from flows.parallel_execution import parallel_execution
+    from services.batch import store
+
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(parallel_execution(batch_id))
+        except BaseException as exc:  # reported by the main thread
+            failure.append(exc)
+
+    worker = threading.Thread(target=run, name="batch-flow", daemon=True)
+    worker.start()
+    columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns) as progress:
+        bar = progress.add_task("lines", total=None)
+        while worker.is_alive():
+            worker.join(0.5)
+            batch = store.get_batch(engine, batch_id)
+            progress.update(bar, total=batch.total or None,
+                            completed=batch.completed + batch.failed,
+                            description=f"{batch.status} ({batch.failed} failed)")
+    if failure:
+        raise failure[0]
+    _write_results(engine, store.get_batch(engine, batch_id), output)
+
+
+def _write_results(engine: Engine, batch: Batch, output: Path) -> None:
+    from services.batch import store
+
+    typer.echo(f"batch {batch.id} {batch.status}: {batch.completed} completed, "
+               f"{batch.failed} failed of {batch.total}")
+    for file_id, path in ((batch.output_file_id, output),
+                          (batch.error_file_id, output.with_suffix(".errors.jsonl"))):
+        if file_id is not None:
+            path.write_bytes(store.get_file(engine, file_id, tenant=batch.tenant).content)
+            typer.echo(f"wrote {path}")
+    if batch.status != "completed":
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":

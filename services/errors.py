@@ -10,6 +10,7 @@ the right status (one handler, registered with ``app.exception_handler``). Upstr
     ├── AuthenticationFailed         401 authentication_error
     ├── PermissionDenied             403 permission_error
     ├── ModelNotFound                404 invalid_request_error (code model_not_found)
+    ├── NotFound                     404 invalid_request_error (code not_found: a file, a batch)
     ├── UnknownModelPrice            500 (services.costs: a model nobody priced)
     ├── RateLimited                  429 rate_limit_error (Retry-After when known)
     ├── Overloaded                   503 service_unavailable (code overloaded, Retry-After)
@@ -75,6 +76,14 @@ class ModelNotFound(EngineError):
     status_code = 404
     error_type = "invalid_request_error"
     default_code = "model_not_found"
+
+
+class NotFound(EngineError):
+    """An object (file, batch) that does not exist, or belongs to another tenant."""
+
+    status_code = 404
+    error_type = "invalid_request_error"
+    default_code = "not_found"
 
 
 class RateLimited(EngineError):

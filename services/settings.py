@@ -162,6 +162,18 @@ class Settings(BaseSettings):
         description="route shared prefixes to one worker up to this x mean load; 0 = off",
     )
 
+    # batch inference (/v1/files, /v1/batches, the parallel_execution flow)
+    batch_max_file_bytes: int = Field(default=200 * 1024 * 1024, gt=0,
+                                      description="largest /v1/files upload (413 above)")
+    batch_per_worker_in_flight: int = Field(
+        default=64, gt=0, description="batch lines kept in flight per healthy worker"
+    )
+    batch_stale_after_s: float = Field(
+        default=60.0, gt=0, description="a run silent this long is restarted by the sweep"
+    )
+    batch_max_attempts: int = Field(default=3, ge=1, description="runs per batch before failing")
+    batch_sweep_interval_s: float = Field(default=30.0, gt=0)
+
     # costs
     price_overrides: dict[str, ModelPrice] = Field(default_factory=dict)
     self_hosted: SelfHostedPricing = Field(default_factory=SelfHostedPricing)

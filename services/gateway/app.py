@@ -11,6 +11,8 @@ from fastapi import FastAPI
 from sqlalchemy import Engine
 
 from models import create_store_engine, session_factory
+from services.batch import BatchLauncher
+from services.batch.serving import BatchServing
 from services.caching import (
     CacheMetrics,
     CacheTier,
@@ -27,7 +29,7 @@ from services.gateway.auth import KeyRing
 from services.gateway.deps import AppServices
 from services.gateway.errors import install_error_handlers
 from services.gateway.pipeline import Pipeline, Stage
-from services.gateway.routes import admin_router, openai_router, ops_router
+from services.gateway.routes import admin_router, batches_router, openai_router, ops_router
 from services.gateway.serving import OpenAIServing, build_event
 from services.gateway.stages import (
     CacheStage,
@@ -185,6 +187,8 @@ def build_services(settings: Settings) -> AppServices:
     )
     pipeline = Pipeline(stages)
     serving = OpenAIServing(pipeline, telemetry, store_prompts=settings.store_prompts)
+    batches = BatchServing(engine, BatchLauncher(settings, engine),
+                           max_file_bytes=settings.batch_max_file_bytes)
     return AppServices(
         settings=settings,
         engine=engine,
@@ -195,6 +199,7 @@ def build_services(settings: Settings) -> AppServices:
         metrics=metrics,
         telemetry=telemetry,
         serving=serving,
+        batches=batches,
         cache=cache,
         semantic_sync=semantic_sync,
         routing=routing,
@@ -216,6 +221,7 @@ def create_app(settings: Settings) -> FastAPI:
         await services.telemetry.start()
         await services.keyring.start()
         await services.pool.start(settings.workers)
+        await services.batches.launcher.start()
         if services.cache is not None:
             await services.cache.start()
         if services.semantic_sync is not None:
@@ -226,6 +232,7 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
+            await services.batches.launcher.stop()
             await services.pool.stop()
             if services.semantic_sync is not None:
                 await services.semantic_sync.stop()
@@ -247,6 +254,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     install_error_handlers(app)
     app.include_router(openai_router)
+    app.include_router(batches_router)
     app.include_router(ops_router)
     app.include_router(admin_router)
     return app

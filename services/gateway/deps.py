@@ -9,6 +9,7 @@ from fastapi import Depends, Header, Request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.batch.serving import BatchServing
 from services.caching import ResponseCache
 from services.caching.semantic_store import SemanticSync
 from services.execution import UpstreamClient, WorkerPool
@@ -30,6 +31,7 @@ class AppServices:
     metrics: GatewayMetrics
     telemetry: TelemetryWriter
     serving: OpenAIServing
+    batches: BatchServing
     cache: ResponseCache | None = None
     semantic_sync: SemanticSync | None = None
     routing: RoutingStage | None = None

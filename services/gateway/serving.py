@@ -131,6 +131,7 @@ def build_event(ctx: RequestContext, *, store_prompts: bool) -> RequestEvent:
         error_type=ctx.error_type,
         prompt_tokens=usage.prompt_tokens if usage else None,
         completion_tokens=usage.completion_tokens if usage else None,
+        max_tokens=ctx.request_dict.get("max_tokens"),
         cached_tokens=usage.cached_tokens if usage else None,
         prompt_tokens_before_optimization=(
             ctx.prompt_tokens_before_optimization

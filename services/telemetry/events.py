@@ -29,6 +29,7 @@ class RequestEvent:
     error_type: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    max_tokens: int | None = None
     cached_tokens: int | None = None
     prompt_tokens_before_optimization: int | None = None
     prompt_tokens_after_optimization: int | None = None

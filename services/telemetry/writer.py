@@ -26,7 +26,7 @@ import orjson
 from sqlalchemy import Engine, Table
 from sqlalchemy.exc import SQLAlchemyError
 
-from models import RequestLog
+from models import RequestLog, insert_ignoring_conflicts
 from services.background import cancel_and_wait
 from services.telemetry.events import RequestEvent
 from services.telemetry.metrics import GatewayMetrics
@@ -41,17 +41,9 @@ _REQUEST_LOG: Table = RequestLog.__table__  # type: ignore[assignment]
 
 def insert_ignoring_duplicates(engine: Engine, rows: list[dict[str, Any]]) -> None:
     """Bulk insert into ``request_log``; rows whose id already exists are skipped."""
-    if not rows:
-        return
-    if engine.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    elif engine.dialect.name == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    else:  # pragma: no cover - only Postgres and SQLite are supported stores
-        raise RuntimeError(f"unsupported metrics store dialect {engine.dialect.name}")
-    statement = insert(_REQUEST_LOG).on_conflict_do_nothing(index_elements=["id"])
-    with engine.begin() as conn:
-        conn.execute(statement, rows)
+    if rows:
+        with engine.begin() as conn:
+            insert_ignoring_conflicts(conn, _REQUEST_LOG, rows, keys=["id"])
 
 
 class TelemetryWriter:
