@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from migrations import upgrade_to_head
+from models import create_store_engine
 from services.settings import Settings, load_settings
 from services.workers import VllmWorker, free_port, make_test_model
 from tests.support.gateway import RunningGateway
@@ -131,3 +133,15 @@ def prefect_harness() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=90):
         yield
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """A migrated SQLite store that code reading its store from settings (flows,
+    retraining) finds through ``OPTENGINE_DATABASE_URL``."""
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    upgrade_to_head(url)
+    monkeypatch.setenv("OPTENGINE_DATABASE_URL", url)
+    engine = create_store_engine(url)
+    yield engine
+    engine.dispose()

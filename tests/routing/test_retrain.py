@@ -7,12 +7,10 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import orjson
-import pytest
 from sqlalchemy import insert, select
 
 from flows.model_routing import model_routing
-from migrations import upgrade_to_head
-from models import RequestLog, create_store_engine
+from models import RequestLog
 from models.tables import RouterVersion
 from services.routing import ComplexityRouter
 from services.routing.retrain import (
@@ -28,16 +26,6 @@ from services.routing.retrain import (
 # are not; the shipped router has never seen either
 HARD = "Reconcile invoice {i} against ledger entry {j} and explain the variance"
 EASY = "Say hello to customer {i} and wish them a nice day {j}"
-
-
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    url = f"sqlite:///{tmp_path / 'store.db'}"
-    upgrade_to_head(url)
-    monkeypatch.setenv("OPTENGINE_DATABASE_URL", url)
-    engine = create_store_engine(url)
-    yield engine
-    engine.dispose()
 
 
 def cascade_row(text: str, reason: str) -> dict:
