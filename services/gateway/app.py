@@ -37,6 +37,7 @@ from services.gateway.stages import (
     TokenOptimizationStage,
     TokenPolicyStage,
 )
+from services.gateway.stages.hosted import HostedBackend, hosted_backends
 from services.gateway.stages.routing import build_routing_stage
 from services.gateway.stages.tokens import WorkerCount
 from services.routing.retrain import load_active_router
@@ -169,11 +170,14 @@ def build_services(settings: Settings) -> AppServices:
             )
         )
     routing = build_routing_stage(
-        settings, catalog, pool, client,
+        settings, catalog, pool,
         lambda ctx: telemetry.submit(build_event(ctx, store_prompts=settings.store_prompts)),
     )
+    hosted: dict[str, HostedBackend] = {}  # hosted models are reached through routing
     if routing is not None:
         stages.append(routing)
+        hosted = hosted_backends(settings, client,
+                                 default_max_tokens=routing.policy.config.default_max_tokens)
     if token_stages is not None:
         stages.append(token_stages[1])
     stages.append(
@@ -183,6 +187,7 @@ def build_services(settings: Settings) -> AppServices:
             retries=settings.retry_on_connect_error,
             tenant_priorities=settings.tenant_priorities,
             expected_output_tokens=settings.expected_output_tokens,
+            hosted=hosted,
         )
     )
     pipeline = Pipeline(stages)

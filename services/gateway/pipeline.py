@@ -9,6 +9,9 @@ in as stages without touching the routes:
 
     auth+budget -> normalize -> cache lookup -> routing -> token optimization -> dispatch
 
+Routing only decides: it sets ``model`` and ``upstream`` (the worker pool or a hosted
+API) and calls the rest of the pipeline once per attempt (fallback, cascade), so every
+attempt is optimised for its model and sent by the one last stage, dispatch.
 A stage that rewrites what goes upstream (token optimisation) sets ``upstream_request``;
 ``request_dict`` stays the request as the client sent it (cache keys, prompt hashes).
 """
@@ -48,6 +51,7 @@ class RequestContext:
     principal: Principal
     model_requested: str
     model: str = ""  # the model that will serve; routing may change it
+    upstream: str = "vllm"  # who serves it: the worker pool, or "openai" / "anthropic"
     received_at: float = field(default_factory=time.perf_counter)
     received_wall: datetime = field(default_factory=lambda: datetime.now(UTC))
     request_headers: Mapping[str, str] = field(default_factory=dict)
@@ -89,6 +93,18 @@ class RequestContext:
 
     def request_changed(self) -> None:
         self._request_dict = None
+
+    def upstream_body(self) -> dict[str, Any]:
+        """What to send upstream: the rewritten request if a stage rewrote it, else the
+        client's, for the serving model; streams always ask for usage (every request is
+        counted exactly; the usage chunk is dropped again when the client did not ask)."""
+        body = dict(self.upstream_request if self.upstream_request is not None
+                    else self.request_dict)
+        body["model"] = self.model
+        if self.stream:
+            options = body.get("stream_options") or {}
+            body["stream_options"] = {**options, "include_usage": True}
+        return body
 
 
 Next = Callable[[RequestContext], Awaitable[Reply]]

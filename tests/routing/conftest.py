@@ -3,6 +3,7 @@ the test's control, which a random tiny model's are not)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -20,6 +21,12 @@ HARD = (
     "A. 8\nB. 2\nC. 24\nD. 120\nAnswer:"
 )
 EASY = "Translate 'good morning' into Spanish."
+ORDER = {"order": {"id": 1234, "items": ["tea", "milk"], "status": "shipped",
+                   "carrier": {"name": "DHL", "eta_days": 2}}}
+# a prompt `X-Token-Optimization: lossless` shrinks: the JSON is sent minified
+ORDER_QUESTION = "When does this order arrive?\n" + json.dumps(ORDER, indent=4)
+ORDER_MINIFIED = "When does this order arrive?\n" + json.dumps(ORDER, separators=(",", ":"))
+LOSSLESS = {"x-token-optimization": "lossless"}
 PRICES = {
     "small": {"input_per_mtok": 0.1, "output_per_mtok": 0.1},
     "medium": {"input_per_mtok": 1.0, "output_per_mtok": 2.0},

@@ -1,12 +1,20 @@
 """The cascade: escalates on a low-scoring cheap answer, not on a good one; never when
-the latency limit cannot hold two calls; logs the cheap attempt; streams skip it."""
+the latency limit cannot hold two calls; logs the cheap attempt; streams skip it; both
+attempts are sent the token-optimised request."""
 
 from __future__ import annotations
 
 import httpx
 
 from services.routing.cascade import score_answer
-from tests.routing.conftest import EASY, logged_rows, post_chat
+from tests.routing.conftest import (
+    EASY,
+    LOSSLESS,
+    ORDER_MINIFIED,
+    ORDER_QUESTION,
+    logged_rows,
+    post_chat,
+)
 from tests.support.fake_openai import FakeOpenAI
 
 CASCADE = {"cascade": {"enabled": True, "threshold": 0.5}}
@@ -46,6 +54,26 @@ def test_a_low_confidence_answer_escalates_and_the_cheap_attempt_is_logged(
     assert cheap.id.endswith("-cheap") and cheap.cost_usd > 0
     assert cheap.route_reason.startswith("cascade: cheap attempt escalated")
     assert final.model_requested == "auto" and final.status_code == 200
+
+
+def test_the_cheap_attempt_and_the_escalation_are_both_optimised(
+    routed_gateway, fake_workers: FakeOpenAI
+) -> None:
+    fake_workers.models["small"].logprob = -2.0
+    gateway = routed_gateway(**CASCADE)
+    response = post_chat(gateway, "auto:cheap", ORDER_QUESTION, headers=LOSSLESS)
+    assert response.status_code == 200, response.text
+    assert "cascade: escalated from small" in response.headers["x-route-reason"]
+    assert int(response.headers["x-tokens-saved"]) > 0
+    cheap, strong = (r["body"] for r in fake_workers.requests[-2:])
+    assert (cheap["model"], strong["model"]) == ("small", "large")
+    for sent in (cheap, strong):
+        assert sent["messages"] == [{"role": "user", "content": ORDER_MINIFIED}]
+    assert cheap["logprobs"] is True and "logprobs" not in strong
+    rows = logged_rows(gateway)  # the cheap attempt's and the answer's
+    assert [r.model_served for r in rows] == ["small", "large"]
+    assert all(r.token_policy == "lossless" and r.prompt_tokens_after_optimization
+               < r.prompt_tokens_before_optimization for r in rows)
 
 
 def test_refusals_and_truncation_escalate_without_logprobs(

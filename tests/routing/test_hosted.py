@@ -1,6 +1,7 @@
 """Hosted adapters through the gateway, against local fakes of the providers' APIs:
 OpenAI chat completions and Anthropic Messages (system split out, cache breakpoints,
-cached-token usage mapped back, streams translated to OpenAI chunks)."""
+cached-token usage mapped back, streams translated to OpenAI chunks); token
+optimisation applies to hosted models as to vLLM ones, fallback included."""
 
 from __future__ import annotations
 
@@ -11,7 +12,16 @@ import openai
 import pytest
 
 from services.execution.hosted import to_anthropic
-from tests.routing.conftest import EASY, PRICES
+from services.tokens import count_request, counter_for_model
+from tests.routing.conftest import (
+    EASY,
+    LOSSLESS,
+    ORDER_MINIFIED,
+    ORDER_QUESTION,
+    PRICES,
+    logged_rows,
+    post_chat,
+)
 from tests.support.fake_anthropic import FakeAnthropic
 from tests.support.fake_openai import Answer, FakeOpenAI
 
@@ -70,6 +80,49 @@ def test_a_refused_key_falls_back_to_a_higher_tier(gateway, providers) -> None:
     assert "fallback: gpt-4o-mini failed (service_unavailable)" in (
         response.headers["x-route-reason"])
     assert len(anthropic_api.requests) == 1
+
+
+def sent_text(provider: FakeOpenAI | FakeAnthropic) -> str:
+    """The last user message's text as the provider received it."""
+    content = provider.requests[-1]["body"]["messages"][-1]["content"]
+    return content if isinstance(content, str) else content[0]["text"]
+
+
+@pytest.mark.parametrize(("model", "provider"), [("gpt-4o-mini", 0), ("claude", 1)])
+def test_hosted_models_are_sent_the_optimised_request(gateway, providers, model, provider
+                                                      ) -> None:
+    response = post_chat(gateway, model, ORDER_QUESTION, headers=LOSSLESS, max_tokens=20)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-route-model"] == model
+    assert sent_text(providers[provider]) == ORDER_MINIFIED
+    saved = int(response.headers["x-tokens-saved"])
+    assert saved > 0 and response.headers["x-token-optimization"] == "lossless"
+    [row] = logged_rows(gateway)
+    assert row.token_policy == "lossless" and row.token_stages == {"json": saved}
+    assert row.prompt_tokens_before_optimization - row.prompt_tokens_after_optimization == saved
+    if model == "gpt-4o-mini":  # counted in the model's own tiktoken encoding
+        count, exact = counter_for_model(model)
+        assert exact
+        sent = {"messages": [{"role": "user", "content": ORDER_MINIFIED}]}
+        assert row.prompt_tokens_after_optimization == count_request(
+            "chat.completions", sent, count)
+
+
+def test_a_fallback_sends_the_optimised_request_to_the_next_model(gateway, providers) -> None:
+    openai_api, anthropic_api = providers
+    openai_api.api_key = "sk-rotated"
+    response = post_chat(gateway, "gpt-4o-mini", ORDER_QUESTION, headers=LOSSLESS)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-route-model"] == "claude"
+    assert sent_text(openai_api) == sent_text(anthropic_api) == ORDER_MINIFIED
+    assert int(response.headers["x-tokens-saved"]) > 0
+
+
+def test_off_sends_hosted_models_the_request_as_received(gateway, providers) -> None:
+    response = post_chat(gateway, "gpt-4o-mini", ORDER_QUESTION)
+    assert response.status_code == 200, response.text
+    assert sent_text(providers[0]) == ORDER_QUESTION
+    assert "x-tokens-saved" not in response.headers
 
 
 def test_anthropic_gets_the_system_prompt_apart_with_a_cache_breakpoint(

@@ -1,4 +1,9 @@
-"""The last stage: lease a worker from the pool, send the request, relay its answer.
+"""The last stage: send the request to its upstream and relay the answer.
+
+This is the one place a request leaves the gateway: what it sends is
+``ctx.upstream_body()`` (the token-optimised request when there is one). A request
+routing gave to a hosted model (``ctx.upstream`` "openai" or "anthropic") goes to that
+provider's adapter (``HostedBackend``); every other one to a vLLM worker of the pool.
 
 The pool picks the worker and holds the request in its admission queue while every
 worker is at its cap; this stage tells it what it needs for that: the estimated tokens
@@ -39,6 +44,7 @@ from services.execution import (
 )
 from services.gateway.pipeline import Next, Reply, RequestContext
 from services.gateway.protocol import ChatCompletionResponse, CompletionResponse, Usage
+from services.gateway.stages.hosted import HostedBackend
 
 _PATHS = {"chat.completions": "/v1/chat/completions", "completions": "/v1/completions"}
 _RESPONSES = {"chat.completions": ChatCompletionResponse, "completions": CompletionResponse}
@@ -47,13 +53,7 @@ T = TypeVar("T")
 
 
 def upstream_payload(ctx: RequestContext) -> bytes:
-    body = dict(ctx.upstream_request if ctx.upstream_request is not None
-                else ctx.request_dict)
-    body["model"] = ctx.model
-    if ctx.stream:
-        options = body.get("stream_options") or {}
-        body["stream_options"] = {**options, "include_usage": True}
-    return orjson.dumps(body)
+    return orjson.dumps(ctx.upstream_body())
 
 
 def _settle(lease: Lease, exc: EngineError) -> None:
@@ -75,14 +75,21 @@ class DispatchStage:
         retries: int = 1,
         tenant_priorities: Mapping[str, PriorityClass] | None = None,
         expected_output_tokens: int = 256,
+        hosted: Mapping[str, HostedBackend] | None = None,
     ) -> None:
         self._pool = pool
+        self._hosted = dict(hosted or {})
         self._client = client
         self._retries = retries
         self._tenant_priorities = dict(tenant_priorities or {})
         self._expected_output_tokens = expected_output_tokens
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> Reply:
+        if ctx.upstream != "vllm":
+            backend = self._hosted.get(ctx.upstream)
+            if backend is None:
+                raise UpstreamUnavailable(f"no {ctx.upstream} API key is configured")
+            return await backend.complete(ctx)
         path = _PATHS[ctx.endpoint]
         payload = upstream_payload(ctx)
         if ctx.stream:

@@ -1,4 +1,5 @@
-"""Serving a routed request from a hosted API (``services.execution.hosted``).
+"""Sending a routed request to a hosted API (``services.execution.hosted``); called by
+the dispatch stage for requests routing gave to an ``openai`` or ``anthropic`` model.
 
 Fills the request context as the dispatch stage does for vLLM workers: timings, first
 token, usage (always asked for in streams, dropped again when the client did not ask),
@@ -19,7 +20,6 @@ from services.execution.client import UpstreamClient
 from services.execution.hosted import AnthropicAPI, OpenAIAPI
 from services.gateway.pipeline import Reply, RequestContext
 from services.gateway.protocol import Usage
-from services.routing.config import ModelConfig
 from services.settings import Settings
 
 _PATHS = {"chat.completions": "/v1/chat/completions", "completions": "/v1/completions"}
@@ -40,9 +40,11 @@ class HostedBackend:
         self._api = api
         self.url = api.url
 
-    async def complete(self, model: ModelConfig, ctx: RequestContext) -> Reply:
+    async def complete(self, ctx: RequestContext) -> Reply:
+        """Send ``ctx.upstream_body()`` (the optimised request when there is one)."""
         path = _PATHS[ctx.endpoint]
-        body = {**ctx.request_dict, "model": model.wire_name}
+        body = ctx.upstream_body()
+        ctx.worker = self.url
         ctx.upstream_started_at = time.perf_counter()
         if not ctx.stream:
             try:
@@ -52,7 +54,6 @@ class HostedBackend:
             usage = orjson.loads(raw).get("usage")
             ctx.usage = Usage.model_validate(usage) if usage else None
             return Reply(body=raw)
-        body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         opened = self._api.stream(path, body)
         events = await opened.__aenter__()
         return Reply(chunks=self._relay(ctx, opened, events))

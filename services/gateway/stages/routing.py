@@ -2,13 +2,15 @@
 
 For a routed request (a virtual name or a configured model) it asks the policy for a
 model, reserves the request's maximum cost on the tenant's and key's budgets (429
-``budget_exceeded`` when that would pass a limit), serves it (vLLM models through the
-rest of the pipeline, hosted ones through their adapter) and settles the budget with
+``budget_exceeded`` when that would pass a limit), sets the model and its upstream on
+the context and calls the rest of the pipeline (token optimisation for that model, then
+dispatch, which sends to the worker pool or the hosted API), and settles the budget with
 the real cost when the answer ends. An upstream failure before the answer starts moves
-the request to the next model of the same or a higher tier. The chosen model and the
-reason go into ``X-Route-Model`` / ``X-Route-Reason`` and the request's log row.
-Non-streaming ``auto`` requests routed to the cheap tier may be cascaded
-(``CascadeRunner``).
+the request to the next model of the same or a higher tier. Each attempt (fallback,
+cascade) calls the rest of the pipeline again, so each is optimised for its own model.
+The chosen model and the reason go into ``X-Route-Model`` / ``X-Route-Reason`` and the
+request's log row. Non-streaming ``auto`` requests routed to the cheap tier may be
+cascaded (``CascadeRunner``).
 """
 
 from __future__ import annotations
@@ -20,12 +22,11 @@ from typing import Any
 
 from services.background import cancel_and_wait, now_and_every
 from services.costs import PriceCatalog, UnknownModelPrice
-from services.errors import InvalidRequest, ModelNotFound, UpstreamError, UpstreamUnavailable
-from services.execution import UpstreamClient, WorkerPool
+from services.errors import InvalidRequest, ModelNotFound, UpstreamError
+from services.execution import WorkerPool
 from services.gateway.pipeline import Next, Reply, RequestContext
 from services.gateway.protocol import Usage
 from services.gateway.stages.cascade import CascadeRunner, ServeFn
-from services.gateway.stages.hosted import HostedBackend, hosted_backends
 from services.routing.budgets import BudgetLedger, Reservation, Scope
 from services.routing.config import ModelConfig, RoutingConfig
 from services.routing.policy import Route, RouteRequest, RoutingPolicy
@@ -47,14 +48,12 @@ class RoutingStage:
         ledger: BudgetLedger,
         catalog: PriceCatalog,
         *,
-        hosted: Mapping[str, HostedBackend] | None = None,
         cascade: CascadeRunner | None = None,
         default_max_tokens: int = 1024,
     ) -> None:
         self.policy = policy
         self.ledger = ledger
         self._catalog = catalog
-        self._hosted = dict(hosted or {})
         self.cascade = cascade
         self._default_max_tokens = default_max_tokens
         self._refresh: asyncio.Task[None] | None = None
@@ -99,7 +98,7 @@ class RoutingStage:
 
         async def serve(ctx: RequestContext, model: ModelConfig) -> Reply:
             return await self._serve_with_budget(
-                ctx, model.priced_as, scopes, lambda: self._call(ctx, model, call_next)
+                ctx, model.priced_as, scopes, lambda: call_next(ctx)
             )
 
         if self.cascade is not None and route.cheap and route.strong and not ctx.stream:
@@ -124,6 +123,7 @@ class RoutingStage:
     @staticmethod
     def apply(ctx: RequestContext, model: ModelConfig, reason: str) -> None:
         ctx.model = model.wire_name
+        ctx.upstream = model.upstream
         ctx.route_reason = reason[:256]
         ctx.worker = None
         ctx.usage = None
@@ -155,15 +155,6 @@ class RoutingStage:
                          status_code=reply.status_code)
         await self.ledger.settle(reservation, self._usage_cost(priced_as, ctx.usage))
         return reply
-
-    async def _call(self, ctx: RequestContext, model: ModelConfig, call_next: Next) -> Reply:
-        if model.upstream == "vllm":
-            return await call_next(ctx)
-        backend = self._hosted.get(model.upstream)
-        if backend is None:
-            raise UpstreamUnavailable(f"no {model.upstream} API key is configured")
-        ctx.worker = backend.url
-        return await backend.complete(model, ctx)
 
     async def _settle_after(
         self, ctx: RequestContext, priced_as: str, chunks: AsyncIterator[bytes],
@@ -209,7 +200,7 @@ def _max_latency(ctx: RequestContext) -> float | None:
 
 
 def build_routing_stage(
-    settings: Settings, catalog: PriceCatalog, pool: WorkerPool, client: UpstreamClient,
+    settings: Settings, catalog: PriceCatalog, pool: WorkerPool,
     record: Callable[[RequestContext], None],
 ) -> RoutingStage | None:
     """The routing stage of ``settings.routing``, or None when routing is not configured.
@@ -229,7 +220,6 @@ def build_routing_stage(
         RoutingPolicy(config, router, available),
         BudgetLedger(config.budgets, redis_url=settings.redis_url),
         catalog,
-        hosted=hosted_backends(settings, client, default_max_tokens=config.default_max_tokens),
         default_max_tokens=config.default_max_tokens,
     )
     if config.cascade.enabled:

@@ -3,9 +3,11 @@
 ``TokenPolicyStage`` runs first: it resolves the request's policy (header
 ``X-Token-Optimization`` over the tenant's setting over the default) so a bad value is
 a 400 even for a request the cache would have answered. ``TokenOptimizationStage`` runs
-after the cache lookup (the cache key is the request as the client sent it) and before
-dispatch: it rewrites a copy of the request for the serving model's tokenizer and leaves
-the client's request untouched; ``off`` sends the request byte for byte as received.
+after the cache lookup (the cache key is the request as the client sent it) and routing
+(it needs the serving model) and before dispatch, for vLLM and hosted models alike, once
+per attempt (fallback, cascade): it rewrites a copy of the request for the serving
+model's tokenizer and leaves the client's request untouched; ``off`` sends the request
+byte for byte as received.
 
 Counts: the optimiser measures every stage with tiktoken (the model's own encoding for
 OpenAI-family models, ``cl100k_base`` as an estimate for others); the recorded before
@@ -78,8 +80,10 @@ class TokenOptimizationStage:
         else:
             result = self._optimizer.optimize(ctx.endpoint, request, policy, count)
         before, after = result.tokens_before, result.tokens_after
+        # set on every attempt: a fallback or escalation must not send an earlier
+        # attempt's rewrite (made for another model, or with the cascade's extras)
+        ctx.upstream_request = result.request if result.saved > 0 else None
         if result.saved > 0:
-            ctx.upstream_request = result.request
             before, after = await self._model_counts(ctx, result.request, before, after)
         else:
             after = before
@@ -92,8 +96,9 @@ class TokenOptimizationStage:
 
     async def _model_counts(self, ctx: RequestContext, optimized: dict[str, Any],
                             before: int, after: int) -> tuple[int, int]:
-        """The serving model's own counts when its worker tells them, else the estimate."""
-        if self._worker_count is None:
+        """The serving vLLM model's own counts when its worker tells them, else the
+        estimate (hosted models: tiktoken)."""
+        if self._worker_count is None or ctx.upstream != "vllm":
             return before, after
         exact = await asyncio.gather(
             self._worker_count(ctx.model, ctx.endpoint, ctx.request_dict),
