@@ -11,6 +11,8 @@ the right status (one handler, registered with ``app.exception_handler``). Upstr
     ├── PermissionDenied             403 permission_error
     ├── ModelNotFound                404 invalid_request_error (code model_not_found)
     ├── NotFound                     404 invalid_request_error (code not_found: a file, a batch)
+    ├── Conflict                     409 invalid_request_error (code conflict: the object
+    │                                    cannot serve this request, e.g. no stored prompt)
     ├── UnknownModelPrice            500 (services.costs: a model nobody priced)
     ├── RateLimited                  429 rate_limit_error (Retry-After when known)
     ├── Overloaded                   503 service_unavailable (code overloaded, Retry-After)
@@ -84,6 +86,15 @@ class NotFound(EngineError):
     status_code = 404
     error_type = "invalid_request_error"
     default_code = "not_found"
+
+
+class Conflict(EngineError):
+    """The object exists but its state cannot serve the request (a logged request with
+    no stored prompt cannot become a routing label)."""
+
+    status_code = 409
+    error_type = "invalid_request_error"
+    default_code = "conflict"
 
 
 class RateLimited(EngineError):

@@ -29,7 +29,13 @@ from services.gateway.auth import KeyRing
 from services.gateway.deps import AppServices
 from services.gateway.errors import install_error_handlers
 from services.gateway.pipeline import Pipeline, Stage
-from services.gateway.routes import admin_router, batches_router, openai_router, ops_router
+from services.gateway.routes import (
+    admin_router,
+    batches_router,
+    feedback_router,
+    openai_router,
+    ops_router,
+)
 from services.gateway.serving import OpenAIServing, build_event
 from services.gateway.stages import (
     CacheStage,
@@ -260,6 +266,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(openai_router)
     app.include_router(batches_router)
+    app.include_router(feedback_router)
     app.include_router(ops_router)
     app.include_router(admin_router)
     return app

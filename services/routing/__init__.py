@@ -3,7 +3,8 @@
 The public surface: the router (``ComplexityRouter``), the config (``RoutingConfig``,
 ``RoutingConfigError``), model choice (``RoutingPolicy``), budgets (``BudgetLedger``,
 ``BudgetExceeded``) and the cascade's answer score (``score_answer``). Training lives in
-``services.routing.train`` and retraining from the store in ``services.routing.retrain``.
+``services.routing.train``, retraining from the store in ``services.routing.retrain`` and
+the labels users' ratings give in ``services.routing.feedback``.
 """
 
 from services.routing.budgets import BudgetExceeded, BudgetLedger

@@ -145,6 +145,10 @@ class RoutingConfig(_Strict):
     def model(self, name: str) -> ModelConfig | None:
         return next((m for m in self.models if m.name == name), None)
 
+    def served_as(self, wire_name: str) -> ModelConfig | None:
+        """The model a logged request's ``model_served`` (its name upstream) stands for."""
+        return next((m for m in self.models if m.wire_name == wire_name), None)
+
     def rank(self, model: ModelConfig) -> int:
         return self.tiers.index(model.tier)
 

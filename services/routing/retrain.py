@@ -4,7 +4,8 @@ Labels (did a prompt need the strong tier?) come from:
 
 - cascade outcomes in ``request_log``: a cheap answer the cascade accepted says the
   cheap tier was enough; a cheap attempt it escalated says it was not;
-- ``routing_labels``: user feedback, A/B outcomes, reviews, written by ``record_label``.
+- ``routing_labels``: user feedback (``POST /v1/feedback``, ``services.routing.feedback``),
+  A/B outcomes, reviews, written by ``record_label``.
 
 Only prompts whose text is stored count (``store_prompts``, or a label's own text).
 A new router is trained on them (``train.train_router``, the same features and
@@ -23,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, or_, select, update
+from sqlalchemy import Engine, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from models.tables import RequestLog, RouterVersion, RoutingLabel
@@ -66,9 +67,14 @@ class RetrainResult:
 
 def record_label(
     engine: Engine, *, prompt_text: str, needs_strong: bool, source: str,
-    request_id: str | None = None, weight: float = 1.0,
+    request_id: str | None = None, weight: float = 1.0, replace: bool = False,
 ) -> None:
+    """Store one label; ``replace`` drops the source's earlier labels of the same request
+    first (a user who changes their rating leaves one label, not two)."""
     with Session(engine) as session, session.begin():
+        if replace and request_id is not None:
+            session.execute(delete(RoutingLabel).where(RoutingLabel.request_id == request_id,
+                                                       RoutingLabel.source == source))
         session.add(RoutingLabel(prompt_text=prompt_text, needs_strong=needs_strong,
                                  source=source, request_id=request_id, weight=weight))
 
@@ -85,14 +91,15 @@ def collect_labels(engine: Engine, *, since: datetime) -> Labels:
             )
         )
         for stored, reason, endpoint in cascade:
-            labels.add(_stored_prompt(stored, endpoint), reason.startswith(ESCALATED), "cascade")
+            labels.add(stored_prompt(stored, endpoint), reason.startswith(ESCALATED), "cascade")
         for row in session.scalars(select(RoutingLabel).where(RoutingLabel.created_at >= since)):
             labels.add(row.prompt_text, row.needs_strong, row.source)
     return labels
 
 
-def _stored_prompt(stored: str, endpoint: str) -> str:
-    """``request_log.prompt_text`` holds the messages (or prompt) as JSON."""
+def stored_prompt(stored: str, endpoint: str) -> str:
+    """The text of ``request_log.prompt_text``, which holds the messages (or prompt) as
+    JSON."""
     try:
         value = json.loads(stored)
     except json.JSONDecodeError:

@@ -1,0 +1,25 @@
+"""``POST /v1/feedback``: a rating of an answer, recorded as a routing label when it
+says something about the cheap tier (``services.routing.feedback``)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request
+
+from services.gateway.deps import PrincipalDep, ServicesDep
+from services.gateway.routes.openai import parse_body, read_body
+from services.routing.feedback import FeedbackRequest, FeedbackResult, record_feedback
+
+router = APIRouter(prefix="/v1")
+
+_BODY_LIMIT = 4 * 1024
+
+
+@router.post("/feedback")
+async def feedback(request: Request, services: ServicesDep,
+                   principal: PrincipalDep) -> FeedbackResult:
+    body = parse_body(FeedbackRequest, await read_body(request, _BODY_LIMIT))
+    routing = services.routing.policy.config if services.routing is not None else None
+    return await asyncio.to_thread(record_feedback, services.engine, routing, body,
+                                   tenant=principal.tenant)
