@@ -135,7 +135,7 @@ def retrain(
         return RetrainResult("skipped", f"{n} labels ({positives} need the strong tier); "
                              f"need {min_labels} with both outcomes", metrics={"labels": n})
     data = labels.as_data()
-    version = f"v{datetime.now(UTC):%Y%m%dT%H%M%S}"
+    version = f"v{datetime.now(UTC):%Y%m%dT%H%M%S.%f}"
     router, oof = train_router(data, weak=_CHEAP, strong=_STRONG, folds=folds, version=version)
     current_scores = np.asarray([current.p_strong(p) for p in data.prompts])
     metrics = {

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 
 import orjson
 from sqlalchemy import select
@@ -16,7 +15,6 @@ from models import CacheablePrefix, RequestLog, TokenReport
 from services.tokens import Policy, text_counter
 from services.tokens.evaluation import evaluate, prompt_samples, qa_samples, static_prefixes
 
-DATA = Path(__file__).resolve().parents[3] / "shared/data/compression/nq_open_oracle_dev.jsonl"
 SYSTEM = ("You are the support assistant of Acme Hardware. Answer in two sentences, cite the "
           "order number, never promise refunds, escalate safety issues to a human agent.")
 
@@ -78,9 +76,3 @@ def test_flow_reports_per_stage_and_marks_prefixes(store, prefect_harness, tmp_p
     with store.connect() as conn:
         prefix = conn.execute(select(CacheablePrefix)).one()
     assert prefix.occurrences == 3 and prefix.text is None  # prompts not stored by default
-
-
-def test_real_dataset_sample_keeps_answers_losslessly() -> None:
-    rows = [json.loads(line) for line in DATA.read_text().splitlines()[:20]]
-    evaluation = evaluate(qa_samples(rows), Policy.parse("lossless"), text_counter())
-    assert evaluation.quality == 1.0

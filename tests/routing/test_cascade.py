@@ -51,7 +51,8 @@ def test_a_low_confidence_answer_escalates_and_the_cheap_attempt_is_logged(
     logged = logged_rows(gateway)
     assert [r.model_served for r in logged] == ["small", "large"]
     cheap, final = logged
-    assert cheap.id.endswith("-cheap") and cheap.cost_usd > 0
+    assert cheap.id.endswith("-cheap") and len(cheap.id) == len(final.id) == 36
+    assert cheap.id[:-6] == final.id[:-6] and cheap.cost_usd > 0
     assert cheap.route_reason.startswith("cascade: cheap attempt escalated")
     assert final.model_requested == "auto" and final.status_code == 200
 

@@ -91,7 +91,8 @@ class CascadeRunner:
                 return Reply(body=_as_asked(reply.body or b"{}", asked),
                              status_code=reply.status_code)
             attempt = dataclasses.replace(
-                ctx, request_id=f"{ctx.request_id}-cheap", response_headers={},
+                # request_log ids are 36 long: the parent's id, its tail replaced
+                ctx, request_id=f"{ctx.request_id[:-6]}-cheap", response_headers={},
                 finished_at=ctx.upstream_finished_at,
                 route_reason=f"cascade: cheap attempt escalated, {verdict.describe()}"[:256],
             )
