@@ -47,13 +47,20 @@ def test_the_least_loaded_worker_is_chosen(
         workers=[vllm_worker.base_url, second_worker.base_url], cache_enabled=False
     ))
     pool = gateway.services.pool
+    for i in range(2):  # one request on each worker first: no cold start in the race below
+        assert complete(gateway, f"warm {i}", max_tokens=8).status_code == 200
     holder = LongStream(gateway, max_tokens=1500)  # ~1500 tokens in flight on one worker
     try:
         assert wait_for(lambda: holder.chunks > 0)
         busy = next(w for w in pool.workers if w.outstanding)
         idle = next(w for w in pool.workers if w is not busy)
         assert busy.outstanding_tokens > 1000
-        replies = [complete(gateway, f"short {i}", max_tokens=8) for i in range(4)]
+        # all at once, so they finish while the long generation still runs
+        with ThreadPoolExecutor(4) as threads:
+            replies = list(threads.map(
+                lambda i: complete(gateway, f"short {i}", max_tokens=8), range(4)
+            ))
+        assert not holder.completed, "the long generation ended before the test could"
     finally:
         holder.cancel()
     assert [r.status_code for r in replies] == [200] * 4
