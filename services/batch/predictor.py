@@ -55,8 +55,6 @@ class LengthPredictor:
     @classmethod
     def train(cls, engine: Engine, models: Iterable[str], *, min_history: int = MIN_HISTORY,
               default_tokens: int = DEFAULT_OUTPUT_TOKENS) -> LengthPredictor:
-        from sklearn.ensemble import GradientBoostingRegressor  # not loaded by the gateway
-
         predictor = cls(default_tokens=default_tokens)
         for model in set(models):
             rows = _history(engine, model)
@@ -66,6 +64,10 @@ class LengthPredictor:
             x = np.array([_features(r.prompt_tokens, r.max_tokens, r.endpoint == "chat.completions")
                           for r in rows])
             y = np.array([r.completion_tokens for r in rows], dtype=float)
+            # imported only when there is something to fit (~1 s): not by the gateway, not
+            # by a batch whose lengths are all known
+            from sklearn.ensemble import GradientBoostingRegressor
+
             regressor = GradientBoostingRegressor(n_estimators=100, max_depth=3, random_state=0)
             predictor.regressors[model] = regressor.fit(x, y)
             log.info("length predictor: trained on %d rows for %s", len(rows), model)

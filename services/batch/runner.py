@@ -70,7 +70,9 @@ def prepare(engine: Engine, batch_id: str) -> Prepared | None:
 
 
 def analyze(engine: Engine, lines: list[BatchLine]) -> list[PlannedLine]:
-    predictor = LengthPredictor.train(engine, {line.model for line in lines})
+    # with ignore_eos a line's length is its max_tokens: nothing to learn for it
+    unknown = {line.model for line in lines if not line.body.get("ignore_eos")}
+    predictor = LengthPredictor.train(engine, unknown)
     return plan(lines, predictor.predict(lines))
 
 
