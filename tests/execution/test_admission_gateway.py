@@ -122,7 +122,7 @@ def test_drain_waits_for_in_flight_and_takes_nothing_new(
     vllm_worker, make_settings, start_gateway
 ) -> None:
     gateway = start_gateway(make_settings(workers=[vllm_worker.base_url], cache_enabled=False))
-    holder = LongStream(gateway, max_tokens=300)
+    holder = LongStream(gateway, max_tokens=1500)  # long enough to outlast the checks below
     assert wait_for(lambda: holder.chunks > 0)
     with ThreadPoolExecutor(1) as executor:
         drain = executor.submit(
@@ -133,7 +133,7 @@ def test_drain_waits_for_in_flight_and_takes_nothing_new(
         assert wait_for(lambda: worker.draining)
         refused = complete(gateway, "while draining")
         assert refused.status_code == 503  # the only worker takes nothing new
-        assert not drain.done()  # still waiting for the stream
+        assert not drain.done() or holder.completed  # it waits for the stream
         holder.join()
         answer = drain.result()
     assert answer.status_code == 200 and answer.json()["drained"] is True
