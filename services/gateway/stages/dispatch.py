@@ -101,14 +101,14 @@ class DispatchStage:
     ) -> tuple[Lease, T]:
         """``send`` on a leased worker, retried on another one while it fails with
         ``UpstreamUnavailable``; returns the still-held lease with the result."""
-        tokens = estimate_tokens(
-            ctx.request_dict, default_output_tokens=self._expected_output_tokens
-        )
+        # load and prefix affinity are about what the worker gets: the rewritten request
+        sent = ctx.upstream_request if ctx.upstream_request is not None else ctx.request_dict
+        tokens = estimate_tokens(sent, default_output_tokens=self._expected_output_tokens)
         priority = request_priority(
             self._tenant_priorities.get(ctx.principal.tenant, DEFAULT_PRIORITY),
             ctx.request_headers.get("x-priority"),
         )
-        affinity = static_prefix_key(ctx.endpoint, ctx.model, ctx.request_dict)
+        affinity = static_prefix_key(ctx.endpoint, ctx.model, sent)
         tried: list[WorkerState] = []
         failure: UpstreamUnavailable | None = None
         while True:
