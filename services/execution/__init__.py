@@ -8,7 +8,7 @@ from services.execution.admission import (
     PriorityClass,
     request_priority,
 )
-from services.execution.client import UpstreamClient
+from services.execution.client import UpstreamClient, parse_stream_event
 from services.execution.pool import Lease, WorkerPool, WorkerState
 from services.execution.registry import deregister_worker, register_worker, store_sync
 from services.execution.scheduling import SCHEDULING_POLICIES, SchedulingPolicy, estimate_tokens
@@ -22,6 +22,7 @@ __all__ = [
     "PriorityClass",
     "SchedulingPolicy",
     "UpstreamClient",
+    "parse_stream_event",
     "WorkerPool",
     "WorkerState",
     "deregister_worker",

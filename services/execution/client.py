@@ -189,3 +189,14 @@ def _error_message(body: bytes) -> str | None:
         if isinstance(data.get("detail"), str):
             return data["detail"][:2000]
     return None
+
+
+def parse_stream_event(source: str, data: str) -> dict[str, Any]:
+    """The JSON object of one SSE ``data:`` line; anything else is the upstream's fault."""
+    try:
+        event = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise UpstreamError(f"{source} sent a malformed stream event") from exc
+    if not isinstance(event, dict):
+        raise UpstreamError(f"{source} sent a malformed stream event")
+    return event

@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from services.errors import InvalidRequest, UpstreamError
-from services.execution.client import UpstreamClient
+from services.execution.client import UpstreamClient, parse_stream_event
 
 ANTHROPIC_VERSION = "2023-06-01"
 _FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
@@ -173,12 +173,7 @@ async def _sse_data(lines: AsyncIterator[str], url: str) -> AsyncIterator[dict[s
         data = line[5:].strip()
         if data == "[DONE]":
             return
-        try:
-            event = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            raise UpstreamError(f"{url} sent a malformed stream event") from exc
-        if not isinstance(event, dict):
-            raise UpstreamError(f"{url} sent a malformed stream event")
+        event = parse_stream_event(url, data)
         if event.get("type") == "error" or "error" in event:
             error = event.get("error") or {}
             raise UpstreamError(f"{url} failed mid-stream: {error.get('message', error)}")

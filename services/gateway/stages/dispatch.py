@@ -40,6 +40,7 @@ from services.execution import (
     WorkerPool,
     WorkerState,
     estimate_tokens,
+    parse_stream_event,
     request_priority,
 )
 from services.gateway.pipeline import Next, Reply, RequestContext
@@ -189,7 +190,7 @@ class DispatchStage:
                     done = True
                     lease.succeeded()
                     break
-                chunk = _parse_chunk(worker, data)
+                chunk = parse_stream_event(f"worker {worker.url}", data)
                 if "error" in chunk:  # the worker reported a failure in-band: pass it on
                     ctx.status_code = UpstreamError.status_code
                     ctx.error_type = UpstreamError.error_type
@@ -222,16 +223,6 @@ class DispatchStage:
                 await opened.__aexit__(None, None, None)
             finally:
                 lease.release()
-
-
-def _parse_chunk(worker: WorkerState, data: str) -> dict[str, Any]:
-    try:
-        chunk = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise UpstreamError(f"worker {worker.url} sent a malformed stream chunk") from exc
-    if not isinstance(chunk, dict):
-        raise UpstreamError(f"worker {worker.url} sent a malformed stream chunk")
-    return chunk
 
 
 def _has_output(choices: list[dict[str, Any]]) -> bool:
