@@ -36,6 +36,7 @@ class LongStream:
         )
         self.chunks = 0
         self.completed = False
+        self.completed_at: float | None = None  # time.monotonic() when the stream ended
         self._cancelled = False
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
@@ -44,6 +45,7 @@ class LongStream:
         try:
             for _ in self._stream:
                 self.chunks += 1
+            self.completed_at = time.monotonic()
             self.completed = True
         except openai.APIConnectionError:
             if not self._cancelled:
