@@ -150,6 +150,9 @@ class WorkerPool:
         self._rings: dict[tuple[str, ...], HashRing] = {}
         self._turn = itertools.count(1)  # 0 is "never chosen": new workers go first
         self._idle_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        # url -> when this replica last added or removed it: a store read older than
+        # that is stale for the url (it would undo a registration it started before)
+        self._changed_at: dict[str, float] = {}
         self._mean_hold_s = 1.0  # moving average of how long a lease is held
         self._task: asyncio.Task[None] | None = None
 
@@ -166,6 +169,7 @@ class WorkerPool:
         breaker = CircuitBreaker(threshold=self._breaker_threshold,
                                  reset_after_s=self._breaker_reset_s)
         worker = self._workers[url] = WorkerState(url=url, source=source, breaker=breaker)
+        self._changed_at[url] = time.monotonic()
         return worker
 
     async def register(self, url: str, *, source: str = "registered") -> WorkerState:
@@ -182,6 +186,7 @@ class WorkerPool:
     def deregister(self, url: str) -> bool:
         removed = self._workers.pop(_normalise(url), None)
         if removed:
+            self._changed_at[removed.url] = time.monotonic()
             log.info("worker %s removed", removed.url)
         return removed is not None
 
@@ -248,19 +253,26 @@ class WorkerPool:
         self._admit_waiters()  # a worker may be back, or its breaker half-open
 
     async def sync_store(self) -> None:
+        """Follow the store's registry: add the workers other replicas registered, drop
+        the ones they removed; this replica's own changes made while the store was being
+        read win over that (older) read."""
         if self._store_sync is None:
             return
+        read_at = time.monotonic()
         try:
             registered = await self._store_sync(self.workers)
         except Exception:  # the store being down must not stop health probing
             log.warning("worker registry sync failed", exc_info=True)
             return
+        changed = {url for url, at in self._changed_at.items() if at >= read_at}
         for url, source in registered.items():
-            if url not in self._workers:
+            if url not in self._workers and url not in changed:
                 self._new_worker(url, source)
         for worker in self.workers:
-            if worker.source != "config" and worker.url not in registered:
+            if (worker.source != "config" and worker.url not in registered
+                    and worker.url not in changed):
                 self.deregister(worker.url)
+        self._changed_at = {url: at for url, at in self._changed_at.items() if at >= read_at}
 
     async def start(self, initial: Iterable[str] = ()) -> None:
         for url in map(_normalise, initial):

@@ -107,3 +107,44 @@ async def test_affinity_off_falls_back_to_least_outstanding(pool) -> None:
     add(pool, "http://a", outstanding=2)
     b = add(pool, "http://b")
     assert await choose(pool, affinity="anything") is b
+
+
+async def test_a_store_read_older_than_a_registration_does_not_undo_it() -> None:
+    """The health loop reads the registry while an admin call registers or removes a
+    worker: the read that started first must not drop (or bring back) that worker."""
+    import asyncio
+
+    read_started, release_read = asyncio.Event(), asyncio.Event()
+    release_read.set()
+    snapshot = {"http://old": "registered"}  # what the store held when the read began
+
+    async def slow_store(seen: list[WorkerState]) -> dict[str, str]:
+        read_started.set()
+        await release_read.wait()
+        return dict(snapshot)
+
+    client = UpstreamClient(connect_timeout_s=1)
+    pool = WorkerPool(client, store_sync=slow_store)
+    try:
+        await pool.sync_store()
+        assert [w.url for w in pool.workers] == ["http://old"]
+
+        read_started.clear()
+        release_read.clear()
+        sync = asyncio.create_task(pool.sync_store())
+        await read_started.wait()
+        await pool.register(f"http://127.0.0.1:{free_port()}")  # nothing listens: unhealthy
+        pool.deregister("http://old")
+        release_read.set()
+        await sync
+        assert len(pool.workers) == 1 and pool.workers[0].url != "http://old"
+
+        snapshot = {pool.workers[0].url: "registered"}  # the store caught up
+        await pool.sync_store()
+        await pool.sync_store()  # later reads follow the store again
+        assert [w.url for w in pool.workers] == list(snapshot)
+        snapshot = {}
+        await pool.sync_store()
+        assert pool.workers == []
+    finally:
+        await client.aclose()
