@@ -58,6 +58,9 @@ class RequestLog(Base):
         Integer, doc="the request's max_tokens (a feature of the batch length predictor)"
     )
     cached_tokens: Mapped[int | None] = mapped_column(Integer)
+    cache_write_tokens: Mapped[int | None] = mapped_column(
+        Integer, doc="prompt tokens written to a hosted provider's prompt cache (Anthropic)"
+    )
     prompt_tokens_before_optimization: Mapped[int | None] = mapped_column(Integer)
     prompt_tokens_after_optimization: Mapped[int | None] = mapped_column(
         Integer, doc="same counter as the before count, so their difference is the saving"
@@ -240,6 +243,10 @@ class CacheablePrefix(Base):
     tokens: Mapped[int] = mapped_column(Integer)
     occurrences: Mapped[int] = mapped_column(Integer)
     text: Mapped[str | None] = mapped_column(Text, doc="only when prompts may be stored")
+    messages: Mapped[list | None] = mapped_column(
+        JSON, doc="the leading messages as requests send them (what prefix_hash hashes), "
+        "only when prompts may be stored"
+    )
     marked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

@@ -35,6 +35,10 @@ class ModelPrice(BaseModel):
     input_per_mtok: float = Field(ge=0)
     output_per_mtok: float = Field(ge=0)
     cached_input_per_mtok: float | None = Field(default=None, ge=0)
+    cache_write_per_mtok: float | None = Field(
+        default=None, ge=0,
+        description="prompt-cache writes (Anthropic: 1.25x input); default the input price",
+    )
 
 
 class SelfHostedPricing(BaseModel):
