@@ -165,6 +165,16 @@ class Settings(BaseSettings):
         default=1.25, ge=0,
         description="route shared prefixes to one worker up to this x mean load; 0 = off",
     )
+    prefix_warm_enabled: bool = Field(
+        default=True,
+        description="fill a joining vLLM worker's prefix cache with the cacheable_prefixes "
+        "affinity routes to it",
+    )
+    prefix_warm_max_prefixes: int = Field(default=32, ge=1,
+                                          description="most prefixes warmed per joining worker")
+    prefix_warm_max_tokens: int = Field(
+        default=32_768, ge=1, description="most prefix tokens warmed per joining worker"
+    )
 
     # batch inference (/v1/files, /v1/batches, the parallel_execution flow)
     batch_max_file_bytes: int = Field(default=200 * 1024 * 1024, gt=0,
