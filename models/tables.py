@@ -244,8 +244,9 @@ class CacheablePrefix(Base):
     occurrences: Mapped[int] = mapped_column(Integer)
     text: Mapped[str | None] = mapped_column(Text, doc="only when prompts may be stored")
     messages: Mapped[list | None] = mapped_column(
-        JSON, doc="the leading messages as requests send them (what prefix_hash hashes), "
-        "only when prompts may be stored"
+        JSON(none_as_null=True),
+        doc="the leading messages as requests send them (what prefix_hash hashes), only "
+        "when prompts may be stored",
     )
     marked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

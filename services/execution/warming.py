@@ -65,7 +65,8 @@ def load_warm_prefixes(engine: Engine, limit: int) -> tuple[list[WarmPrefix], in
                        CacheablePrefix.prefix_hash)
              .limit(limit))
     with engine.connect() as conn:
-        rows = conn.execute(query).all()
+        # a JSON null (rows written before none_as_null) is "not stored" too
+        rows = [row for row in conn.execute(query) if row.messages is not None]
     found = [WarmPrefix(h, tokens, messages) for h, tokens, messages in rows
              if _hashes_to(messages, h)]
     return found, len(rows) - len(found)

@@ -33,7 +33,7 @@ MODEL = "tiny-llama"
 
 def unique_system() -> list[dict[str, Any]]:
     tag = uuid.uuid4().hex
-    rules = " ".join(f"Rule {i} of policy {tag}: answer in full sentences." for i in range(60))
+    rules = " ".join(f"Rule {i} of policy {tag}: answer in full sentences." for i in range(12))
     return [{"role": "system", "content": f"{tag} You follow these rules. {rules}"}]
 
 
