@@ -233,8 +233,12 @@ class TokenReport(Base):
 
 class CacheablePrefix(Base):
     """A static prefix (system prompt, template, document) seen again and again: the
-    token optimisation flow marks it cache-eligible, the caching layer reads the table
-    (prefix affinity, Anthropic cache breakpoints, L2 warming)."""
+    token optimisation flow marks it cache-eligible. The gateway's prefix warming
+    (``services.execution.warming``) reads it when a vLLM worker joins the pool and
+    sends the worker the prefixes prefix affinity routes to it, from ``messages`` (rows
+    without them, written while prompts were not stored, are not warmed). Nothing else
+    reads it: Anthropic breakpoints need no table (the provider caches only what recurs
+    past its minimum length, and bills no write below it)."""
 
     __tablename__ = "cacheable_prefixes"
 
