@@ -37,6 +37,12 @@ def static_prefix_key(endpoint: str, model: str, request: dict[str, Any]) -> str
     return hashlib.blake2b(model.encode() + b"\x00" + material, digest_size=16).hexdigest()
 
 
+def cacheable_prefix_hash(messages: list[dict[str, Any]]) -> str:
+    """The ``cacheable_prefixes`` key of leading messages (model-free, unlike the
+    affinity key: the table is written offline from prompts of any model)."""
+    return hashlib.sha256(orjson.dumps(messages, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
 def _chat_prefix(request: dict[str, Any]) -> bytes | None:
     messages = request.get("messages") or []
     leading = []

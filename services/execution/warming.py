@@ -21,7 +21,6 @@ worker refusing) is logged and counted in ``optengine_prefix_warm_total``, never
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from sqlalchemy import Engine, select
 
 from models import CacheablePrefix
 from services.background import cancel_and_wait
-from services.caching.prefix import static_prefix_key
+from services.caching.prefix import cacheable_prefix_hash, static_prefix_key
 from services.errors import EngineError
 from services.execution.client import UpstreamClient
 from services.execution.pool import WorkerPool, WorkerState
@@ -73,12 +72,11 @@ def load_warm_prefixes(engine: Engine, limit: int) -> tuple[list[WarmPrefix], in
 
 
 def _hashes_to(messages: object, prefix_hash: str) -> bool:
-    """The key the flow gave the prefix (``evaluation.static_prefixes``) is the sha256 of
-    its messages: a row whose messages do not give it back was edited or corrupted."""
+    """A row whose messages do not give back the key the flow gave them was edited or
+    corrupted."""
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
         return False
-    digest = hashlib.sha256(orjson.dumps(messages, option=orjson.OPT_SORT_KEYS)).hexdigest()
-    return digest == prefix_hash
+    return cacheable_prefix_hash(messages) == prefix_hash
 
 
 class PrefixWarmer:

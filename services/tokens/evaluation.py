@@ -10,7 +10,6 @@ layer can treat as cache-eligible prefixes.
 
 from __future__ import annotations
 
-import hashlib
 import random
 import time
 from collections import Counter, defaultdict
@@ -24,6 +23,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from models import CacheablePrefix, RequestLog, TokenReport
+from services.caching.prefix import cacheable_prefix_hash
 from services.tokens.counting import content_text, count_request
 from services.tokens.optimizer import TokenOptimizer
 from services.tokens.policy import Policy
@@ -177,7 +177,7 @@ def static_prefixes(samples: Sequence[Sample], count: Count, *, min_occurrences:
             lead.append(message)
         if not lead:
             continue
-        key = hashlib.sha256(orjson.dumps(lead, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        key = cacheable_prefix_hash(lead)
         seen[key].append(lead)
         kinds[key] = sample.kind
     prefixes = []

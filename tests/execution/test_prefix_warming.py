@@ -10,18 +10,17 @@ shared worker cannot have it cached from before.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import openai
-import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
 from models import CacheablePrefix
+from services.caching.prefix import cacheable_prefix_hash
 from services.errors import UpstreamUnavailable
 from services.execution import PrefixWarmer, UpstreamClient, WorkerPool, load_warm_prefixes
 from services.execution.warming import WarmPrefix
@@ -40,8 +39,7 @@ def unique_system() -> list[dict[str, Any]]:
 def mark(store, messages: Any, *, occurrences: int = 5, tokens: int = 600,
          prefix_hash: str | None = None) -> str:
     """A cacheable_prefixes row as the token_optimization flow writes it."""
-    digest = prefix_hash or hashlib.sha256(
-        orjson.dumps(messages, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    digest = prefix_hash or cacheable_prefix_hash(messages)
     with store.begin() as conn:
         conn.execute(CacheablePrefix.__table__.insert(), [{
             "prefix_hash": digest, "kind": "system_prompt", "tokens": tokens,
@@ -145,8 +143,7 @@ def prefixes(n: int, tokens: int = 100) -> list[WarmPrefix]:
     found = []
     for _ in range(n):
         system = unique_system()
-        found.append(WarmPrefix(hashlib.sha256(orjson.dumps(system)).hexdigest(), tokens,
-                                system))
+        found.append(WarmPrefix(cacheable_prefix_hash(system), tokens, system))
     return found
 
 
