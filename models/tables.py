@@ -58,6 +58,9 @@ class RequestLog(Base):
         Integer, doc="the request's max_tokens (a feature of the batch length predictor)"
     )
     cached_tokens: Mapped[int | None] = mapped_column(Integer)
+    cache_write_tokens: Mapped[int | None] = mapped_column(
+        Integer, doc="prompt tokens written to a hosted provider's prompt cache (Anthropic)"
+    )
     prompt_tokens_before_optimization: Mapped[int | None] = mapped_column(Integer)
     prompt_tokens_after_optimization: Mapped[int | None] = mapped_column(
         Integer, doc="same counter as the before count, so their difference is the saving"
@@ -230,8 +233,13 @@ class TokenReport(Base):
 
 class CacheablePrefix(Base):
     """A static prefix (system prompt, template, document) seen again and again: the
-    token optimisation flow marks it cache-eligible, the caching layer reads the table
-    (prefix affinity, Anthropic cache breakpoints, L2 warming)."""
+    token optimisation flow marks it cache-eligible. The gateway's prefix warming
+    (``services.execution.warming``) reads it when a vLLM worker joins the pool and
+    sends the worker the prefixes prefix affinity routes to it, from ``messages`` (rows
+    without them, written while prompts were not stored, are not warmed). Nothing else
+    reads it: ``hosted.to_anthropic`` places Anthropic breakpoints per request without
+    it (below the provider's minimum length nothing is cached or billed as a write, and
+    one reuse within the 5-minute TTL already repays a write: 1.25x + 0.1x < 2x)."""
 
     __tablename__ = "cacheable_prefixes"
 
@@ -240,6 +248,11 @@ class CacheablePrefix(Base):
     tokens: Mapped[int] = mapped_column(Integer)
     occurrences: Mapped[int] = mapped_column(Integer)
     text: Mapped[str | None] = mapped_column(Text, doc="only when prompts may be stored")
+    messages: Mapped[list | None] = mapped_column(
+        JSON(none_as_null=True),
+        doc="the leading messages as requests send them (what prefix_hash hashes), only "
+        "when prompts may be stored",
+    )
     marked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

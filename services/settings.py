@@ -35,6 +35,10 @@ class ModelPrice(BaseModel):
     input_per_mtok: float = Field(ge=0)
     output_per_mtok: float = Field(ge=0)
     cached_input_per_mtok: float | None = Field(default=None, ge=0)
+    cache_write_per_mtok: float | None = Field(
+        default=None, ge=0,
+        description="prompt-cache writes (Anthropic: 1.25x input); default the input price",
+    )
 
 
 class SelfHostedPricing(BaseModel):
@@ -160,6 +164,16 @@ class Settings(BaseSettings):
     prefix_affinity_load_factor: float = Field(
         default=1.25, ge=0,
         description="route shared prefixes to one worker up to this x mean load; 0 = off",
+    )
+    prefix_warm_enabled: bool = Field(
+        default=True,
+        description="fill a joining vLLM worker's prefix cache with the cacheable_prefixes "
+        "affinity routes to it",
+    )
+    prefix_warm_max_prefixes: int = Field(default=32, ge=1,
+                                          description="most prefixes warmed per joining worker")
+    prefix_warm_max_tokens: int = Field(
+        default=32_768, ge=1, description="most prefix tokens warmed per joining worker"
     )
 
     # batch inference (/v1/files, /v1/batches, the parallel_execution flow)

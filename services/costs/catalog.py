@@ -9,8 +9,11 @@ Resolution order for a model name (exact string, as the request or worker names 
 4. otherwise ``UnknownModelPrice`` is raised. There is deliberately no "return 0":
    the telemetry writer turns the error into ``cost_usd = NULL``, an explicit "unpriced".
 
-Usage follows OpenAI semantics: ``prompt_tokens`` includes ``cached_tokens``; cached
-tokens are charged at the model's cached-input rate (the input rate when it has none).
+Usage follows OpenAI semantics: ``prompt_tokens`` includes ``cached_tokens`` (read from
+the provider's prompt cache) and ``cache_write_tokens`` (written to it: Anthropic reports
+them as ``cache_creation_input_tokens``); cached tokens are charged at the model's
+cached-input rate, written ones at its cache-write rate (each the input rate when the
+model has none).
 
 Resolved rates are memoised per model name because ``cost`` runs once per request (and
 later on the hot path for budgets), while a genai-prices lookup walks provider and model
@@ -100,28 +103,33 @@ class PriceCatalog:
         return rates
 
     def cost(
-        self, model: str, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0
+        self, model: str, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0,
+        cache_write_tokens: int = 0,
     ) -> float:
-        """USD for one request; ``prompt_tokens`` includes ``cached_tokens``.
+        """USD for one request; ``prompt_tokens`` includes ``cached_tokens`` and
+        ``cache_write_tokens``.
 
         Raises ``UnknownModelPrice`` for an unpriced model and ``ValueError`` for negative
-        counts or more cached tokens than prompt tokens.
+        counts or more cached and written tokens than prompt tokens.
         """
-        if prompt_tokens < 0 or completion_tokens < 0 or cached_tokens < 0:
+        if min(prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens) < 0:
             raise ValueError("token counts must be >= 0")
-        if cached_tokens > prompt_tokens:
+        if cached_tokens + cache_write_tokens > prompt_tokens:
             raise ValueError(
-                f"cached_tokens ({cached_tokens}) cannot exceed prompt_tokens ({prompt_tokens})"
+                f"cached_tokens ({cached_tokens}) + cache_write_tokens ({cache_write_tokens}) "
+                f"cannot exceed prompt_tokens ({prompt_tokens})"
             )
         resolved = self._resolved(model)
         rates = resolved.rates
         if rates is None:
             raise UnknownModelPrice(model)
         if resolved.exact is not None:
-            return resolved.exact.exact_cost(prompt_tokens, completion_tokens, cached_tokens)
+            return resolved.exact.exact_cost(prompt_tokens, completion_tokens, cached_tokens,
+                                             cache_write_tokens)
         return (
-            (prompt_tokens - cached_tokens) * rates.input_usd_per_token
+            (prompt_tokens - cached_tokens - cache_write_tokens) * rates.input_usd_per_token
             + cached_tokens * rates.cached_input_usd_per_token
+            + cache_write_tokens * rates.cache_write_usd_per_token
             + completion_tokens * rates.output_usd_per_token
         )
 
@@ -163,6 +171,7 @@ class PriceCatalog:
             source="catalog",
             input_usd_per_token=match.input_per_token,
             cached_input_usd_per_token=match.cached_input_per_token,
+            cache_write_usd_per_token=match.cache_write_per_token,
             output_usd_per_token=match.output_per_token,
             provider=match.provider.id,
             catalog_model_id=match.model.id,
@@ -175,10 +184,14 @@ def _override_rates(model: str, price: ModelPrice) -> ModelRates:
     cached = (
         price.input_per_mtok if price.cached_input_per_mtok is None else price.cached_input_per_mtok
     )
+    written = (
+        price.input_per_mtok if price.cache_write_per_mtok is None else price.cache_write_per_mtok
+    )
     return ModelRates(
         model=model,
         source="override",
         input_usd_per_token=price.input_per_mtok / _PER_MTOK,
         cached_input_usd_per_token=cached / _PER_MTOK,
+        cache_write_usd_per_token=written / _PER_MTOK,
         output_usd_per_token=price.output_per_mtok / _PER_MTOK,
     )

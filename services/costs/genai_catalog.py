@@ -35,7 +35,7 @@ from genai_prices.types import ModelInfo, ModelPrice, Provider, TieredPrices, Us
 
 _PER_MTOK = Decimal(1_000_000)
 # price keys that a (prompt, cached, completion) usage can make non-zero, besides tiers
-_TOKEN_KEYS = ("input_mtok", "cache_read_mtok", "output_mtok")
+_TOKEN_KEYS = ("input_mtok", "cache_read_mtok", "cache_write_mtok", "output_mtok")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,14 +46,18 @@ class CatalogMatch:
     model: ModelInfo
     input_per_token: float
     cached_input_per_token: float
+    cache_write_per_token: float
     output_per_token: float
     flat: bool
 
-    def exact_cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> float:
-        """Price through genai-prices itself, for prices that vary by volume or time."""
+    def exact_cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int,
+                   cache_write_tokens: int = 0) -> float:
+        """Price through genai-prices itself, for prices that vary by volume or time
+        (its ``input_tokens`` include cache reads and writes, as our prompt tokens do)."""
         usage = Usage(
             input_tokens=prompt_tokens,
             cache_read_tokens=cached_tokens,
+            cache_write_tokens=cache_write_tokens,
             output_tokens=completion_tokens,
         )
         return float(self.model.calc_price(usage, self.provider).total_price)
@@ -103,11 +107,14 @@ def _to_match(provider: Provider, info: ModelInfo) -> CatalogMatch:
     flat = isinstance(info.prices, ModelPrice) and _is_flat(price)
     input_rate = _base(price.input_mtok)
     cached = price.cache_read_mtok
+    written = price.cache_write_mtok  # the 5-minute cache's write price (Anthropic: 1.25x)
     return CatalogMatch(
         provider=provider,
         model=info,
         input_per_token=float(input_rate / _PER_MTOK),
         cached_input_per_token=float((input_rate if cached is None else _base(cached)) / _PER_MTOK),
+        cache_write_per_token=float((input_rate if written is None else _base(written))
+                                    / _PER_MTOK),
         output_per_token=float(_base(price.output_mtok) / _PER_MTOK),
         flat=flat,
     )

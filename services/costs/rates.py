@@ -39,7 +39,10 @@ class ModelRates:
     """Resolved prices of one model, in USD per token.
 
     ``cached_input_usd_per_token`` equals the input rate when the model has no cheaper
-    cached-input price, so callers never need a fallback of their own.
+    cached-input price, and ``cache_write_usd_per_token`` (what writing a prompt prefix
+    into the provider's cache costs: Anthropic bills it above the input rate) equals the
+    input rate when the model has no such price, so callers never need a fallback of
+    their own.
 
     ``flat`` is False for catalog prices that a per-token rate cannot express exactly:
     volume tiers (e.g. Gemini above 128k prompt tokens), time-of-day windows (DeepSeek
@@ -51,6 +54,7 @@ class ModelRates:
     source: PriceSource
     input_usd_per_token: float
     cached_input_usd_per_token: float
+    cache_write_usd_per_token: float
     output_usd_per_token: float
     provider: str | None = None
     """genai-prices provider id the price came from (catalog only)."""

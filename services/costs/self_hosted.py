@@ -49,6 +49,7 @@ def self_hosted_rates(
         # vLLM's prefix cache makes a cached prefill cheaper still, but we have no measured
         # figure for it, so cached input is charged as input (no invented discount).
         cached_input_usd_per_token=input_rate,
+        cache_write_usd_per_token=input_rate,  # vLLM's prefix cache costs nothing extra
         output_usd_per_token=output,
         output_tokens_per_second=tokens_per_second,
     )

@@ -10,8 +10,10 @@ Anthropic (Messages API, ``anthropic-version: 2023-06-01``): system and develope
 messages become ``system`` blocks; a ``cache_control`` breakpoint marks the end of the
 static prefix (the system prompt, and the earlier turns of a conversation), so the
 provider's prompt cache serves it on the next call; ``cache_read_input_tokens`` come
-back as OpenAI's ``usage.prompt_tokens_details.cached_tokens`` and the prompt tokens
-are ``input_tokens`` + cache reads + cache writes (Anthropic counts them apart).
+back as OpenAI's ``usage.prompt_tokens_details.cached_tokens``,
+``cache_creation_input_tokens`` as our ``prompt_tokens_details.cache_write_tokens`` (they
+are billed differently: reads at 0.1x the input rate, writes at 1.25x), and the prompt
+tokens are ``input_tokens`` + cache reads + cache writes (Anthropic counts them apart).
 Streams are translated event by event into OpenAI chunks. Tool calls are not
 translated: a request with tools or tool messages is refused with a clear 400.
 """
@@ -148,7 +150,7 @@ def openai_usage(usage: dict[str, Any]) -> dict[str, Any]:
     completion = usage.get("output_tokens") or 0
     return {"prompt_tokens": prompt, "completion_tokens": completion,
             "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": read}}
+            "prompt_tokens_details": {"cached_tokens": read, "cache_write_tokens": written}}
 
 
 def _chat_completion(message: dict[str, Any]) -> dict[str, Any]:

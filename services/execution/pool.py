@@ -14,6 +14,10 @@ requests through) with a free slot under ``max_in_flight``, the prefix-affinity 
 (consistent hashing with bounded loads) when the request has a shared prefix, else the
 one the scheduling policy prefers. When every eligible worker is full the request waits
 in the admission queue (``services.execution.admission``) until a lease is released.
+
+``on_join`` is called with a worker each time it becomes healthy (first probe after
+start-up or registration, or back after an ejection): its caches are cold then, which is
+when prefix warming (``services.execution.warming``) fills them.
 """
 
 from __future__ import annotations
@@ -155,6 +159,7 @@ class WorkerPool:
         self._changed_at: dict[str, float] = {}
         self._mean_hold_s = 1.0  # moving average of how long a lease is held
         self._task: asyncio.Task[None] | None = None
+        self.on_join: Callable[[WorkerState], object] | None = None
 
     # --- membership -----------------------------------------------------------------
 
@@ -226,11 +231,14 @@ class WorkerPool:
             if found != worker.models and self._on_models is not None:
                 self._on_models(found)
             worker.models = found
-            if not worker.healthy:
+            joined = not worker.healthy
+            if joined:
                 log.info("worker %s healthy, serving %s", worker.url, sorted(models))
             worker.healthy = True
             worker.failed_probes = 0
             worker.last_error = None
+            if joined and self.on_join is not None:
+                self.on_join(worker)
         worker.last_probe_at = time.monotonic()
 
     def mark_succeeded(self, worker: WorkerState) -> None:
@@ -351,11 +359,7 @@ class WorkerPool:
     def _choose(self, model: str, excluded: frozenset[str], affinity: str | None
                 ) -> WorkerState | None:
         """The worker for the request, or None when every eligible one is full."""
-        eligible = [
-            w for w in self._workers.values()
-            if w.healthy and model in w.models and not w.draining and w.url not in excluded
-            and w.breaker.allows_request()
-        ]
+        eligible = [w for w in self._serving(model) if w.url not in excluded]
         if not eligible:
             if not self.knows_model(model):
                 raise ModelNotFound(f"The model '{model}' does not exist", param="model")
@@ -366,6 +370,23 @@ class WorkerPool:
         if affinity is not None and self.affinity_load_factor and len(free) > 1:
             return pick_bounded(self._ring(free), affinity, free, self.affinity_load_factor)
         return pick_least_loaded(free, self.policy, self._rng)
+
+    def _serving(self, model: str) -> list[WorkerState]:
+        """Workers that can take a request for ``model`` now (capacity aside)."""
+        return [
+            w for w in self._workers.values()
+            if w.healthy and model in w.models and not w.draining and w.breaker.allows_request()
+        ]
+
+    def affinity_target(self, worker: WorkerState, model: str, affinity: str) -> bool:
+        """Whether prefix affinity sends requests keyed ``affinity`` to ``worker`` while no
+        worker is over its load bound (any worker may get them when affinity is off)."""
+        serving = self._serving(model)
+        if worker not in serving:
+            return False
+        if not self.affinity_load_factor or len(serving) == 1:
+            return True
+        return self._ring(serving).walk(affinity)[0] == worker.url
 
     def _ring(self, candidates: list[WorkerState]) -> HashRing:
         urls = tuple(sorted(w.url for w in candidates))

@@ -24,7 +24,14 @@ from services.caching import (
 from services.caching.semantic import SemanticCache
 from services.caching.semantic_store import SemanticStore, SemanticSync
 from services.costs import PriceCatalog, ThroughputMeter
-from services.execution import AdmissionMetrics, UpstreamClient, WorkerPool, store_sync
+from services.execution import (
+    AdmissionMetrics,
+    PrefixWarmer,
+    UpstreamClient,
+    WorkerPool,
+    load_warm_prefixes,
+    store_sync,
+)
 from services.gateway.auth import KeyRing
 from services.gateway.deps import AppServices
 from services.gateway.errors import install_error_handlers
@@ -139,6 +146,14 @@ def build_services(settings: Settings) -> AppServices:
         breaker_reset_s=settings.breaker_reset_s,
         metrics=AdmissionMetrics(metrics.registry),
     )
+    warmer = None
+    if settings.prefix_warm_enabled:
+        warmer = PrefixWarmer(
+            pool, client, lambda limit: load_warm_prefixes(engine, limit),
+            max_prefixes=settings.prefix_warm_max_prefixes,
+            max_tokens=settings.prefix_warm_max_tokens, registry=metrics.registry,
+        )
+        pool.on_join = warmer.worker_joined
     telemetry = TelemetryWriter(
         engine,
         spill_path=settings.spill_path,
@@ -214,6 +229,7 @@ def build_services(settings: Settings) -> AppServices:
         cache=cache,
         semantic_sync=semantic_sync,
         routing=routing,
+        warmer=warmer,
     )
 
 
@@ -244,6 +260,8 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             await services.batches.launcher.stop()
+            if services.warmer is not None:
+                await services.warmer.stop()
             await services.pool.stop()
             if services.semantic_sync is not None:
                 await services.semantic_sync.stop()

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.batch.serving import BatchServing
 from services.caching import ResponseCache
 from services.caching.semantic_store import SemanticSync
-from services.execution import UpstreamClient, WorkerPool
+from services.execution import PrefixWarmer, UpstreamClient, WorkerPool
 from services.gateway.auth import KeyRing, Principal
 from services.gateway.serving import OpenAIServing
 from services.gateway.stages.routing import RoutingStage
@@ -35,6 +35,7 @@ class AppServices:
     cache: ResponseCache | None = None
     semantic_sync: SemanticSync | None = None
     routing: RoutingStage | None = None
+    warmer: PrefixWarmer | None = None
 
 
 # Dependencies are async on purpose: FastAPI runs a plain ``def`` dependency in a thread

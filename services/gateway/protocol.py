@@ -81,6 +81,11 @@ class CompletionRequest(SamplingParams):
 
 class PromptTokensDetails(OpenAIModel):
     cached_tokens: int | None = None
+    cache_write_tokens: int | None = Field(
+        default=None,
+        description="prompt tokens written to the provider's prompt cache (Anthropic's "
+        "cache_creation_input_tokens), billed above the input rate",
+    )
 
 
 class Usage(OpenAIModel):
@@ -93,6 +98,11 @@ class Usage(OpenAIModel):
     def cached_tokens(self) -> int:
         details = self.prompt_tokens_details
         return (details.cached_tokens or 0) if details else 0
+
+    @property
+    def cache_write_tokens(self) -> int:
+        details = self.prompt_tokens_details
+        return (details.cache_write_tokens or 0) if details else 0
 
 
 class ChatChoice(OpenAIModel):

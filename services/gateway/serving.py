@@ -133,6 +133,7 @@ def build_event(ctx: RequestContext, *, store_prompts: bool) -> RequestEvent:
         completion_tokens=usage.completion_tokens if usage else None,
         max_tokens=ctx.request_dict.get("max_tokens"),
         cached_tokens=usage.cached_tokens if usage else None,
+        cache_write_tokens=usage.cache_write_tokens if usage else None,
         prompt_tokens_before_optimization=(
             ctx.prompt_tokens_before_optimization
             if ctx.prompt_tokens_before_optimization is not None

@@ -31,6 +31,7 @@ class RequestEvent:
     completion_tokens: int | None = None
     max_tokens: int | None = None
     cached_tokens: int | None = None
+    cache_write_tokens: int | None = None
     prompt_tokens_before_optimization: int | None = None
     prompt_tokens_after_optimization: int | None = None
     token_policy: str | None = None

@@ -84,7 +84,8 @@ class GatewayMetrics:
             self.overhead.labels(event.endpoint).observe(event.gateway_overhead_ms / 1000)
         if event.ttft_ms is not None:
             self.ttft.labels(model).observe(event.ttft_ms / 1000)
-        for kind in ("prompt_tokens", "completion_tokens", "cached_tokens"):
+        for kind in ("prompt_tokens", "completion_tokens", "cached_tokens",
+                     "cache_write_tokens"):
             value = getattr(event, kind)
             if value:
                 self.tokens.labels(model, kind.removesuffix("_tokens")).inc(value)

@@ -27,6 +27,7 @@ class RequestPricer:
                     event.prompt_tokens,
                     event.completion_tokens,
                     cached_tokens=event.cached_tokens or 0,
+                    cache_write_tokens=event.cache_write_tokens or 0,
                 )
             except UnknownModelPrice:
                 pass  # stays NULL: unpriced, never a silent 0

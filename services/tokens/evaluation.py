@@ -10,7 +10,6 @@ layer can treat as cache-eligible prefixes.
 
 from __future__ import annotations
 
-import hashlib
 import random
 import time
 from collections import Counter, defaultdict
@@ -24,6 +23,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from models import CacheablePrefix, RequestLog, TokenReport
+from services.caching.prefix import cacheable_prefix_hash
 from services.tokens.counting import content_text, count_request
 from services.tokens.optimizer import TokenOptimizer
 from services.tokens.policy import Policy
@@ -159,6 +159,7 @@ class Prefix:
     tokens: int
     occurrences: int
     text: str
+    messages: list[dict[str, Any]]  # as requests send them: warming replays them as-is
 
 
 def static_prefixes(samples: Sequence[Sample], count: Count, *, min_occurrences: int = 2,
@@ -176,7 +177,7 @@ def static_prefixes(samples: Sequence[Sample], count: Count, *, min_occurrences:
             lead.append(message)
         if not lead:
             continue
-        key = hashlib.sha256(orjson.dumps(lead, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        key = cacheable_prefix_hash(lead)
         seen[key].append(lead)
         kinds[key] = sample.kind
     prefixes = []
@@ -184,7 +185,7 @@ def static_prefixes(samples: Sequence[Sample], count: Count, *, min_occurrences:
         text = "\n\n".join(content_text(m.get("content")) for m in leads[0])
         tokens = count_request("chat.completions", {"messages": leads[0]}, count)
         if len(leads) >= min_occurrences and tokens >= min_tokens:
-            prefixes.append(Prefix(key, kinds[key], tokens, len(leads), text))
+            prefixes.append(Prefix(key, kinds[key], tokens, len(leads), text, leads[0]))
     return sorted(prefixes, key=lambda p: -p.occurrences * p.tokens)
 
 
@@ -205,11 +206,13 @@ def write_report(engine: Engine, *, source: str, policy: Policy, encoding: str,
 
 
 def mark_cacheable(engine: Engine, prefixes: Sequence[Prefix], *, store_text: bool) -> int:
-    """Upsert the prefixes into ``cacheable_prefixes`` (occurrences are the latest run's)."""
+    """Upsert the prefixes into ``cacheable_prefixes`` (occurrences are the latest run's);
+    their text and messages only when prompts may be stored."""
     with Session(engine) as session, session.begin():
         for prefix in prefixes:
             session.merge(CacheablePrefix(
                 prefix_hash=prefix.prefix_hash, kind=prefix.kind, tokens=prefix.tokens,
                 occurrences=prefix.occurrences, text=prefix.text if store_text else None,
+                messages=prefix.messages if store_text else None,
                 marked_at=datetime.now(UTC)))
     return len(prefixes)

@@ -56,29 +56,3 @@ def test_long_completion_prompts_share_their_leading_part() -> None:
     assert a is not None and a == b
     assert static_prefix_key("completions", "m", {"prompt": "short"}) is None
 
-
-def test_anthropic_breakpoint_goes_after_the_static_prefix() -> None:
-    from services.caching.prefix import place_anthropic_breakpoint
-
-    body = {
-        "system": "Policy manual. " * 400,
-        "messages": [
-            {"role": "user", "content": "earlier question"},
-            {"role": "assistant", "content": "earlier answer"},
-            {"role": "user", "content": "the new question"},
-        ],
-    }
-    assert place_anthropic_breakpoint(body)
-    assert body["messages"][1]["content"][-1]["cache_control"] == {"type": "ephemeral"}
-    assert body["messages"][2]["content"] == "the new question"  # the live turn is untouched
-    assert "cache_control" not in body["system"][0]
-
-
-def test_no_breakpoint_for_short_prefixes_or_when_markers_are_used_up() -> None:
-    from services.caching.prefix import place_anthropic_breakpoint
-
-    short = {"system": "Be brief.", "messages": [{"role": "user", "content": "hi"}]}
-    assert not place_anthropic_breakpoint(short)
-    marked = [{"type": "text", "text": "x" * 2000, "cache_control": {"type": "ephemeral"}}] * 4
-    full = {"system": marked, "messages": [{"role": "user", "content": "q"}]}
-    assert not place_anthropic_breakpoint(full)

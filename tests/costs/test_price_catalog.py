@@ -195,3 +195,37 @@ def test_no_network_and_no_updater(monkeypatch: pytest.MonkeyPatch) -> None:
     for name, _, _ in HOSTED:
         catalog.cost(name, 100, 10)
     assert not any(t.name == "genai_prices:update" for t in threading.enumerate())
+
+
+@pytest.mark.parametrize(("name", "ref"), [
+    ("anthropic/claude-3-5-sonnet", "claude-3-5-sonnet"),  # flat
+    ("anthropic/claude-sonnet-4-5", "claude-sonnet-4-5"),  # tiered: through genai-prices
+])
+def test_cache_writes_cost_what_anthropic_bills(catalog: PriceCatalog, name: str, ref: str
+                                                ) -> None:
+    # 3,000 prompt tokens: 1,000 read from the cache, 1,500 written to it, 500 plain
+    usage = Usage(input_tokens=3_000, cache_read_tokens=1_000, cache_write_tokens=1_500,
+                  output_tokens=100)
+    expected = calc_price(usage, ref, provider_id="anthropic").total_price
+    written = catalog.cost(name, 3_000, 100, cached_tokens=1_000, cache_write_tokens=1_500)
+    assert written == pytest.approx(float(expected), rel=1e-9)
+    assert written > catalog.cost(name, 3_000, 100, cached_tokens=1_000)
+
+
+def test_the_catalog_data_prices_anthropic_writes_at_1_25x_and_reads_at_0_1x(
+    catalog: PriceCatalog,
+) -> None:
+    rates = catalog.price("anthropic/claude-3-5-sonnet")
+    assert rates.cache_write_usd_per_token == pytest.approx(1.25 * rates.input_usd_per_token)
+    assert rates.cached_input_usd_per_token == pytest.approx(0.1 * rates.input_usd_per_token)
+
+
+def test_cache_writes_of_an_override_default_to_the_input_price() -> None:
+    catalog = PriceCatalog(overrides={
+        "plain": ModelPrice(input_per_mtok=1.0, output_per_mtok=2.0),
+        "priced": ModelPrice(input_per_mtok=1.0, output_per_mtok=2.0, cache_write_per_mtok=1.25),
+    })
+    assert catalog.cost("plain", 1_000_000, 0, cache_write_tokens=400_000) == pytest.approx(1.0)
+    assert catalog.cost("priced", 1_000_000, 0, cache_write_tokens=400_000) == pytest.approx(1.1)
+    with pytest.raises(ValueError, match="cannot exceed prompt_tokens"):
+        catalog.cost("priced", 10, 0, cached_tokens=6, cache_write_tokens=5)

@@ -49,6 +49,8 @@ def test_only_recurring_long_system_prompts_are_static_prefixes() -> None:
                                {"role": "user", "content": "yo"}]})
     prefixes = static_prefixes(prompt_samples(chats), text_counter())
     assert [(p.occurrences, p.kind) for p in prefixes] == [(3, "template")]
+    # the messages themselves are kept: warming replays them so the token prefix matches
+    assert prefixes[0].messages == [{"role": "system", "content": SYSTEM}]
 
 
 def test_flow_reports_per_stage_and_marks_prefixes(store, prefect_harness, tmp_path) -> None:
@@ -76,3 +78,4 @@ def test_flow_reports_per_stage_and_marks_prefixes(store, prefect_harness, tmp_p
     with store.connect() as conn:
         prefix = conn.execute(select(CacheablePrefix)).one()
     assert prefix.occurrences == 3 and prefix.text is None  # prompts not stored by default
+    assert prefix.messages is None

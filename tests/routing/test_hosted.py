@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import httpx
 import openai
 import pytest
+from genai_prices import Usage, calc_price
 
 from services.execution.hosted import to_anthropic
 from services.tokens import count_request, counter_for_model
@@ -147,6 +148,31 @@ def test_anthropic_gets_the_system_prompt_apart_with_a_cache_breakpoint(
     assert first.usage.prompt_tokens_details.cached_tokens == 0
     assert second.usage.prompt_tokens_details.cached_tokens == system_tokens
     assert second.usage.prompt_tokens == first.usage.prompt_tokens  # cached ones included
+
+
+def test_a_request_that_wrote_the_anthropic_cache_costs_what_anthropic_bills(
+    gateway, providers
+) -> None:
+    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused")
+    system = "You are a patient tutor. " * 30
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": EASY}]
+    write = client.chat.completions.create(model="claude", messages=messages, max_tokens=50)
+    read = client.chat.completions.create(model="claude", messages=messages, max_tokens=50)
+    system_tokens = len(system) // 4 + 1
+    assert write.usage.prompt_tokens_details.cache_write_tokens == system_tokens
+    assert read.usage.prompt_tokens_details.cache_write_tokens == 0
+    rows = logged_rows(gateway)
+    for row, wrote in zip(rows, (True, False), strict=True):
+        usage = Usage(input_tokens=row.prompt_tokens, output_tokens=row.completion_tokens,
+                      cache_read_tokens=row.cached_tokens,
+                      cache_write_tokens=row.cache_write_tokens)
+        billed = calc_price(usage, "claude-3-5-haiku-latest", provider_id="anthropic")
+        assert row.cost_usd == pytest.approx(float(billed.total_price), rel=1e-9)
+        assert (row.cache_write_tokens == system_tokens) is wrote
+    plain = calc_price(Usage(input_tokens=rows[0].prompt_tokens,
+                             output_tokens=rows[0].completion_tokens),
+                       "claude-3-5-haiku-latest", provider_id="anthropic").total_price
+    assert rows[0].cost_usd > float(plain) > rows[1].cost_usd  # writing costs more than input
 
 
 def test_an_anthropic_stream_is_translated_to_openai_chunks(gateway) -> None:

@@ -167,19 +167,21 @@ class RoutingStage:
             await self.ledger.settle(reservation, self._usage_cost(priced_as, ctx.usage))
 
     def _cost(self, priced_as: str, prompt_tokens: int, completion_tokens: int,
-              cached_tokens: int = 0) -> float:
+              cached_tokens: int = 0, cache_write_tokens: int = 0) -> float:
         """USD at the model's price; 0 for a model with no price yet (a vLLM model before
         its workers are discovered), which then spends nothing against budgets."""
         try:
-            return self._catalog.cost(priced_as, prompt_tokens, completion_tokens, cached_tokens)
+            return self._catalog.cost(priced_as, prompt_tokens, completion_tokens, cached_tokens,
+                                      cache_write_tokens)
         except UnknownModelPrice:
             return 0.0
 
     def _usage_cost(self, priced_as: str, usage: Usage | None) -> float | None:
         if usage is None:
             return None
-        return self._cost(priced_as, usage.prompt_tokens, usage.completion_tokens,
-                          min(usage.cached_tokens, usage.prompt_tokens))
+        cached = min(usage.cached_tokens, usage.prompt_tokens)
+        written = min(usage.cache_write_tokens, usage.prompt_tokens - cached)
+        return self._cost(priced_as, usage.prompt_tokens, usage.completion_tokens, cached, written)
 
 
 def _max_tokens(request: Mapping[str, Any]) -> int | None:

@@ -1,0 +1,185 @@
+"""Prefix warming: a vLLM worker that joins the pool gets the known cacheable prefixes
+into its prefix cache before real requests need them.
+
+The ``token_optimization`` flow marks recurring system prompts in ``cacheable_prefixes``,
+with their leading messages when prompts may be stored (the joined ``text`` cannot give
+back the chat-templated token prefix; the messages can). When a worker joins (start-up,
+registration, back healthy after an ejection) its prefix cache is empty, and prefix
+affinity may now send it prefixes another worker had cached. So the prefixes that
+affinity routes to it, most valuable first (occurrences x tokens) and within a count and
+a token bound, are sent to it as chat requests with one empty user turn and
+``max_tokens=1``: the same template output as a real request up to the end of the
+system messages, so vLLM caches those blocks, and the first real request with the
+prefix reads them instead of paying their prefill.
+
+It never costs live traffic anything but spare capacity: it runs as a background task
+per joining worker, reads the store in a thread, takes each slot through admission at
+``low`` priority, and a failure (store down, a row that does not hash to its key, the
+worker refusing) is logged and counted in ``optengine_prefix_warm_total``, never raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from prometheus_client import CollectorRegistry, Counter
+from sqlalchemy import Engine, select
+
+from models import CacheablePrefix
+from services.background import cancel_and_wait
+from services.caching.prefix import cacheable_prefix_hash, static_prefix_key
+from services.errors import EngineError
+from services.execution.client import UpstreamClient
+from services.execution.pool import WorkerPool, WorkerState
+
+log = logging.getLogger(__name__)
+CHAT_PATH = "/v1/chat/completions"
+
+
+@dataclass(frozen=True, slots=True)
+class WarmPrefix:
+    prefix_hash: str
+    tokens: int
+    messages: list[dict[str, Any]]
+
+    def request(self, model: str) -> dict[str, Any]:
+        """The chat request that leaves the prefix in a vLLM prefix cache."""
+        return {"model": model, "messages": [*self.messages, {"role": "user", "content": ""}],
+                "max_tokens": 1}
+
+
+def load_warm_prefixes(engine: Engine, limit: int) -> tuple[list[WarmPrefix], int]:
+    """The prefixes among the ``limit`` most valuable rows with stored messages, and
+    how many of those rows were skipped as broken (messages that do not hash to their
+    ``prefix_hash``)."""
+    query = (select(CacheablePrefix.prefix_hash, CacheablePrefix.tokens,
+                    CacheablePrefix.messages)
+             .where(CacheablePrefix.messages.is_not(None))
+             .order_by((CacheablePrefix.occurrences * CacheablePrefix.tokens).desc(),
+                       CacheablePrefix.prefix_hash)
+             .limit(limit))
+    with engine.connect() as conn:
+        # a JSON null (rows written before none_as_null) is "not stored" too
+        rows = [row for row in conn.execute(query) if row.messages is not None]
+    found = [WarmPrefix(h, tokens, messages) for h, tokens, messages in rows
+             if _hashes_to(messages, h)]
+    return found, len(rows) - len(found)
+
+
+def _hashes_to(messages: object, prefix_hash: str) -> bool:
+    """A row whose messages do not give back the key the flow gave them was edited or
+    corrupted."""
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        return False
+    return cacheable_prefix_hash(messages) == prefix_hash
+
+
+class PrefixWarmer:
+    """Warms each joining worker once per join; hand ``worker_joined`` to the pool's
+    ``on_join`` and ``stop()`` it before the pool."""
+
+    def __init__(
+        self,
+        pool: WorkerPool,
+        client: UpstreamClient,
+        load: Callable[[int], tuple[list[WarmPrefix], int]],
+        *,
+        max_prefixes: int,
+        max_tokens: int,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self._pool = pool
+        self._client = client
+        self._load = load
+        self.max_prefixes = max_prefixes
+        self.max_tokens = max_tokens
+        self.outcomes = Counter(
+            "optengine_prefix_warm_total",
+            "Prefixes sent to joining workers' prefix caches, by outcome "
+            "(warmed | failed | invalid row | store_error)",
+            ["outcome"], registry=registry,
+        )
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def worker_joined(self, worker: WorkerState) -> None:
+        running = self._tasks.get(worker.url)
+        if running is not None and not running.done():
+            return
+        task = asyncio.create_task(self._warm(worker), name=f"prefix-warm {worker.url}")
+        self._tasks[worker.url] = task
+
+    async def stop(self) -> None:
+        for task in list(self._tasks.values()):
+            await cancel_and_wait(task)
+        self._tasks.clear()
+
+    async def _warm(self, worker: WorkerState) -> None:
+        try:
+            # each worker gets about its share of the table: read that many per worker
+            limit = self.max_prefixes * max(1, len(self._pool.workers))
+            try:
+                prefixes, broken = await asyncio.to_thread(self._load, limit)
+            except Exception:
+                log.warning("prefix warming of %s: could not read cacheable_prefixes",
+                            worker.url, exc_info=True)
+                self.outcomes.labels("store_error").inc()
+                return
+            if broken:
+                self.outcomes.labels("invalid").inc(broken)
+                log.warning("prefix warming skipped %d cacheable_prefixes rows whose messages "
+                            "do not hash to their prefix_hash", broken)
+            chosen = self._routed_to(worker, prefixes)
+            for model, prefix in chosen:
+                if not await self._send(worker, model, prefix):
+                    break
+            if chosen:
+                log.info("prefix warming of %s: %d prefixes sent", worker.url, len(chosen))
+        except Exception:  # a bug here must not surface as an unhandled task error
+            log.exception("prefix warming of %s failed", worker.url)
+            self.outcomes.labels("failed").inc()
+
+    def _routed_to(self, worker: WorkerState, prefixes: Sequence[WarmPrefix]
+                   ) -> list[tuple[str, WarmPrefix]]:
+        """The prefixes prefix affinity sends to ``worker``, within the bounds."""
+        chosen: list[tuple[str, WarmPrefix]] = []
+        tokens = 0
+        for model in sorted(worker.models):
+            for prefix in prefixes:
+                if len(chosen) >= self.max_prefixes:
+                    return chosen
+                if tokens + prefix.tokens > self.max_tokens:
+                    continue
+                key = static_prefix_key("chat.completions", model, prefix.request(model))
+                if key is not None and self._pool.affinity_target(worker, model, key):
+                    chosen.append((model, prefix))
+                    tokens += prefix.tokens
+        return chosen
+
+    async def _send(self, worker: WorkerState, model: str, prefix: WarmPrefix) -> bool:
+        """Warm one prefix; False when the worker can no longer be used for warming."""
+        others = [w for w in self._pool.workers if w is not worker]
+        try:
+            lease = await self._pool.acquire(model, tokens=prefix.tokens, priority="low",
+                                             exclude=others)
+        except EngineError as exc:  # gone, draining, or busy with real traffic
+            log.info("prefix warming of %s stopped: %s", worker.url, exc.message)
+            return False
+        try:
+            await self._client.post_json(worker.url, CHAT_PATH,
+                                         orjson.dumps(prefix.request(model)))
+        except EngineError as exc:
+            # no verdict on the lease: a warming request must not open the breaker
+            log.warning("prefix warming of %s: prefix %s refused: %s",
+                        worker.url, prefix.prefix_hash[:12], exc.message)
+            self.outcomes.labels("failed").inc()
+        else:
+            lease.succeeded()
+            self.outcomes.labels("warmed").inc()
+        finally:
+            lease.release()
+        return True

@@ -1,0 +1,208 @@
+"""Prefix warming: a joining worker gets the cacheable prefixes affinity routes to it.
+
+The vLLM tests prove it on the worker itself: the first real request with a warmed
+prefix reads it from vLLM's prefix cache (``usage.prompt_tokens_details.cached_tokens``
+and the worker's ``vllm:prefix_cache_hits`` counter), where the same first request
+without warming reads nothing. Each uses a system prompt no other test sent, so the
+shared worker cannot have it cached from before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from prometheus_client import CollectorRegistry
+
+from models import CacheablePrefix
+from services.caching.prefix import cacheable_prefix_hash
+from services.errors import UpstreamUnavailable
+from services.execution import PrefixWarmer, UpstreamClient, WorkerPool, load_warm_prefixes
+from services.execution.warming import WarmPrefix
+from tests.execution.support import add
+from tests.support.gateway import RunningGateway, wait_for
+
+MODEL = "tiny-llama"
+
+
+def unique_system() -> list[dict[str, Any]]:
+    tag = uuid.uuid4().hex
+    rules = " ".join(f"Rule {i} of policy {tag}: answer in full sentences." for i in range(12))
+    return [{"role": "system", "content": f"{tag} You follow these rules. {rules}"}]
+
+
+def mark(store, messages: Any, *, occurrences: int = 5, tokens: int = 600,
+         prefix_hash: str | None = None) -> str:
+    """A cacheable_prefixes row as the token_optimization flow writes it."""
+    digest = prefix_hash or cacheable_prefix_hash(messages)
+    with store.begin() as conn:
+        conn.execute(CacheablePrefix.__table__.insert(), [{
+            "prefix_hash": digest, "kind": "system_prompt", "tokens": tokens,
+            "occurrences": occurrences, "text": "", "messages": messages,
+            "marked_at": datetime.now(UTC)}])
+    return digest
+
+
+def warm_count(gateway: RunningGateway, outcome: str) -> float:
+    value = gateway.services.metrics.registry.get_sample_value(
+        "optengine_prefix_warm_total", {"outcome": outcome})
+    return value or 0.0
+
+
+def vllm_prefix_hits(worker) -> float:
+    text = httpx.get(f"{worker.base_url}/metrics", timeout=5).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("vllm:prefix_cache_hits_total"))
+
+
+def first_request(gateway: RunningGateway, system: list[dict[str, Any]]):
+    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused")
+    return client.chat.completions.create(
+        model=MODEL, messages=[*system, {"role": "user", "content": "Which rule is first?"}],
+        max_tokens=1, temperature=0)
+
+
+@pytest.fixture
+def gateway_on(vllm_worker, store, make_settings, start_gateway, tmp_path):
+    def start(**overrides: object) -> RunningGateway:
+        return start_gateway(make_settings(
+            workers=[vllm_worker.base_url], database_url=f"sqlite:///{tmp_path / 'store.db'}",
+            cache_enabled=False, **overrides))
+    return start
+
+
+def test_a_joining_worker_is_warmed_with_the_cacheable_prefixes(
+    gateway_on, store, vllm_worker
+) -> None:
+    system = unique_system()
+    mark(store, system)
+    mark(store, [{"role": "user", "content": "kept without messages"}], tokens=10)
+    with store.begin() as conn:  # a row the flow wrote while prompts were not stored
+        conn.execute(CacheablePrefix.__table__.update()
+                     .where(CacheablePrefix.tokens == 10).values(messages=None))
+    gateway = gateway_on()
+    assert wait_for(lambda: warm_count(gateway, "warmed") == 1, timeout_s=60)
+    hits_before = vllm_prefix_hits(vllm_worker)
+
+    answer = first_request(gateway, system)
+
+    cached = answer.usage.prompt_tokens_details.cached_tokens
+    assert cached >= answer.usage.prompt_tokens // 2, answer.usage  # the system prompt's blocks
+    assert vllm_prefix_hits(vllm_worker) - hits_before >= cached
+    assert warm_count(gateway, "failed") == warm_count(gateway, "invalid") == 0
+
+
+def test_with_warming_off_the_first_request_finds_nothing_cached(gateway_on, store) -> None:
+    system = unique_system()
+    mark(store, system)
+    gateway = gateway_on(prefix_warm_enabled=False)
+    assert gateway.services.warmer is None
+
+    answer = first_request(gateway, system)
+
+    assert answer.usage.prompt_tokens_details.cached_tokens == 0, answer.usage
+
+
+def test_broken_rows_are_counted_and_the_gateway_serves_on(gateway_on, store) -> None:
+    system = unique_system()
+    mark(store, system, occurrences=1)
+    mark(store, [{"role": "system", "content": "edited"}], occurrences=9,
+         prefix_hash="0" * 64)  # does not hash to its key: skipped
+    mark(store, [{"role": "system", "content": {"not": "a content"}}], occurrences=8)  # 400
+    gateway = gateway_on()
+    assert wait_for(lambda: warm_count(gateway, "warmed") == 1, timeout_s=60)
+    assert warm_count(gateway, "invalid") == 1 and warm_count(gateway, "failed") == 1
+    worker = gateway.services.pool.workers[0]
+    assert worker.healthy and worker.breaker.state == "closed"
+
+    assert first_request(gateway, system).usage.prompt_tokens_details.cached_tokens > 0
+
+
+# --- without vLLM -----------------------------------------------------------------------
+
+
+def test_the_most_valuable_prefixes_with_messages_are_read_first(store) -> None:
+    low, high = unique_system(), unique_system()
+    mark(store, low, occurrences=2, tokens=100)
+    mark(store, high, occurrences=3, tokens=100)
+    mark(store, unique_system(), occurrences=50, prefix_hash="f" * 64)
+
+    prefixes, broken = load_warm_prefixes(store, 10)
+
+    assert [p.messages for p in prefixes] == [high, low] and broken == 1
+    top, skipped = load_warm_prefixes(store, 2)  # the limit counts rows, broken ones too
+    assert [p.messages for p in top] == [high] and skipped == 1
+
+
+def prefixes(n: int, tokens: int = 100) -> list[WarmPrefix]:
+    found = []
+    for _ in range(n):
+        system = unique_system()
+        found.append(WarmPrefix(cacheable_prefix_hash(system), tokens, system))
+    return found
+
+
+def test_each_prefix_is_warmed_on_the_one_worker_affinity_sends_it_to() -> None:
+    pool = WorkerPool(UpstreamClient())
+    a, b = add(pool, "http://a:1", models=(MODEL,)), add(pool, "http://b:1", models=(MODEL,))
+    known = prefixes(40)
+    warmer = PrefixWarmer(pool, UpstreamClient(), lambda n: (known, 0), max_prefixes=40,
+                          max_tokens=10**6, registry=CollectorRegistry())
+    on_a = {p.prefix_hash for _, p in warmer._routed_to(a, known)}
+    on_b = {p.prefix_hash for _, p in warmer._routed_to(b, known)}
+    assert on_a and on_b and not on_a & on_b and len(on_a | on_b) == 40
+
+    warmer.max_prefixes, warmer.max_tokens = 3, 250
+    assert len(warmer._routed_to(a, known)) == 2  # 3 would be 300 tokens
+
+
+class FlakyModels:
+    """Answers the pool's probes from a switch: up (serving the model) or down."""
+
+    def __init__(self) -> None:
+        self.up = True
+
+    async def list_models(self, url: str) -> list[str]:
+        if not self.up:
+            raise UpstreamUnavailable(f"cannot connect to worker {url}")
+        return [MODEL]
+
+
+def test_a_worker_joins_on_its_first_healthy_probe_and_after_an_ejection() -> None:
+    async def scenario() -> list[str]:
+        client = FlakyModels()
+        pool = WorkerPool(client, probe_failures_to_eject=1)  # type: ignore[arg-type]
+        joined: list[str] = []
+        pool.on_join = lambda worker: joined.append(worker.url)
+        worker = await pool.register("http://w:1")
+        await pool.probe(worker)  # still healthy: not a join
+        client.up = False
+        await pool.probe(worker)
+        client.up = True
+        await pool.probe(worker)
+        return joined
+
+    assert asyncio.run(scenario()) == ["http://w:1", "http://w:1"]
+
+
+def test_a_store_that_is_down_is_counted_not_raised() -> None:
+    async def scenario() -> float | None:
+        def down(limit: int) -> tuple[list[WarmPrefix], int]:
+            raise OSError("store down")
+
+        registry = CollectorRegistry()
+        pool = WorkerPool(UpstreamClient())
+        warmer = PrefixWarmer(pool, UpstreamClient(), down, max_prefixes=4, max_tokens=100,
+                              registry=registry)
+        warmer.worker_joined(add(pool, "http://a:1", models=(MODEL,)))
+        await asyncio.sleep(0.1)
+        await warmer.stop()
+        return registry.get_sample_value("optengine_prefix_warm_total",
+                                         {"outcome": "store_error"})
+
+    assert asyncio.run(scenario()) == 1
