@@ -257,7 +257,6 @@ class Settings(BaseSettings):
     # telemetry
     telemetry_queue_size: int = Field(default=10_000, gt=0)
     telemetry_batch_size: int = Field(default=500, gt=0)
-    telemetry_flush_interval_s: float = Field(default=0.5, gt=0)
     telemetry_spill_replay_interval_s: float = Field(default=5.0, gt=0)
     store_prompts: bool = Field(default=False, description="store raw prompts (off: hashes only)")
 

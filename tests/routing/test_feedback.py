@@ -116,10 +116,11 @@ def post_feedback(gateway, key: str | None, body: object) -> httpx.Response:
     return httpx.post(f"{gateway.url}/v1/feedback", json=body, headers=headers, timeout=30)
 
 
-def answered(gateway, model: str = "small") -> str:
+def answered(gateway, model: str = "small", *, flush: bool = True) -> str:
     response = post_chat(gateway, model, EASY, headers={"Authorization": "Bearer key-a"})
     assert response.status_code == 200, response.text
-    gateway.flush_telemetry()
+    if flush:
+        gateway.flush_telemetry()
     return response.headers["x-request-id"]
 
 
@@ -141,6 +142,15 @@ def test_the_feedback_api_records_labels_for_the_callers_requests(feedback_gatew
     assert post_feedback(gateway, None, {"request_id": request_id, "rating": "good"}
                          ).status_code == 401
     assert len(labels(gateway.services.engine)) == 1
+
+
+def test_a_rating_posted_the_moment_its_answer_arrives_finds_it(feedback_gateway) -> None:
+    gateway = feedback_gateway(store_prompts=True)
+    for _ in range(5):  # no flush in between: the route waits for the answer's log row
+        request_id = answered(gateway, flush=False)
+        response = post_feedback(gateway, "key-a", {"request_id": request_id, "rating": "good"})
+        assert response.status_code == 200, response.text
+    assert len(labels(gateway.services.engine)) == 5
 
 
 @pytest.mark.parametrize(("body", "says"), [

@@ -7,6 +7,7 @@ import asyncio
 
 from fastapi import APIRouter, Request
 
+from services.errors import NotFound
 from services.gateway.deps import PrincipalDep, ServicesDep
 from services.gateway.routes.openai import parse_body, read_body
 from services.routing.feedback import FeedbackRequest, FeedbackResult, record_feedback
@@ -14,6 +15,7 @@ from services.routing.feedback import FeedbackRequest, FeedbackResult, record_fe
 router = APIRouter(prefix="/v1")
 
 _BODY_LIMIT = 4 * 1024
+_FLUSH_WAIT_S = 2.0  # a rating posted right after its answer: wait for the answer's log row
 
 
 @router.post("/feedback")
@@ -21,5 +23,14 @@ async def feedback(request: Request, services: ServicesDep,
                    principal: PrincipalDep) -> FeedbackResult:
     body = parse_body(FeedbackRequest, await read_body(request, _BODY_LIMIT))
     routing = services.routing.policy.config if services.routing is not None else None
-    return await asyncio.to_thread(record_feedback, services.engine, routing, body,
-                                   tenant=principal.tenant)
+    try:
+        return await asyncio.to_thread(record_feedback, services.engine, routing, body,
+                                       tenant=principal.tenant)
+    except NotFound:
+        # this replica may still hold the answer's event in its telemetry queue
+        try:
+            await asyncio.wait_for(services.telemetry.flush(), _FLUSH_WAIT_S)
+        except TimeoutError:
+            pass
+        return await asyncio.to_thread(record_feedback, services.engine, routing, body,
+                                       tenant=principal.tenant)
