@@ -224,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
                                    "OPTENGINE_MAX_IN_FLIGHT_PER_WORKER": str(cap),
                                    "OPTENGINE_ADMISSION_QUEUE_TIMEOUT_S": str(args.queue_timeout),
                                    "OPTENGINE_UPSTREAM_READ_TIMEOUT_S": "600",
+                                   # no connection limit either: it would be a hidden cap
+                                   # (a 503 after the connect timeout) on the uncapped arm
+                                   "OPTENGINE_UPSTREAM_MAX_CONNECTIONS": "0",
                                })
             for arm, cap in zip(ARMS, (args.cap, 0), strict=True)  # 0 = no cap, no queue
         }

@@ -119,7 +119,11 @@ class Settings(BaseSettings):
     )
     upstream_connect_timeout_s: float = 5.0
     upstream_read_timeout_s: float = 300.0
-    upstream_max_connections: int = 512
+    upstream_max_connections: int = Field(
+        default=512, ge=0,
+        description="connections open to one upstream at once (0 = no limit); a request "
+                    "waits up to upstream_connect_timeout_s for one, then gets a 503",
+    )
     upstream_keepalive_s: float = Field(
         default=4.0, gt=0,
         description="drop idle upstream connections after this; below vLLM's (uvicorn's) 5 s",

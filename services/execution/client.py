@@ -62,7 +62,8 @@ class UpstreamClient:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(
-                    limit=self._max_connections,
+                    # per upstream: workers added to the pool must not share one budget
+                    limit=0, limit_per_host=self._max_connections,
                     keepalive_timeout=self._keepalive_s,
                     ttl_dns_cache=300,
                 ),
