@@ -4,7 +4,8 @@ Everything the engine needs from the pool is here: how many requests may be in f
 for a model (``capacity``) and a worker for one request, leased through the pool's
 admission (``worker_for``). Batch lines go in at low priority, so interactive traffic
 sharing the workers is admitted first, and they count toward each worker's cap and
-circuit breaker like any other request.
+circuit breaker like any other request; they wait out the whole queue timeout rather
+than being refused early (nobody is waiting on a batch line's socket).
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ async def worker_for(
     its cap past the queue timeout is an unavailable upstream to the engine (retried).
     """
     try:
-        lease = await pool.acquire(model, tokens=expected_tokens, priority="low")
+        lease = await pool.acquire(model, tokens=expected_tokens, priority="low",
+                                   fail_fast=False)
     except Overloaded as exc:
         raise UpstreamUnavailable(exc.message) from exc
     try:

@@ -5,8 +5,12 @@ it, requests only queue inside vLLM where nobody can see or order them). Request
 the cap wait here instead, highest priority class first and in arrival order within a
 class; one that waits longer than the queue timeout is refused with 503 ``overloaded``
 and a ``Retry-After``, so a client under overload gets a quick, actionable answer
-rather than a hang. Queue depth, wait time and refusals are exported: they are the
-autoscaler's signals.
+rather than a hang. One that could not be served within the timeout even if it joined
+the queue (the waiters ahead of it, at the rate the workers free slots, would take
+longer) is refused at once instead of after the timeout: under sustained overload the
+refused learn it in milliseconds, not seconds. Queue depth, wait time and refusals
+(by reason: ``queue_full`` at once, ``queue_timeout`` after waiting) are exported:
+they are the autoscaler's signals.
 
 A tenant's class comes from settings; a request may ask for a *lower* class with the
 ``X-Priority`` header (a batch job yielding to interactive traffic), never a higher one.
@@ -104,6 +108,12 @@ class WaitQueue:
         if self._metrics is not None:
             self._metrics.queue_depth.labels(waiter.priority).dec()
         return True
+
+    def ahead_of(self, priority: PriorityClass, model: str) -> int:
+        """Waiters for ``model`` that a new one of class ``priority`` would wait behind."""
+        rank = PRIORITY_CLASSES.index(priority)
+        return sum(1 for w in self._waiters
+                   if w.model == model and PRIORITY_CLASSES.index(w.priority) <= rank)
 
     def depth(self) -> dict[str, int]:
         counts = dict.fromkeys(PRIORITY_CLASSES, 0)

@@ -157,7 +157,7 @@ class WorkerPool:
         # url -> when this replica last added or removed it: a store read older than
         # that is stale for the url (it would undo a registration it started before)
         self._changed_at: dict[str, float] = {}
-        self._mean_hold_s = 1.0  # moving average of how long a lease is held
+        self._mean_hold_s: float | None = None  # moving average of how long a lease is held
         self._task: asyncio.Task[None] | None = None
         self.on_join: Callable[[WorkerState], object] | None = None
 
@@ -324,18 +324,26 @@ class WorkerPool:
         priority: PriorityClass = DEFAULT_PRIORITY,
         exclude: Iterable[WorkerState] = (),
         affinity: str | None = None,
+        fail_fast: bool = True,
     ) -> Lease:
         """A lease on the worker for the next request to ``model``.
 
         Raises ``ModelNotFound`` when no worker ever served the model,
         ``UpstreamUnavailable`` when none can take it now (down, draining, circuit
         open, or all in ``exclude``), ``Overloaded`` when all are at their cap for
-        longer than the queue timeout.
+        longer than the queue timeout, or at once when the queue ahead could not be
+        served within it (unless ``fail_fast`` is off: a batch line, which nobody
+        waits on, would rather wait the whole timeout).
         """
         excluded = frozenset(w.url for w in exclude)
         worker = self._choose(model, excluded, affinity)
         if worker is not None and not self._queue:
             return self._lease(worker, tokens)
+        if fail_fast and self._expected_wait_s(model, priority) > self.queue_timeout_s:
+            raise self._refusal(model, priority, "queue_full",
+                                f"{self._queue.ahead_of(priority, model)} requests are "
+                                f"waiting ahead, more than they can serve in "
+                                f"{self.queue_timeout_s:g} s")
         waiter = Waiter(priority, model, tokens, excluded, affinity, time.monotonic())
         self._queue.push(waiter)
         self._admit_waiters()  # whoever is first in line takes the free slot
@@ -346,15 +354,29 @@ class WorkerPool:
             raise
         if not done:
             self._abandon(waiter)
-            if self._metrics is not None:
-                self._metrics.rejected.labels(priority, "queue_timeout").inc()
-            raise Overloaded(
-                f"every worker for '{model}' is at its limit of {self.max_in_flight} "
-                f"requests; waited {self.queue_timeout_s:g} s",
-                retry_after_s=max(1, math.ceil(self._mean_hold_s)),
-            )
+            raise self._refusal(model, priority, "queue_timeout",
+                                f"waited {self.queue_timeout_s:g} s")
         lease: Lease = waiter.future.result()
         return lease
+
+    def _expected_wait_s(self, model: str, priority: PriorityClass) -> float:
+        """How long a request joining the queue now would wait for a slot: the waiters
+        served before it, at the rate the model's workers free slots (their slots over
+        the mean time a lease is held)."""
+        slots = len(self._serving(model)) * self.max_in_flight
+        if not slots or self._mean_hold_s is None:
+            return 0.0  # nothing to estimate from: wait, and let the timeout decide
+        return (self._queue.ahead_of(priority, model) + 1) * self._mean_hold_s / slots
+
+    def _refusal(self, model: str, priority: PriorityClass, reason: str, why: str
+                 ) -> Overloaded:
+        if self._metrics is not None:
+            self._metrics.rejected.labels(priority, reason).inc()
+        return Overloaded(
+            f"every worker for '{model}' is at its limit of {self.max_in_flight} "
+            f"requests; {why}",
+            retry_after_s=max(1, math.ceil(self._mean_hold_s or 1.0)),
+        )
 
     def _choose(self, model: str, excluded: frozenset[str], affinity: str | None
                 ) -> WorkerState | None:
@@ -412,7 +434,8 @@ class WorkerPool:
         if not lease._verdict:
             worker.breaker.on_abandoned()
         held = time.monotonic() - lease._started_at
-        self._mean_hold_s += 0.05 * (held - self._mean_hold_s)
+        self._mean_hold_s = held if self._mean_hold_s is None else (
+            self._mean_hold_s + 0.05 * (held - self._mean_hold_s))
         if worker.outstanding == 0:
             for idle in self._idle_waiters.pop(worker.url, []):
                 if not idle.done():

@@ -95,6 +95,25 @@ async def test_queue_timeout_is_overloaded_with_retry_after(client) -> None:
     assert a.outstanding == 0
 
 
+async def test_a_request_the_queue_cannot_serve_in_time_is_refused_at_once(client) -> None:
+    pool = WorkerPool(client, max_in_flight=1, queue_timeout_s=0.9)
+    a = add(pool, "http://a")
+    first = await pool.acquire("m")
+    await asyncio.sleep(0.5)
+    first.release()  # the pool has seen a lease held 0.5 s (up to 0.9 s on a busy box)
+    held, waiting = await one_waiting(pool)  # one hold of wait: fits in 0.9 s
+    with pytest.raises(Overloaded, match="1 requests are waiting ahead") as refused:
+        await pool.acquire("m")  # two holds behind: refused at once, not after 0.9 s
+    assert int(refused.value.headers["retry-after"]) >= 1
+    patient = asyncio.create_task(pool.acquire("m", fail_fast=False))  # a batch line waits
+    await settle()
+    assert pool.queue_depth()["normal"] == 2
+    held.release()
+    (await waiting).release()  # the one that fitted is served, then the patient one
+    (await patient).release()
+    assert a.outstanding == 0 and pool.queue_depth()["normal"] == 0
+
+
 async def test_a_cancelled_waiter_leaves_no_trace(client) -> None:
     pool = WorkerPool(client, max_in_flight=1)
     a = add(pool, "http://a")
