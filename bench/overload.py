@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="use this running OpenAI-compatible worker instead of starting one")
     parser.add_argument("--cap", type=int, default=64,
                         help="admission arm: requests in flight on the worker at most (the "
-                             "setting's default, vLLM's batch); capacity is measured there")
+                             "setting's default, a worker's batch); capacity is measured there")
     parser.add_argument("--queue-timeout", type=float, default=5.0,
                         help="admission arm: longest wait in the gateway's queue, seconds")
     parser.add_argument("--load", type=float, default=2.0, help="offered load x capacity")

@@ -151,7 +151,8 @@ class Settings(BaseSettings):
     )
     max_in_flight_per_worker: int = Field(
         default=64, ge=0,
-        description="requests one worker takes at once (vLLM's batch); more wait; 0 = no cap",
+        description="requests one worker takes at once (its batch; vLLM's own limit, "
+                    "--max-num-seqs, is 128 on CPU and more on GPUs); more wait; 0 = no cap",
     )
     admission_queue_timeout_s: float = Field(
         default=30.0, gt=0,

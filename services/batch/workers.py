@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from services.errors import InvalidRequest, Overloaded, UpstreamError, UpstreamUnavailable
 from services.execution import WorkerPool, WorkerState
 
-PER_WORKER_IN_FLIGHT = 64  # vLLM's default max batch: enough to keep each batch full
+PER_WORKER_IN_FLIGHT = 64  # the admission cap's default: one worker's batch
 
 
 def capacity(pool: WorkerPool, model: str, *, per_worker: int = PER_WORKER_IN_FLIGHT) -> int:

@@ -1,6 +1,6 @@
 """Admission control: who waits for a worker slot, in what order, and for how long.
 
-Each worker takes at most ``max_in_flight`` requests at once (vLLM's batch size: beyond
+Each worker takes at most ``max_in_flight`` requests at once (its batch size: beyond
 it, requests only queue inside vLLM where nobody can see or order them). Requests over
 the cap wait here instead, highest priority class first and in arrival order within a
 class; one that waits longer than the queue timeout is refused with 503 ``overloaded``
