@@ -225,7 +225,10 @@ def start_workers(args: argparse.Namespace, model: Path, workdir: Path, kv_block
 
 
 def start_gateway(workdir: Path, run: str, worker_urls: list[str], model: str,
-                  load_factor: float) -> tuple[Service, str, Path]:
+                  load_factor: float, env: dict[str, str] | None = None
+                  ) -> tuple[Service, str, Path]:
+    """A fresh gateway on its own SQLite store in ``workdir/gateway-{run}`` (``env``:
+    more OPTENGINE_* settings), once it lists ``model``."""
     port = free_port()
     data_dir = workdir / f"gateway-{run}"
     db = data_dir / "optengine.db"
@@ -241,6 +244,7 @@ def start_gateway(workdir: Path, run: str, worker_urls: list[str], model: str,
             "OPTENGINE_DATABASE_URL": f"sqlite:///{db}",
             "OPTENGINE_REDIS_URL": "",
             "OPTENGINE_PREFIX_AFFINITY_LOAD_FACTOR": str(load_factor),
+            **(env or {}),
         },
         cwd=workdir,
         log_dir=workdir,
@@ -251,8 +255,15 @@ def start_gateway(workdir: Path, run: str, worker_urls: list[str], model: str,
     return gateway, url, db
 
 
-def worker_metrics(url: str) -> dict[str, float]:
-    """Counters of one vLLM worker, summed over label sets, by metric name."""
+WORKER_COUNTERS = (
+    "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total",
+    "vllm:prompt_tokens_total", "vllm:generation_tokens_total",
+    "vllm:num_preemptions_total", "vllm:request_success_total",
+)
+
+
+def worker_metrics(url: str, names: tuple[str, ...] = WORKER_COUNTERS) -> dict[str, float]:
+    """Counters (``names``) of one vLLM worker, summed over label sets, by metric name."""
     text = httpx.get(f"{url}/metrics", timeout=10).text
     found: dict[str, float] = {}
     for line in text.splitlines():
@@ -260,9 +271,7 @@ def worker_metrics(url: str) -> dict[str, float]:
         if match is None:
             continue
         name = match["name"]
-        if name in ("vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total",
-                    "vllm:prompt_tokens_total", "vllm:generation_tokens_total",
-                    "vllm:num_preemptions_total", "vllm:request_success_total"):
+        if name in names:
             found[name] = found.get(name, 0.0) + float(match["value"])
         elif name == "vllm:cache_config_info" and match["labels"]:
             labels = dict(re.findall(r'(\w+)="([^"]*)"', match["labels"]))
