@@ -135,7 +135,8 @@ class Workload:
 
 
 def build_workload(args: argparse.Namespace, model: Path) -> Workload:
-    """System prompts cut from the file's long turns; questions from its short ones."""
+    """System prompts cut from the file's long turns (all its turns when it has none);
+    questions from its short ones."""
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(model / "tokenizer.json"))
@@ -145,7 +146,8 @@ def build_workload(args: argparse.Namespace, model: Path) -> Workload:
 
     prompts = load_prompts(args.prompts)
     questions = [p for p in prompts if 20 <= len(p) <= 400 and n_tokens(p) <= args.question_tokens]
-    words = " ".join(p for p in prompts if len(p) > 400).split()
+    # a file of short prompts only (the demo's) lends all its turns, cycled, instead
+    words = " ".join([p for p in prompts if len(p) > 400] or prompts).split()
     if len(questions) < 10 or not words:
         raise SystemExit(f"{args.prompts} has too little text for this workload")
     prefixes, counts = [], []
