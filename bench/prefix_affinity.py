@@ -84,7 +84,8 @@ WORKER_CPUS = ("0", "1")
 # Same token length each (checked at run time): one tag per run, so no run meets the
 # KV blocks an earlier run left behind.
 SESSION_TAGS = tuple("ABCDEFGH")
-_METRIC = re.compile(r"^(?P<name>[a-zA-Z_:]+)(?:\{(?P<labels>[^}]*)\})? (?P<value>\S+)$")
+_METRIC = re.compile(
+    r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})? (?P<value>\S+)$")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
