@@ -32,10 +32,13 @@ requests, and what the warming itself costs, side by side in one run:
 Per pass: client-side time to first token and end-to-end latency (p50/p95), the
 worker's prefix-cache hit rate (``vllm:prefix_cache_hits_total`` /
 ``vllm:prefix_cache_queries_total``, in tokens) and mean time to first token and prefill
-time from its histograms, all as deltas over the measured requests only (the counters
-are read after warming finished). Per join: how long warming took (gateway launch to the
-last prefix warmed, next to launch to the model listed), and what it cost the worker:
-requests, prompt tokens, running and prefill seconds (``vllm:request_inference_time_seconds``,
+time from its histograms (each run's mean, median over the runs: a histogram gives no
+median, and one request stalled by a busy machine moves a pooled mean), all as deltas
+over the measured requests only (the counters are read after warming finished).
+
+Per join: how long warming took (gateway launch to the last prefix warmed, next to
+launch to the model listed), and what it cost the worker: requests, prompt tokens,
+running and prefill seconds (``vllm:request_inference_time_seconds``,
 ``vllm:request_prefill_time_seconds``) of the warming requests, next to the prefill
 seconds it saved the first pass.
 
@@ -53,6 +56,7 @@ import dataclasses
 import random
 import re
 import shutil
+import statistics
 import sys
 import time
 from datetime import UTC, datetime
@@ -272,6 +276,11 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3)
 
 
+def run_median(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return round(statistics.median(known), 3) if known else None
+
+
 def mean_of(d: dict[str, float], name: str) -> float | None:
     count = d.get(f"{name}_count", 0.0)
     return round(1000 * d.get(f"{name}_sum", 0.0) / count, 2) if count else None
@@ -300,21 +309,28 @@ def summarize(results: list[RunResult]) -> dict[str, Any]:
             "ttft_p95_ms": round(pct(ttft, 95), 1),
             "latency_p50_ms": round(pct(latency, 50), 1),
             "latency_p95_ms": round(pct(latency, 95), 1),
+            # vLLM's histograms give means only; one stalled request (a busy machine)
+            # moves a pooled mean, so the tables use each run's mean, median over runs
             "worker_ttft_mean_ms": mean_of(vllm, "vllm:time_to_first_token_seconds"),
             "worker_prefill_mean_ms": mean_of(vllm, "vllm:request_prefill_time_seconds"),
-            "worker_prefill_s": round(vllm["vllm:request_prefill_time_seconds_sum"], 3),
+            "worker_ttft_ms": run_median(
+                [mean_of(r.vllm[name], "vllm:time_to_first_token_seconds") for r in results]),
+            "worker_prefill_ms": run_median(
+                [mean_of(r.vllm[name], "vllm:request_prefill_time_seconds") for r in results]),
+            "worker_prefill_s": run_median(
+                [r.vllm[name]["vllm:request_prefill_time_seconds_sum"] for r in results]),
         }
-    join = {k: sum(r.join[k] for r in results) / len(results) for k in COUNTERS}
+    join = {k: run_median([r.join[k] for r in results]) for k in COUNTERS}
     warmed = [r.warmed_s for r in results if r.warmed_s is not None]
     found["join"] = {  # per join (run), means over the runs
         "ready_s_p50": round(pct([r.ready_s for r in results], 50), 2),
         "warmed_s_p50": round(pct(warmed, 50), 2) if warmed else None,
         "warm_outcomes": {k: sum(r.warm.get(k, 0.0) for r in results) for k in
                           sorted({k for r in results for k in r.warm})},
-        "worker_requests": round(join["vllm:request_success_total"], 1),
-        "worker_prompt_tokens": round(join["vllm:prompt_tokens_total"], 1),
-        "worker_running_s": round(join["vllm:request_inference_time_seconds_sum"], 3),
-        "worker_prefill_s": round(join["vllm:request_prefill_time_seconds_sum"], 3),
+        "worker_requests": join["vllm:request_success_total"],
+        "worker_prompt_tokens": join["vllm:prompt_tokens_total"],
+        "worker_running_s": join["vllm:request_inference_time_seconds_sum"],
+        "worker_prefill_s": join["vllm:request_prefill_time_seconds_sum"],
     }
     found["load_max"] = round(max(max(r.load) for r in results), 2)
     return found
@@ -322,7 +338,8 @@ def summarize(results: list[RunResult]) -> dict[str, Any]:
 
 def ratios(on: dict[str, Any], off: dict[str, Any]) -> dict[str, Any]:
     keys = ("ttft_p50_ms", "ttft_p95_ms", "latency_p50_ms", "latency_p95_ms",
-            "worker_ttft_mean_ms", "worker_prefill_mean_ms")
+            "worker_ttft_mean_ms", "worker_prefill_mean_ms", "worker_ttft_ms",
+            "worker_prefill_ms")
     return {name: {k: ratio(on[name][k], off[name][k]) for k in keys} for name in PASSES}
 
 
@@ -382,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     trade = {  # per join, worker seconds
         "warm_running_s": summary["on"]["join"]["worker_running_s"],
         "warm_prefill_s": summary["on"]["join"]["worker_prefill_s"],
-        "first_pass_prefill_saved_s": round(saved / args.rounds, 3),
+        "first_pass_prefill_saved_s": round(saved, 3),
     }
     report(summary, on_off, trade, info, args, model, config)
     print_json_line({
@@ -435,18 +452,20 @@ def report(summary: dict[str, dict[str, Any]], on_off: dict[str, Any], trade: di
             p = s[name]
             rows.append([f"warming {arm.upper()}", p["requests"], p["errors"],
                          f"{100 * p['vllm_hit_rate']:.1f}%", p["ttft_p50_ms"], p["ttft_p95_ms"],
-                         p["latency_p50_ms"], p["latency_p95_ms"], p["worker_ttft_mean_ms"],
-                         p["worker_prefill_mean_ms"], s["load_max"]])
+                         p["latency_p50_ms"], p["latency_p95_ms"], p["worker_ttft_ms"],
+                         p["worker_prefill_ms"], s["load_max"]])
         r = on_off[name]
         rows.append(["ratio ON/OFF", "", "", "", r["ttft_p50_ms"], r["ttft_p95_ms"],
-                     r["latency_p50_ms"], r["latency_p95_ms"], r["worker_ttft_mean_ms"],
-                     r["worker_prefill_mean_ms"], ""])
+                     r["latency_p50_ms"], r["latency_p95_ms"], r["worker_ttft_ms"],
+                     r["worker_prefill_ms"], ""])
         print(markdown_table(
             ["arm", "requests", "errors", "vLLM prefix hit", "TTFT p50 ms", "TTFT p95 ms",
-             "e2e p50 ms", "e2e p95 ms", "worker TTFT mean ms", "worker prefill mean ms",
+             "e2e p50 ms", "e2e p95 ms", "worker TTFT ms", "worker prefill ms",
              "load max"], rows))
     print()
-    print("per join (median / mean over the runs)")
+    print("worker columns: vLLM's own histograms, each run's mean, median over the runs")
+    print()
+    print("per join (median over the runs)")
     print()
     rows = []
     for arm, s in summary.items():
@@ -459,7 +478,7 @@ def report(summary: dict[str, dict[str, Any]], on_off: dict[str, Any], trade: di
                           "warm requests", "warm prompt tokens", "worker running s",
                           "warm outcomes (all runs)"], rows))
     print()
-    print(f"trade per join (worker histograms): the warming requests ran "
+    print(f"trade per join (worker histograms, median over the runs): the warming requests ran "
           f"{trade['warm_running_s']:.3f} s on the worker ({trade['warm_prefill_s']:.3f} s of "
           f"it prefill), before any real request; the first pass then spent "
           f"{trade['first_pass_prefill_saved_s']:.3f} s less in prefill")
