@@ -84,7 +84,8 @@ WORKER_CPUS = ("0", "1")
 # Same token length each (checked at run time): one tag per run, so no run meets the
 # KV blocks an earlier run left behind.
 SESSION_TAGS = tuple("ABCDEFGH")
-_METRIC = re.compile(r"^(?P<name>[a-zA-Z_:]+)(?:\{(?P<labels>[^}]*)\})? (?P<value>\S+)$")
+_METRIC = re.compile(
+    r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})? (?P<value>\S+)$")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -135,7 +136,8 @@ class Workload:
 
 
 def build_workload(args: argparse.Namespace, model: Path) -> Workload:
-    """System prompts cut from the file's long turns; questions from its short ones."""
+    """System prompts cut from the file's long turns (all its turns when it has none);
+    questions from its short ones."""
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(model / "tokenizer.json"))
@@ -145,7 +147,8 @@ def build_workload(args: argparse.Namespace, model: Path) -> Workload:
 
     prompts = load_prompts(args.prompts)
     questions = [p for p in prompts if 20 <= len(p) <= 400 and n_tokens(p) <= args.question_tokens]
-    words = " ".join(p for p in prompts if len(p) > 400).split()
+    # a file of short prompts only (the demo's) lends all its turns, cycled, instead
+    words = " ".join([p for p in prompts if len(p) > 400] or prompts).split()
     if len(questions) < 10 or not words:
         raise SystemExit(f"{args.prompts} has too little text for this workload")
     prefixes, counts = [], []
@@ -225,7 +228,10 @@ def start_workers(args: argparse.Namespace, model: Path, workdir: Path, kv_block
 
 
 def start_gateway(workdir: Path, run: str, worker_urls: list[str], model: str,
-                  load_factor: float) -> tuple[Service, str, Path]:
+                  load_factor: float, env: dict[str, str] | None = None
+                  ) -> tuple[Service, str, Path]:
+    """A fresh gateway on its own SQLite store in ``workdir/gateway-{run}`` (``env``:
+    more OPTENGINE_* settings), once it lists ``model``."""
     port = free_port()
     data_dir = workdir / f"gateway-{run}"
     db = data_dir / "optengine.db"
@@ -241,6 +247,7 @@ def start_gateway(workdir: Path, run: str, worker_urls: list[str], model: str,
             "OPTENGINE_DATABASE_URL": f"sqlite:///{db}",
             "OPTENGINE_REDIS_URL": "",
             "OPTENGINE_PREFIX_AFFINITY_LOAD_FACTOR": str(load_factor),
+            **(env or {}),
         },
         cwd=workdir,
         log_dir=workdir,
@@ -251,8 +258,15 @@ def start_gateway(workdir: Path, run: str, worker_urls: list[str], model: str,
     return gateway, url, db
 
 
-def worker_metrics(url: str) -> dict[str, float]:
-    """Counters of one vLLM worker, summed over label sets, by metric name."""
+WORKER_COUNTERS = (
+    "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total",
+    "vllm:prompt_tokens_total", "vllm:generation_tokens_total",
+    "vllm:num_preemptions_total", "vllm:request_success_total",
+)
+
+
+def worker_metrics(url: str, names: tuple[str, ...] = WORKER_COUNTERS) -> dict[str, float]:
+    """Counters (``names``) of one vLLM worker, summed over label sets, by metric name."""
     text = httpx.get(f"{url}/metrics", timeout=10).text
     found: dict[str, float] = {}
     for line in text.splitlines():
@@ -260,9 +274,7 @@ def worker_metrics(url: str) -> dict[str, float]:
         if match is None:
             continue
         name = match["name"]
-        if name in ("vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total",
-                    "vllm:prompt_tokens_total", "vllm:generation_tokens_total",
-                    "vllm:num_preemptions_total", "vllm:request_success_total"):
+        if name in names:
             found[name] = found.get(name, 0.0) + float(match["value"])
         elif name == "vllm:cache_config_info" and match["labels"]:
             labels = dict(re.findall(r'(\w+)="([^"]*)"', match["labels"]))
