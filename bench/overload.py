@@ -186,6 +186,7 @@ def summarize(outcomes: list[Outcome], wall_s: float, slo_s: float) -> dict[str,
         "p50_s": percentile(admitted, 0.50),
         "p95_s": percentile(admitted, 0.95),
         "max_s": percentile(admitted, 1.0),
+        "refusal_p50_s": percentile([o.latency_s for o in refused], 0.5),
         "refusal_p95_s": percentile([o.latency_s for o in refused], 0.95),
         "completed_per_s": round(len(admitted) / wall_s, 2),
         "goodput_per_s": round(sum(lat <= slo_s for lat in admitted) / wall_s, 2),
@@ -303,11 +304,12 @@ def report(results: dict[str, dict[str, Any]], figures: dict[str, Any],
     for arm in ARMS:
         r = results[arm]
         rows.append([arm, r["offered"], r["admitted"], r["p50_s"], r["p95_s"], r["max_s"],
-                     f"{100 * r['refused_fraction']:.0f}%", f"{100 * r['timed_out_fraction']:.0f}%",
+                     f"{100 * r['refused_fraction']:.0f}%", r["refusal_p50_s"],
+                     r["refusal_p95_s"], f"{100 * r['timed_out_fraction']:.0f}%",
                      r["completed_per_s"], r["goodput_per_s"]])
     print(markdown_table(
         ["arm", "offered", "admitted", "p50 s", "p95 s", "max s", "refused (503)",
-         "timed out", "completed/s", "goodput/s"],
+         "refusal p50 s", "refusal p95 s", "timed out", "completed/s", "goodput/s"],
         rows,
     ))
     print()
