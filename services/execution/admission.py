@@ -87,6 +87,7 @@ class WaitQueue:
         self._waiters: list[Waiter] = []
         self._arrivals = itertools.count()
         self._metrics = metrics
+        self._counts: dict[tuple[str, PriorityClass], int] = {}  # waiters per (model, class)
 
     def __len__(self) -> int:
         return len(self._waiters)
@@ -97,6 +98,8 @@ class WaitQueue:
     def push(self, waiter: Waiter) -> None:
         waiter.sort_key = (PRIORITY_CLASSES.index(waiter.priority), next(self._arrivals))
         bisect.insort(self._waiters, waiter, key=lambda w: w.sort_key)
+        key = (waiter.model, waiter.priority)
+        self._counts[key] = self._counts.get(key, 0) + 1
         if self._metrics is not None:
             self._metrics.queue_depth.labels(waiter.priority).inc()
 
@@ -105,6 +108,10 @@ class WaitQueue:
             self._waiters.remove(waiter)
         except ValueError:
             return False
+        key = (waiter.model, waiter.priority)
+        self._counts[key] -= 1
+        if not self._counts[key]:
+            del self._counts[key]
         if self._metrics is not None:
             self._metrics.queue_depth.labels(waiter.priority).dec()
         return True
@@ -112,8 +119,7 @@ class WaitQueue:
     def ahead_of(self, priority: PriorityClass, model: str) -> int:
         """Waiters for ``model`` that a new one of class ``priority`` would wait behind."""
         rank = PRIORITY_CLASSES.index(priority)
-        return sum(1 for w in self._waiters
-                   if w.model == model and PRIORITY_CLASSES.index(w.priority) <= rank)
+        return sum(self._counts.get((model, cls), 0) for cls in PRIORITY_CLASSES[:rank + 1])
 
     def depth(self) -> dict[str, int]:
         counts = dict.fromkeys(PRIORITY_CLASSES, 0)

@@ -9,6 +9,7 @@ import pytest
 
 from services.errors import InvalidRequest, Overloaded, UpstreamUnavailable
 from services.execution import Lease, UpstreamClient, WorkerPool, request_priority
+from services.execution.admission import Waiter, WaitQueue
 from tests.execution.support import add
 
 
@@ -112,6 +113,19 @@ async def test_a_request_the_queue_cannot_serve_in_time_is_refused_at_once(clien
     (await waiting).release()  # the one that fitted is served, then the patient one
     (await patient).release()
     assert a.outstanding == 0 and pool.queue_depth()["normal"] == 0
+
+
+async def test_a_new_waiter_counts_only_those_served_before_it() -> None:
+    queue = WaitQueue()
+    waiters = [Waiter(priority, model, 0, frozenset(), None, 0.0) for priority, model in
+               [("high", "m"), ("normal", "m"), ("normal", "m"), ("low", "m"), ("high", "x")]]
+    for waiter in waiters:
+        queue.push(waiter)
+    assert [queue.ahead_of(p, "m") for p in ("high", "normal", "low")] == [1, 3, 4]
+    assert queue.ahead_of("low", "x") == 1 and queue.ahead_of("normal", "other") == 0
+    queue.remove(waiters[1])
+    queue.remove(waiters[1])  # twice: no double count
+    assert [queue.ahead_of(p, "m") for p in ("high", "normal", "low")] == [1, 2, 3]
 
 
 async def test_a_cancelled_waiter_leaves_no_trace(client) -> None:
