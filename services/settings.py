@@ -170,6 +170,16 @@ class Settings(BaseSettings):
         default=1.25, ge=0,
         description="route shared prefixes to one worker up to this x mean load; 0 = off",
     )
+    prefix_cache_per_tenant: bool = Field(
+        default=False,
+        description="salt vLLM's prefix cache per tenant (vLLM cache_salt), so no tenant "
+        "can time another's cached prompts; prefix warming is then off",
+    )
+    prefix_cache_salt_key: SecretStr = Field(
+        default=SecretStr(""),
+        description="secret the per-tenant salts derive from; the same on every replica "
+        "(empty: a random key per process, so replicas do not share a tenant's prefixes)",
+    )
     prefix_warm_enabled: bool = Field(
         default=True,
         description="fill a joining vLLM worker's prefix cache with the cacheable_prefixes "

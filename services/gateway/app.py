@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -121,6 +122,19 @@ def build_token_stages(settings: Settings, pool: WorkerPool, client: UpstreamCli
     )
 
 
+def prefix_salt_key(settings: Settings) -> bytes | None:
+    """The key per-tenant prefix-cache salts derive from, or None when vLLM's prefix
+    cache is shared by all tenants."""
+    if not settings.prefix_cache_per_tenant:
+        return None
+    key = settings.prefix_cache_salt_key.get_secret_value()
+    if key:
+        return key.encode()
+    log.warning("prefix_cache_per_tenant without prefix_cache_salt_key: a random key for "
+                "this process, so other replicas' requests of a tenant miss its prefixes")
+    return secrets.token_bytes(32)
+
+
 def build_services(settings: Settings) -> AppServices:
     engine = create_store_engine(settings.database_url)
     sessions = session_factory(engine)
@@ -147,7 +161,9 @@ def build_services(settings: Settings) -> AppServices:
         metrics=AdmissionMetrics(metrics.registry),
     )
     warmer = None
-    if settings.prefix_warm_enabled:
+    if settings.prefix_warm_enabled and settings.prefix_cache_per_tenant:
+        log.info("prefix warming is off: per-tenant prefix caches take no unsalted prefix")
+    elif settings.prefix_warm_enabled:
         warmer = PrefixWarmer(
             pool, client, lambda limit: load_warm_prefixes(engine, limit),
             max_prefixes=settings.prefix_warm_max_prefixes,
@@ -209,6 +225,7 @@ def build_services(settings: Settings) -> AppServices:
             tenant_priorities=settings.tenant_priorities,
             expected_output_tokens=settings.expected_output_tokens,
             hosted=hosted,
+            prefix_salt_key=prefix_salt_key(settings),
         )
     )
     pipeline = Pipeline(stages)

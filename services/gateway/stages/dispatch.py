@@ -14,6 +14,9 @@ nothing reached the client yet and nothing was generated, so the retry cannot do
 anything. Any failure after that is the client's to see. Every outcome is reported to
 the lease, which feeds the worker's circuit breaker.
 
+With ``prefix_cache_per_tenant`` every request to a worker carries a ``cache_salt``
+derived from its tenant, so vLLM shares prefix-cache blocks only within a tenant.
+
 Streams always ask the worker for usage (``stream_options.include_usage``) so every
 request is counted exactly; the usage chunk is dropped again when the client did not
 ask for it. A worker that dies mid-stream ends the client's stream with an OpenAI error
@@ -30,7 +33,7 @@ from typing import Any, TypeVar
 import orjson
 from pydantic import ValidationError
 
-from services.caching.prefix import static_prefix_key
+from services.caching.prefix import prefix_cache_salt, static_prefix_key
 from services.errors import EngineError, UpstreamError, UpstreamUnavailable
 from services.execution import (
     DEFAULT_PRIORITY,
@@ -53,8 +56,13 @@ _RESPONSES = {"chat.completions": ChatCompletionResponse, "completions": Complet
 T = TypeVar("T")
 
 
-def upstream_payload(ctx: RequestContext) -> bytes:
-    return orjson.dumps(ctx.upstream_body())
+def upstream_payload(ctx: RequestContext, salt_key: bytes | None = None) -> bytes:
+    """The worker's request body; with ``salt_key``, its prefix cache is the tenant's."""
+    body = ctx.upstream_body()
+    if salt_key is not None:
+        body["cache_salt"] = prefix_cache_salt(salt_key, ctx.principal.tenant,
+                                               body.get("cache_salt"))
+    return orjson.dumps(body)
 
 
 def _settle(lease: Lease, exc: EngineError) -> None:
@@ -77,8 +85,10 @@ class DispatchStage:
         tenant_priorities: Mapping[str, PriorityClass] | None = None,
         expected_output_tokens: int = 256,
         hosted: Mapping[str, HostedBackend] | None = None,
+        prefix_salt_key: bytes | None = None,
     ) -> None:
         self._pool = pool
+        self._salt_key = prefix_salt_key
         self._hosted = dict(hosted or {})
         self._client = client
         self._retries = retries
@@ -92,7 +102,7 @@ class DispatchStage:
                 raise UpstreamUnavailable(f"no {ctx.upstream} API key is configured")
             return await backend.complete(ctx)
         path = _PATHS[ctx.endpoint]
-        payload = upstream_payload(ctx)
+        payload = upstream_payload(ctx, self._salt_key)
         if ctx.stream:
             return await self._stream(ctx, path, payload)
         return await self._unary(ctx, path, payload)
