@@ -94,12 +94,17 @@ class RequestContext:
     def request_changed(self) -> None:
         self._request_dict = None
 
+    @property
+    def sent_request(self) -> dict[str, Any]:
+        """The request the upstream gets: the rewritten one if a stage rewrote it, else
+        the client's (before the per-send changes of ``upstream_body``)."""
+        return self.upstream_request if self.upstream_request is not None else self.request_dict
+
     def upstream_body(self) -> dict[str, Any]:
-        """What to send upstream: the rewritten request if a stage rewrote it, else the
-        client's, for the serving model; streams always ask for usage (every request is
-        counted exactly; the usage chunk is dropped again when the client did not ask)."""
-        body = dict(self.upstream_request if self.upstream_request is not None
-                    else self.request_dict)
+        """What to send upstream: ``sent_request`` for the serving model; streams always
+        ask for usage (every request is counted exactly; the usage chunk is dropped again
+        when the client did not ask)."""
+        body = dict(self.sent_request)
         body["model"] = self.model
         if self.stream:
             options = body.get("stream_options") or {}

@@ -4,6 +4,7 @@ says something about the cheap tier (``services.routing.feedback``)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from fastapi import APIRouter, Request
 
@@ -23,14 +24,15 @@ async def feedback(request: Request, services: ServicesDep,
                    principal: PrincipalDep) -> FeedbackResult:
     body = parse_body(FeedbackRequest, await read_body(request, _BODY_LIMIT))
     routing = services.routing.policy.config if services.routing is not None else None
-    try:
+
+    async def record() -> FeedbackResult:
         return await asyncio.to_thread(record_feedback, services.engine, routing, body,
                                        tenant=principal.tenant)
+
+    try:
+        return await record()
     except NotFound:
         # this replica may still hold the answer's event in its telemetry queue
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(services.telemetry.flush(), _FLUSH_WAIT_S)
-        except TimeoutError:
-            pass
-        return await asyncio.to_thread(record_feedback, services.engine, routing, body,
-                                       tenant=principal.tenant)
+        return await record()

@@ -113,7 +113,7 @@ class DispatchStage:
         """``send`` on a leased worker, retried on another one while it fails with
         ``UpstreamUnavailable``; returns the still-held lease with the result."""
         # load and prefix affinity are about what the worker gets: the rewritten request
-        sent = ctx.upstream_request if ctx.upstream_request is not None else ctx.request_dict
+        sent = ctx.sent_request
         tokens = estimate_tokens(sent, default_output_tokens=self._expected_output_tokens)
         priority = request_priority(
             self._tenant_priorities.get(ctx.principal.tenant, DEFAULT_PRIORITY),
