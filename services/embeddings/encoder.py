@@ -71,7 +71,21 @@ class SentenceEncoder(ABC):
         its own to bound (e.g. NumPy's BLAS) limit it here."""
         return contextlib.nullcontext()
 
-    def _encode_locked(self, texts: list[str]) -> np.ndarray:
+    def token_states(self, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Each text's token ids and last hidden state (one row per token, [CLS] and [SEP]
+        included): what the pooled embedding averages, for analyses that compare texts
+        word by word."""
+        out: list[tuple[np.ndarray, np.ndarray]] = []
+        with self._lock, self._one_thread():
+            for start in range(0, len(texts), 64):
+                ids, mask, hidden = self._hidden(list(texts[start : start + 64]))
+                for row in range(len(ids)):
+                    n = int(mask[row].sum())
+                    out.append((ids[row, :n].copy(), hidden[row, :n].copy()))
+        return out
+
+    def _hidden(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Token ids, 0/1 mask and last hidden state of a padded batch."""
         encodings = self._tokenizer.encode_batch(texts)
         length = max(len(e.ids) for e in encodings)
         ids = np.zeros((len(texts), length), dtype=np.int64)
@@ -79,7 +93,10 @@ class SentenceEncoder(ABC):
         for row, enc in enumerate(encodings):
             ids[row, : len(enc.ids)] = enc.ids
             mask[row, : len(enc.ids)] = 1.0
-        hidden = self._forward(ids, mask)
+        return ids, mask, self._forward(ids, mask)
+
+    def _encode_locked(self, texts: list[str]) -> np.ndarray:
+        _, mask, hidden = self._hidden(texts)
         pooled = (hidden * mask[..., None]).sum(1) / np.maximum(mask.sum(1, keepdims=True), 1e-9)
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
         return (pooled / np.maximum(norms, 1e-12)).astype(np.float32)

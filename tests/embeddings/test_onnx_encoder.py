@@ -76,3 +76,15 @@ def test_the_graph_is_built_deterministically() -> None:
 def test_unknown_encoder_kind_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="unknown embedding encoder 'bert'"):
         default_encoder("bert")  # type: ignore[arg-type]
+
+
+def test_token_states_average_to_the_sentence_embedding() -> None:
+    encoder = default_encoder("onnx-int8")
+    states = encoder.token_states(SENTENCES)
+    pooled = encoder.encode(SENTENCES)
+    assert len(states) == len(SENTENCES)
+    for (ids, hidden), text, vector in zip(states, SENTENCES, pooled, strict=True):
+        assert ids[0] == encoder._tokenizer.token_to_id("[CLS]"), text
+        assert hidden.shape == (len(ids), encoder.dimension)
+        mean = hidden.mean(axis=0)
+        assert float(mean @ vector / np.linalg.norm(mean)) > 0.9999, text

@@ -60,7 +60,10 @@ class Outcome:
 
     probability: float
     cosine: float
-    kind: str  # "correct" | "wrong_own" (own pair, label 0) | "wrong_other" (another entry)
+    # "correct" | "wrong_own" (own pair, label 0) | "wrong_other" (another entry); the
+    # benchmark splits "other_labelled" off "wrong_other": another entry, labelled elsewhere
+    # as the same question (still a wrong hit)
+    kind: str
     same_words: bool = False  # accepted by the same-words rule, whatever the threshold
 
 
@@ -159,6 +162,7 @@ def precision_curve(outcomes: Sequence[Outcome | None], positives: int,
         rows.append({
             "threshold": round(float(t), 4), "hits": len(hits), "correct": correct,
             "wrong_own": wrong_own, "wrong_other": len(hits) - correct - wrong_own,
+            "other_labelled": sum(o.kind == "other_labelled" for o in hits),
             "precision": round(correct / len(hits), 4) if hits else 1.0,
             "recall": round(correct / positives, 4) if positives else 0.0,
         })
