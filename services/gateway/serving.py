@@ -114,6 +114,7 @@ def build_event(ctx: RequestContext, *, store_prompts: bool) -> RequestEvent:
         if usage is not None and usage.completion_tokens > 1:
             tpot_ms = (end - ctx.first_token_at) * 1000 / (usage.completion_tokens - 1)
     prompt = _prompt_of(ctx)
+    before, after = _optimization_counts(ctx)
     return RequestEvent(
         id=ctx.request_id,
         created_at=ctx.received_wall,
@@ -134,12 +135,8 @@ def build_event(ctx: RequestContext, *, store_prompts: bool) -> RequestEvent:
         max_tokens=ctx.request_dict.get("max_tokens"),
         cached_tokens=usage.cached_tokens if usage else None,
         cache_write_tokens=usage.cache_write_tokens if usage else None,
-        prompt_tokens_before_optimization=(
-            ctx.prompt_tokens_before_optimization
-            if ctx.prompt_tokens_before_optimization is not None
-            else (usage.prompt_tokens if usage else None)
-        ),
-        prompt_tokens_after_optimization=ctx.prompt_tokens_after_optimization,
+        prompt_tokens_before_optimization=before,
+        prompt_tokens_after_optimization=after,
         token_policy=str(ctx.token_policy) if ctx.token_policy is not None else None,
         token_stages=ctx.token_stages,
         ttft_ms=ttft_ms,
@@ -150,6 +147,20 @@ def build_event(ctx: RequestContext, *, store_prompts: bool) -> RequestEvent:
         prompt_hash=hashlib.sha256(prompt).hexdigest(),
         prompt_text=prompt.decode() if store_prompts else None,
     )
+
+
+def _optimization_counts(ctx: RequestContext) -> tuple[int | None, int | None]:
+    """Prompt tokens before and after token optimisation, anchored on the upstream's own
+    count of what it was sent: the stage's counts are exact only when a vLLM worker
+    counted both sides (a saving of 0 skips that call, and hosted models are counted
+    with tiktoken, which leaves out the chat template). The saving stays the stage's."""
+    before, after = ctx.prompt_tokens_before_optimization, ctx.prompt_tokens_after_optimization
+    billed = ctx.usage.prompt_tokens if ctx.usage is not None else None
+    if before is None or after is None:  # no token stage ran (off, a cache hit)
+        return (billed if before is None else before), after
+    if not billed:  # no usage came back: the stage's estimate is all there is
+        return before, after
+    return billed + (before - after), billed
 
 
 def _prompt_of(ctx: RequestContext) -> bytes:
