@@ -136,6 +136,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--kvcache-gib", type=int, default=1)
     parser.add_argument("--vllm-python", type=Path, default=REPO_ROOT / ".venv-vllm/bin/python")
     parser.add_argument("--keep-dir", action="store_true", help="keep logs and the stores")
+    parser.add_argument("--token-policy", default="off",
+                        help="the gateway's token optimization policy (both arms)")
+    parser.add_argument("--no-keep-marked", dest="keep_marked", action="store_false",
+                        help="let the token policy rewrite marked cacheable prefixes too")
     args = parser.parse_args(argv)
     args.requests = 2 * args.prefixes  # what build_workload draws; the passes use their own
     return args
@@ -216,7 +220,9 @@ def run_arm(arm: str, tag: str, work: dict[str, Workload], worker: Any, model: s
     run = f"{arm}-{tag}"
     n = seed_store(workdir / f"gateway-{run}" / "optengine.db", work["first"], tag, model, args)
     env = {"OPTENGINE_PREFIX_WARM_ENABLED": "true" if arm == "on" else "false",
-           "OPTENGINE_CACHE_ENABLED": "false", "OPTENGINE_CACHE_SEMANTIC_ENABLED": "false"}
+           "OPTENGINE_CACHE_ENABLED": "false", "OPTENGINE_CACHE_SEMANTIC_ENABLED": "false",
+           "OPTENGINE_TOKEN_OPTIMIZATION_DEFAULT": args.token_policy,
+           "OPTENGINE_TOKEN_KEEP_MARKED_PREFIXES": str(args.keep_marked).lower()}
     load_before = load_average()
     before_join = worker_metrics(worker.base_url, COUNTERS)
     launched = time.perf_counter()
@@ -402,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
             "prefix_tokens": work.prefix_token_counts, "requests_per_pass": args.prefixes,
             "concurrency": 1, "max_tokens": args.max_tokens, "temperature": args.temperature,
             "rounds": args.rounds, "seed": args.seed, "worker_cpus": args.worker_cpus,
+            "token_policy": args.token_policy, "keep_marked_prefixes": args.keep_marked,
             "kv_blocks": int(config.get("num_gpu_blocks", 0)),
             "block_size": int(config.get("block_size", 0)),
             "workers": "one, started once, never reset; each run's prefixes carry their own "

@@ -268,6 +268,14 @@ class Settings(BaseSettings):
     token_count_with_worker: bool = Field(
         default=True, description="record vLLM models' counts from the worker's /tokenize"
     )
+    token_keep_marked_prefixes: bool = Field(
+        default=True,
+        description="send leading system messages that cacheable_prefixes marks as "
+        "written, under every policy (the upstream caches them)",
+    )
+    token_marked_prefixes_refresh_s: float = Field(
+        default=60.0, gt=0, description="how often the gateway re-reads cacheable_prefixes"
+    )
 
     # telemetry
     telemetry_queue_size: int = Field(default=10_000, gt=0)

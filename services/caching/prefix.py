@@ -20,6 +20,9 @@ import hmac
 from typing import Any
 
 import orjson
+from sqlalchemy import Engine, select
+
+from models import CacheablePrefix
 
 MIN_COMPLETION_PREFIX_CHARS = 512
 COMPLETION_PREFIX_CHARS = 1024
@@ -57,6 +60,23 @@ def cacheable_prefix_hash(messages: list[dict[str, Any]]) -> str:
     """The ``cacheable_prefixes`` key of leading messages (model-free, unlike the
     affinity key: the table is written offline from prompts of any model)."""
     return hashlib.sha256(orjson.dumps(messages, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def leading_instructions(messages: object) -> list[dict[str, Any]]:
+    """A chat's leading system/developer messages: the part ``cacheable_prefixes``
+    records, and the one an application repeats in every request."""
+    lead: list[dict[str, Any]] = []
+    for message in messages if isinstance(messages, list) else ():
+        if not isinstance(message, dict) or message.get("role") not in INSTRUCTION_ROLES:
+            break
+        lead.append(message)
+    return lead
+
+
+def marked_prefix_hashes(engine: Engine) -> frozenset[str]:
+    """Every prefix the ``token_optimization`` flow has marked cacheable."""
+    with engine.connect() as conn:
+        return frozenset(conn.execute(select(CacheablePrefix.prefix_hash)).scalars())
 
 
 def _chat_prefix(request: dict[str, Any]) -> bytes | None:

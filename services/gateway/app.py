@@ -22,6 +22,7 @@ from services.caching import (
     RedisCache,
     ResponseCache,
 )
+from services.caching.prefix import marked_prefix_hashes
 from services.caching.semantic import SemanticCache
 from services.caching.semantic_store import SemanticStore, SemanticSync
 from services.costs import PriceCatalog, ThroughputMeter
@@ -247,6 +248,7 @@ def build_services(settings: Settings) -> AppServices:
         semantic_sync=semantic_sync,
         routing=routing,
         warmer=warmer,
+        tokens=token_stages[1] if token_stages is not None else None,
     )
 
 
@@ -272,6 +274,9 @@ def create_app(settings: Settings) -> FastAPI:
             await services.semantic_sync.start()
         if services.routing is not None:
             await services.routing.start(lambda: load_active_router(services.engine))
+        if services.tokens is not None and settings.token_keep_marked_prefixes:
+            await services.tokens.start(lambda: marked_prefix_hashes(services.engine),
+                                        settings.token_marked_prefixes_refresh_s)
         log.info("gateway ready; stages: %s", " -> ".join(services.serving.stage_names))
         try:
             yield
@@ -287,6 +292,8 @@ def create_app(settings: Settings) -> FastAPI:
                 await services.cache.aclose()
             if services.routing is not None:
                 await services.routing.aclose()
+            if services.tokens is not None:
+                await services.tokens.aclose()
             await services.telemetry.stop()
             await services.client.aclose()
             services.engine.dispose()

@@ -16,6 +16,7 @@ from services.execution import PrefixWarmer, UpstreamClient, WorkerPool
 from services.gateway.auth import KeyRing, Principal
 from services.gateway.serving import OpenAIServing
 from services.gateway.stages.routing import RoutingStage
+from services.gateway.stages.tokens import TokenOptimizationStage
 from services.settings import Settings
 from services.telemetry import GatewayMetrics, TelemetryWriter
 
@@ -36,6 +37,7 @@ class AppServices:
     semantic_sync: SemanticSync | None = None
     routing: RoutingStage | None = None
     warmer: PrefixWarmer | None = None
+    tokens: TokenOptimizationStage | None = None
 
 
 # Dependencies are async on purpose: FastAPI runs a plain ``def`` dependency in a thread

@@ -23,7 +23,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from models import CacheablePrefix, RequestLog, TokenReport
-from services.caching.prefix import cacheable_prefix_hash
+from services.caching.prefix import cacheable_prefix_hash, leading_instructions
 from services.tokens.counting import content_text, count_request
 from services.tokens.optimizer import TokenOptimizer
 from services.tokens.policy import Policy
@@ -169,12 +169,7 @@ def static_prefixes(samples: Sequence[Sample], count: Count, *, min_occurrences:
     seen: dict[str, list[Any]] = defaultdict(list)
     kinds: dict[str, str] = {}
     for sample in samples:
-        messages = sample.request.get("messages") or []
-        lead = []
-        for message in messages:
-            if message.get("role") not in ("system", "developer"):
-                break
-            lead.append(message)
+        lead = leading_instructions(sample.request.get("messages"))
         if not lead:
             continue
         key = cacheable_prefix_hash(lead)

@@ -73,14 +73,17 @@ class TokenOptimizer:
         self._summary_share = summary_share
 
     def optimize(self, endpoint: str, request: dict[str, Any], policy: Policy,
-                 count: Count) -> Optimized:
+                 count: Count, *, keep_leading: int = 0) -> Optimized:
+        """``keep_leading``: the first messages go upstream exactly as written, whatever
+        the policy (a prefix the upstream caches: rewriting it would save next to
+        nothing and cost every later request its cache hit)."""
         if policy.mode == "off":
             before = count_request(endpoint, request, count)
             return Optimized(request, before, before)
         count = _memoised(count)  # stages recount the whole prompt; most of it is unchanged
         before = count_request(endpoint, request, count)
         work = copy.deepcopy(request)
-        slots = _slots(endpoint, work)
+        slots = _slots(endpoint, work, keep_leading)
         result = Optimized(work, before, before)
         free_stages: list[tuple[str, Callable[[str], str]]] = [
             ("layout", lossless.layout),
@@ -103,8 +106,8 @@ class TokenOptimizer:
         if target is not None and result.tokens_after > target and endpoint == (
                 "chat.completions"):
             work["messages"] = self._window_history(work["messages"], slots, target,
-                                                    endpoint, count)
-            slots = _slots(endpoint, work)
+                                                    endpoint, count, keep_leading)
+            slots = _slots(endpoint, work, keep_leading)
             self._measure(result, "history", endpoint, work, slots, count)
         return result
 
@@ -143,7 +146,8 @@ class TokenOptimizer:
                                                 embed=self._embed)
 
     def _window_history(self, messages: list[dict[str, Any]], slots: list[_Slot],
-                        target: int, endpoint: str, count: Count) -> list[dict[str, Any]]:
+                        target: int, endpoint: str, count: Count, keep_leading: int
+                        ) -> list[dict[str, Any]]:
         """Drop the oldest turns (never system messages or the last user message) until
         the prompt fits, and put back a budgeted extractive summary of what was dropped,
         chosen for relevance to the last user message.
@@ -151,8 +155,9 @@ class TokenOptimizer:
         A turn goes with the tool results that answer its tool calls (an orphaned tool
         message is an invalid request), and only turns before the last user message are
         dropped. The summary joins the first system message (a second system message or
-        two user messages in a row break some chat templates), else the first remaining
-        earlier user message; with neither, there is no summary."""
+        two user messages in a row break some chat templates) unless it is one of the
+        ``keep_leading`` messages, else the first remaining earlier user message; with
+        neither, there is no summary."""
         frozen = {s.message for s in slots if s.frozen}
         question = " ".join(s.text for s in slots if s.frozen)
         last = max(frozen - {None}, default=len(messages))
@@ -177,8 +182,9 @@ class TokenOptimizer:
         removed = "\n\n".join(content_text(messages[i].get("content")) for i in sorted(dropped))
         room = target - count_request(endpoint, {"messages": kept}, count) - 8
         summary = extractive.compress(removed, question, room, count) if room > 0 else ""
+        # the leading messages are never dropped, so their indexes hold in ``kept``
         host = next((i for i, m in enumerate(kept) if m.get("role") == "system"
-                     and isinstance(m.get("content"), str)), None)
+                     and isinstance(m.get("content"), str) and i >= keep_leading), None)
         if host is None:
             host = next((i for i, m in enumerate(kept[: last - len(dropped)])
                          if m.get("role") == "user" and isinstance(m.get("content"), str)),
@@ -215,7 +221,9 @@ def _memoised(count: Count) -> Count:
     return counted
 
 
-def _slots(endpoint: str, request: dict[str, Any]) -> list[_Slot]:
+def _slots(endpoint: str, request: dict[str, Any], keep_leading: int = 0) -> list[_Slot]:
+    """The text slots the stages may rewrite: all but the first ``keep_leading``
+    messages' (a completion prompt has no messages to keep)."""
     if endpoint != "chat.completions":
         prompt = request.get("prompt")
         if not isinstance(prompt, str):
@@ -232,6 +240,8 @@ def _slots(endpoint: str, request: dict[str, Any]) -> list[_Slot]:
                     default=None)
     slots = []
     for i, message in enumerate(messages):
+        if i < keep_leading:
+            continue
         role, content = str(message.get("role", "")), message.get("content")
         if isinstance(content, str):
             slots.append(_Slot(i, None, role, content, i == last_user))

@@ -11,6 +11,7 @@ import httpx
 import orjson
 import pytest
 
+from services.caching.prefix import cacheable_prefix_hash
 from services.errors import InvalidRequest
 from services.gateway.auth import Principal
 from services.gateway.pipeline import Pipeline, Reply, RequestContext
@@ -80,6 +81,22 @@ def test_lossless_rewrites_what_goes_upstream_not_the_clients_request() -> None:
     assert json.loads(system.split("\n\n", 1)[1]) != {} and "   " not in system
     assert sent["messages"][1]["content"] == "What is the price of A-7?  "  # edges kept
     assert ctx.token_stages and "json" in ctx.token_stages
+
+
+def test_a_marked_cacheable_prefix_is_sent_as_written() -> None:
+    stage = TokenOptimizationStage(TokenOptimizer())
+    stage.marked_prefixes = frozenset({cacheable_prefix_hash(BODY["messages"][:1])})
+    for policy in ("lossless", "ratio=4"):
+        ctx, capture = context({"x-token-optimization": policy}), Capture()
+        asyncio.run(Pipeline([TokenPolicyStage(), stage, capture])(ctx))
+        assert capture.sent is not None
+        sent = orjson.loads(capture.sent)
+        assert sent["messages"][0] == BODY["messages"][0], policy  # byte for byte
+        # the rest of the request is still optimised
+        assert sent["messages"][1]["content"] == "What is the price of A-7?  ", policy
+    other = context({"x-token-optimization": "lossless"})
+    other.request_dict["messages"][0]["content"] += " "  # not the marked prefix
+    assert stage.kept_leading(other) == 0
 
 
 def test_tenant_policy_applies_and_the_header_wins() -> None:

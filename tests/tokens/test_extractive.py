@@ -128,3 +128,21 @@ def test_completion_prompt_keeps_its_question() -> None:
     out = result.request["prompt"]
     assert out.endswith("\n\nQ: When did the bridge open?\nA:") and "May 1937" in out
     assert result.tokens_after <= result.tokens_before / 4
+
+
+def test_kept_leading_messages_go_upstream_as_written() -> None:
+    system = "You   answer questions about the museum.\n\n\n\n" + document(
+        "The bridge opened to traffic in May 1937.", copies=2)
+    request = chat(system, turns=16)
+    full = TokenOptimizer().optimize("chat.completions", request, Policy.parse("ratio=3"),
+                                     count)
+    assert full.request["messages"][0]["content"] != system  # compressed without the keep
+    kept = TokenOptimizer().optimize("chat.completions", request, Policy.parse("ratio=3"),
+                                     count, keep_leading=1)
+    messages = kept.request["messages"]
+    assert messages[0] == {"role": "system", "content": system}  # byte for byte
+    assert kept.saved > 0  # the rest is still cut: turns dropped and summarised
+    summary_host = next(m for m in messages if SUMMARY_PREFIX in str(m["content"]))
+    assert summary_host["role"] == "user"  # not spliced into the kept system prompt
+    assert messages[-1]["content"].startswith("When did the bridge open?")
+    assert [m["role"] for m in messages].count("system") == 1

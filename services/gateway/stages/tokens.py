@@ -9,6 +9,14 @@ per attempt (fallback, cascade): it rewrites a copy of the request for the servi
 model's tokenizer and leaves the client's request untouched; ``off`` sends the request
 byte for byte as received.
 
+Cacheable prefixes stay as written: a request whose leading system/developer messages
+are a prefix the ``token_optimization`` flow marked cacheable (``cacheable_prefixes``,
+re-read every ``token_marked_prefixes_refresh_s``) sends them upstream untouched under
+every policy. The upstream caches that prefix (vLLM's prefix cache, warmed when a worker
+joins; a hosted provider's prompt cache), so rewriting it would save little, and it
+would lose the cache hit for every request: query-aware extraction makes each request's
+prefix different. The rest of the request is optimised as usual.
+
 Counts: the optimiser measures every stage with tiktoken (the model's own encoding for
 OpenAI-family models, ``cl100k_base`` as an estimate for others); the recorded before
 and after counts come from the serving vLLM worker's ``/tokenize`` when it answers, so
@@ -18,9 +26,12 @@ and after counts come from the serving vLLM worker's ``/tokenize`` when it answe
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from services.background import cancel_and_wait, now_and_every
+from services.caching.prefix import cacheable_prefix_hash, leading_instructions
 from services.gateway.pipeline import Next, Reply, RequestContext
 from services.tokens import HEADER, OFF, Policy, TokenOptimizer, counter_for_model
 
@@ -57,6 +68,29 @@ class TokenOptimizationStage:
         self._optimizer = optimizer
         self._worker_count = worker_count
         self._counters: dict[str, Callable[[str], int]] = {}
+        self.marked_prefixes: frozenset[str] = frozenset()
+        self._refresh: asyncio.Task[None] | None = None
+
+    async def start(self, load_marked: Callable[[], frozenset[str]], refresh_s: float
+                    ) -> None:
+        """Follow the prefixes the ``token_optimization`` flow marks cacheable: a request
+        that opens with one sends it upstream as written, whatever the policy."""
+
+        def refresh() -> None:
+            self.marked_prefixes = load_marked()
+
+        self._refresh = await now_and_every(refresh_s, refresh, name="marked-prefixes",
+                                            failure="could not read cacheable_prefixes")
+
+    async def aclose(self) -> None:
+        await cancel_and_wait(self._refresh)
+
+    def kept_leading(self, ctx: RequestContext) -> int:
+        """How many leading messages are a marked cacheable prefix (0: none)."""
+        if not self.marked_prefixes or ctx.endpoint != "chat.completions":
+            return 0
+        lead = leading_instructions(ctx.request_dict.get("messages"))
+        return len(lead) if lead and cacheable_prefix_hash(lead) in self.marked_prefixes else 0
 
     async def counter(self, model: str) -> Callable[[str], int]:
         """The model's counter; the first one loads a vocabulary (~0.5 s), off the loop."""
@@ -74,11 +108,12 @@ class TokenOptimizationStage:
             return await call_next(ctx)
         count = await self.counter(ctx.model)
         request = ctx.request_dict
+        optimize = functools.partial(self._optimizer.optimize, ctx.endpoint, request, policy,
+                                     count, keep_leading=self.kept_leading(ctx))
         if _size(request) > _THREAD_ABOVE_CHARS:
-            result = await asyncio.to_thread(self._optimizer.optimize, ctx.endpoint, request,
-                                             policy, count)
+            result = await asyncio.to_thread(optimize)
         else:
-            result = self._optimizer.optimize(ctx.endpoint, request, policy, count)
+            result = optimize()
         before, after = result.tokens_before, result.tokens_after
         # set on every attempt: a fallback or escalation must not send an earlier
         # attempt's rewrite (made for another model, or with the cascade's extras)
