@@ -236,10 +236,12 @@ class CacheablePrefix(Base):
     token optimisation flow marks it cache-eligible. The gateway's prefix warming
     (``services.execution.warming``) reads it when a vLLM worker joins the pool and
     sends the worker the prefixes prefix affinity routes to it, from ``messages`` (rows
-    without them, written while prompts were not stored, are not warmed). Nothing else
-    reads it: ``hosted.to_anthropic`` places Anthropic breakpoints per request without
-    it (below the provider's minimum length nothing is cached or billed as a write, and
-    one reuse within the 5-minute TTL already repays a write: 1.25x + 0.1x < 2x)."""
+    without them, written while prompts were not stored, are not warmed; with per-tenant
+    prefix caches, once per tenant in ``tenants``). The token stage sends a marked prefix
+    upstream as written under every policy. ``hosted.to_anthropic`` places Anthropic
+    breakpoints per request without it (below the provider's minimum length nothing is
+    cached or billed as a write, and one reuse within the 5-minute TTL already repays a
+    write: 1.25x + 0.1x < 2x)."""
 
     __tablename__ = "cacheable_prefixes"
 
@@ -252,6 +254,11 @@ class CacheablePrefix(Base):
         JSON(none_as_null=True),
         doc="the leading messages as requests send them (what prefix_hash hashes), only "
         "when prompts may be stored",
+    )
+    tenants: Mapped[list | None] = mapped_column(
+        JSON(none_as_null=True),
+        doc="the tenants that sent it, most frequent first (at most 64): per-tenant prefix "
+        "caches are warmed once per tenant; NULL when the samples carried no tenant",
     )
     marked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

@@ -12,6 +12,12 @@ a token bound, are sent to it as chat requests with one empty user turn and
 system messages, so vLLM caches those blocks, and the first real request with the
 prefix reads them instead of paying their prefill.
 
+With per-tenant prefix caches (``prefix_cache_per_tenant``) a block serves only requests
+with the same ``cache_salt``, so a prefix is warmed once per tenant that sent it (the
+row's ``tenants``, most frequent first), under that tenant's salt; each counts against
+the bounds, and a row without tenants is not warmed. A request that brings its own
+``cache_salt`` narrows its tenant's salt and finds nothing warmed.
+
 It never costs live traffic anything but spare capacity: it runs as a background task
 per joining worker, reads the store in a thread, takes each slot through admission at
 ``low`` priority, and a failure (store down, a row that does not hash to its key, the
@@ -32,7 +38,11 @@ from sqlalchemy import Engine, select
 
 from models import CacheablePrefix
 from services.background import cancel_and_wait
-from services.caching.prefix import cacheable_prefix_hash, static_prefix_key
+from services.caching.prefix import (
+    cacheable_prefix_hash,
+    prefix_cache_salt,
+    static_prefix_key,
+)
 from services.errors import EngineError
 from services.execution.client import UpstreamClient
 from services.execution.pool import WorkerPool, WorkerState
@@ -46,11 +56,25 @@ class WarmPrefix:
     prefix_hash: str
     tokens: int
     messages: list[dict[str, Any]]
+    tenants: tuple[str, ...] = ()  # who sent it, most frequent first
 
-    def request(self, model: str) -> dict[str, Any]:
-        """The chat request that leaves the prefix in a vLLM prefix cache."""
-        return {"model": model, "messages": [*self.messages, {"role": "user", "content": ""}],
-                "max_tokens": 1}
+    def request(self, model: str, cache_salt: str | None = None) -> dict[str, Any]:
+        """The chat request that leaves the prefix in a vLLM prefix cache (under
+        ``cache_salt``: the blocks only requests with that salt may read)."""
+        request = {"model": model, "max_tokens": 1,
+                   "messages": [*self.messages, {"role": "user", "content": ""}]}
+        if cache_salt is not None:
+            request["cache_salt"] = cache_salt
+        return request
+
+
+@dataclass(frozen=True, slots=True)
+class WarmUnit:
+    """One warming request: a prefix for a model, under one tenant's salt or none."""
+
+    model: str
+    prefix: WarmPrefix
+    cache_salt: str | None = None
 
 
 def load_warm_prefixes(engine: Engine, limit: int) -> tuple[list[WarmPrefix], int]:
@@ -58,7 +82,7 @@ def load_warm_prefixes(engine: Engine, limit: int) -> tuple[list[WarmPrefix], in
     how many of those rows were skipped as broken (messages that do not hash to their
     ``prefix_hash``)."""
     query = (select(CacheablePrefix.prefix_hash, CacheablePrefix.tokens,
-                    CacheablePrefix.messages)
+                    CacheablePrefix.messages, CacheablePrefix.tenants)
              .where(CacheablePrefix.messages.is_not(None))
              .order_by((CacheablePrefix.occurrences * CacheablePrefix.tokens).desc(),
                        CacheablePrefix.prefix_hash)
@@ -66,8 +90,9 @@ def load_warm_prefixes(engine: Engine, limit: int) -> tuple[list[WarmPrefix], in
     with engine.connect() as conn:
         # a JSON null (rows written before none_as_null) is "not stored" too
         rows = [row for row in conn.execute(query) if row.messages is not None]
-    found = [WarmPrefix(h, tokens, messages) for h, tokens, messages in rows
-             if _hashes_to(messages, h)]
+    found = [WarmPrefix(h, tokens, messages, tuple(
+                 t for t in tenants or () if isinstance(t, str)))
+             for h, tokens, messages, tenants in rows if _hashes_to(messages, h)]
     return found, len(rows) - len(found)
 
 
@@ -91,11 +116,13 @@ class PrefixWarmer:
         *,
         max_prefixes: int,
         max_tokens: int,
+        salt_key: bytes | None = None,
         registry: CollectorRegistry | None = None,
     ) -> None:
         self._pool = pool
         self._client = client
         self._load = load
+        self._salt_key = salt_key
         self.max_prefixes = max_prefixes
         self.max_tokens = max_tokens
         self.outcomes = Counter(
@@ -134,8 +161,8 @@ class PrefixWarmer:
                 log.warning("prefix warming skipped %d cacheable_prefixes rows whose messages "
                             "do not hash to their prefix_hash", broken)
             chosen = self._routed_to(worker, prefixes)
-            for model, prefix in chosen:
-                if not await self._send(worker, model, prefix):
+            for unit in chosen:
+                if not await self._send(worker, unit):
                     break
             if chosen:
                 log.info("prefix warming of %s: %d prefixes sent", worker.url, len(chosen))
@@ -144,24 +171,35 @@ class PrefixWarmer:
             self.outcomes.labels("failed").inc()
 
     def _routed_to(self, worker: WorkerState, prefixes: Sequence[WarmPrefix]
-                   ) -> list[tuple[str, WarmPrefix]]:
-        """The prefixes prefix affinity sends to ``worker``, within the bounds."""
-        chosen: list[tuple[str, WarmPrefix]] = []
+                   ) -> list[WarmUnit]:
+        """The prefixes prefix affinity sends to ``worker``, within the bounds; with
+        per-tenant prefix caches, once per tenant that sent it (each is its own prefill)."""
+        chosen: list[WarmUnit] = []
         tokens = 0
         for model in sorted(worker.models):
             for prefix in prefixes:
-                if len(chosen) >= self.max_prefixes:
-                    return chosen
-                if tokens + prefix.tokens > self.max_tokens:
-                    continue
                 key = static_prefix_key("chat.completions", model, prefix.request(model))
-                if key is not None and self._pool.affinity_target(worker, model, key):
-                    chosen.append((model, prefix))
-                    tokens += prefix.tokens
+                if key is None or not self._pool.affinity_target(worker, model, key):
+                    continue
+                for salt in self._salts(prefix):
+                    if len(chosen) >= self.max_prefixes:
+                        return chosen
+                    if tokens + prefix.tokens <= self.max_tokens:
+                        chosen.append(WarmUnit(model, prefix, salt))
+                        tokens += prefix.tokens
         return chosen
 
-    async def _send(self, worker: WorkerState, model: str, prefix: WarmPrefix) -> bool:
-        """Warm one prefix; False when the worker can no longer be used for warming."""
+    def _salts(self, prefix: WarmPrefix) -> list[str | None]:
+        """The cache salts to warm ``prefix`` under: none when the prefix cache is shared,
+        else one per tenant that sent it (an unsalted copy would serve nobody)."""
+        if self._salt_key is None:
+            return [None]
+        return [prefix_cache_salt(self._salt_key, tenant) for tenant in prefix.tenants]
+
+    async def _send(self, worker: WorkerState, unit: WarmUnit) -> bool:
+        """Send one warming request; False when the worker can no longer be used for
+        warming."""
+        model, prefix = unit.model, unit.prefix
         others = [w for w in self._pool.workers if w is not worker]
         try:
             lease = await self._pool.acquire(model, tokens=prefix.tokens, priority="low",
@@ -171,7 +209,7 @@ class PrefixWarmer:
             return False
         try:
             await self._client.post_json(worker.url, CHAT_PATH,
-                                         orjson.dumps(prefix.request(model)))
+                                         orjson.dumps(prefix.request(model, unit.cache_salt)))
         except EngineError as exc:
             # no verdict on the lease: a warming request must not open the breaker
             log.warning("prefix warming of %s: prefix %s refused: %s",

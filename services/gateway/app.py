@@ -161,14 +161,14 @@ def build_services(settings: Settings) -> AppServices:
         breaker_reset_s=settings.breaker_reset_s,
         metrics=AdmissionMetrics(metrics.registry),
     )
+    salt_key = prefix_salt_key(settings)  # one per process: dispatch and warming agree
     warmer = None
-    if settings.prefix_warm_enabled and settings.prefix_cache_per_tenant:
-        log.info("prefix warming is off: per-tenant prefix caches take no unsalted prefix")
-    elif settings.prefix_warm_enabled:
+    if settings.prefix_warm_enabled:
         warmer = PrefixWarmer(
             pool, client, lambda limit: load_warm_prefixes(engine, limit),
             max_prefixes=settings.prefix_warm_max_prefixes,
-            max_tokens=settings.prefix_warm_max_tokens, registry=metrics.registry,
+            max_tokens=settings.prefix_warm_max_tokens, salt_key=salt_key,
+            registry=metrics.registry,
         )
         pool.on_join = warmer.worker_joined
     telemetry = TelemetryWriter(
@@ -226,7 +226,7 @@ def build_services(settings: Settings) -> AppServices:
             tenant_priorities=settings.tenant_priorities,
             expected_output_tokens=settings.expected_output_tokens,
             hosted=hosted,
-            prefix_salt_key=prefix_salt_key(settings),
+            prefix_salt_key=salt_key,
         )
     )
     pipeline = Pipeline(stages)

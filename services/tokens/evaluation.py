@@ -29,6 +29,7 @@ from services.tokens.optimizer import TokenOptimizer
 from services.tokens.policy import Policy
 
 Count = Callable[[str], int]
+MAX_PREFIX_TENANTS = 64  # per cacheable_prefixes row: warming goes no further anyway
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant",
                    "assistant": "assistant", "system": "system"}
 
@@ -39,6 +40,7 @@ class Sample:
     request: dict[str, Any]
     answers: list[str] | None = None
     kind: str = "system_prompt"  # what a recurring prefix of it is, for the prefix table
+    tenant: str | None = None  # who sent it (stored prompts only)
 
 
 @dataclass(slots=True)
@@ -112,15 +114,15 @@ def prompt_samples(items: Iterable[dict[str, Any]], *, kind: str = "template") -
 
 def stored_samples(engine: Engine, since: datetime, limit: int = 1000) -> list[Sample]:
     """Recent prompts from ``request_log`` (present only when prompt storage is on)."""
-    query = (select(RequestLog.endpoint, RequestLog.prompt_text)
+    query = (select(RequestLog.endpoint, RequestLog.prompt_text, RequestLog.tenant)
              .where(RequestLog.created_at >= since, RequestLog.prompt_text.is_not(None))
              .order_by(RequestLog.created_at.desc()).limit(limit))
     samples = []
     with engine.connect() as conn:
-        for endpoint, text in conn.execute(query):
+        for endpoint, text, tenant in conn.execute(query):
             value = orjson.loads(text)
             key = "messages" if endpoint == "chat.completions" else "prompt"
-            samples.append(Sample(endpoint, {key: value}))
+            samples.append(Sample(endpoint, {key: value}, tenant=tenant))
     return samples
 
 
@@ -160,6 +162,7 @@ class Prefix:
     occurrences: int
     text: str
     messages: list[dict[str, Any]]  # as requests send them: warming replays them as-is
+    tenants: list[str] = field(default_factory=list)  # who sent it, most frequent first
 
 
 def static_prefixes(samples: Sequence[Sample], count: Count, *, min_occurrences: int = 2,
@@ -168,6 +171,7 @@ def static_prefixes(samples: Sequence[Sample], count: Count, *, min_occurrences:
     for a prefix cache to pay."""
     seen: dict[str, list[Any]] = defaultdict(list)
     kinds: dict[str, str] = {}
+    tenants: dict[str, Counter[str]] = defaultdict(Counter)
     for sample in samples:
         lead = leading_instructions(sample.request.get("messages"))
         if not lead:
@@ -175,12 +179,17 @@ def static_prefixes(samples: Sequence[Sample], count: Count, *, min_occurrences:
         key = cacheable_prefix_hash(lead)
         seen[key].append(lead)
         kinds[key] = sample.kind
+        if sample.tenant is not None:
+            tenants[key][sample.tenant] += 1
     prefixes = []
     for key, leads in seen.items():
         text = "\n\n".join(content_text(m.get("content")) for m in leads[0])
         tokens = count_request("chat.completions", {"messages": leads[0]}, count)
         if len(leads) >= min_occurrences and tokens >= min_tokens:
-            prefixes.append(Prefix(key, kinds[key], tokens, len(leads), text, leads[0]))
+            senders = [t for t, _ in sorted(tenants[key].items(),
+                                            key=lambda item: (-item[1], item[0]))]
+            prefixes.append(Prefix(key, kinds[key], tokens, len(leads), text, leads[0],
+                                   senders[:MAX_PREFIX_TENANTS]))
     return sorted(prefixes, key=lambda p: -p.occurrences * p.tokens)
 
 
@@ -209,5 +218,5 @@ def mark_cacheable(engine: Engine, prefixes: Sequence[Prefix], *, store_text: bo
                 prefix_hash=prefix.prefix_hash, kind=prefix.kind, tokens=prefix.tokens,
                 occurrences=prefix.occurrences, text=prefix.text if store_text else None,
                 messages=prefix.messages if store_text else None,
-                marked_at=datetime.now(UTC)))
+                tenants=prefix.tenants or None, marked_at=datetime.now(UTC)))
     return len(prefixes)

@@ -3,7 +3,8 @@ worker carries a ``cache_salt`` derived from its tenant, so a tenant's cached pr
 blocks serve only that tenant (another cannot time them); without it they serve all.
 
 Proved on the shared real worker with ``usage.prompt_tokens_details.cached_tokens``;
-each test sends a system prompt no other test sent.
+each test sends a system prompt no other test sent. Prefix warming follows the salts: a
+prefix is warmed for each tenant that sent it, under that tenant's salt.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import openai
 import pytest
 
 from services.caching.prefix import prefix_cache_salt
-from tests.execution.test_prefix_warming import MODEL, unique_system
+from tests.execution.test_prefix_warming import MODEL, mark, unique_system, warm_count
+from tests.support.gateway import wait_for
 
 
 def cached_tokens(gateway, key: str, system: list[dict[str, Any]]) -> int:
@@ -29,9 +31,10 @@ def cached_tokens(gateway, key: str, system: list[dict[str, Any]]) -> int:
 @pytest.fixture
 def two_tenants(vllm_worker, make_settings, start_gateway):
     def start(**overrides: object):
-        return start_gateway(make_settings(
-            workers=[vllm_worker.base_url], cache_enabled=False, prefix_warm_enabled=False,
-            api_keys=["key-a:team-a", "key-b:team-b"], **overrides))
+        settings = {"workers": [vllm_worker.base_url], "cache_enabled": False,
+                    "prefix_warm_enabled": False,
+                    "api_keys": ["key-a:team-a", "key-b:team-b"], **overrides}
+        return start_gateway(make_settings(**settings))
     return start
 
 
@@ -60,6 +63,18 @@ def test_replicas_with_the_same_key_share_a_tenants_prefixes(two_tenants) -> Non
     assert cached_tokens(first, "key-a", system) == 0
     assert cached_tokens(second, "key-a", system) > 0
     assert cached_tokens(alone, "key-a", system) == 0
+
+
+def test_a_prefix_is_warmed_for_each_tenant_that_sent_it(two_tenants, store,
+                                                        tmp_path) -> None:
+    system = unique_system()
+    mark(store, system, tenants=["team-a"])  # the flow saw only team-a send it
+    gateway = two_tenants(prefix_cache_per_tenant=True, prefix_cache_salt_key="secret",
+                          prefix_warm_enabled=True,
+                          database_url=f"sqlite:///{tmp_path / 'store.db'}")
+    assert wait_for(lambda: warm_count(gateway, "warmed") == 1, timeout_s=60)
+    assert cached_tokens(gateway, "key-a", system) > 0  # warmed under team-a's salt
+    assert cached_tokens(gateway, "key-b", system) == 0  # and for nobody else
 
 
 def test_the_salt_is_the_tenants_and_valid_for_vllm() -> None:

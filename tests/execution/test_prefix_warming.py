@@ -20,7 +20,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from models import CacheablePrefix
-from services.caching.prefix import cacheable_prefix_hash
+from services.caching.prefix import cacheable_prefix_hash, prefix_cache_salt
 from services.errors import UpstreamUnavailable
 from services.execution import PrefixWarmer, UpstreamClient, WorkerPool, load_warm_prefixes
 from services.execution.warming import WarmPrefix
@@ -37,14 +37,14 @@ def unique_system() -> list[dict[str, Any]]:
 
 
 def mark(store, messages: Any, *, occurrences: int = 5, tokens: int = 600,
-         prefix_hash: str | None = None) -> str:
+         prefix_hash: str | None = None, tenants: list[str] | None = None) -> str:
     """A cacheable_prefixes row as the token_optimization flow writes it."""
     digest = prefix_hash or cacheable_prefix_hash(messages)
     with store.begin() as conn:
         conn.execute(CacheablePrefix.__table__.insert(), [{
             "prefix_hash": digest, "kind": "system_prompt", "tokens": tokens,
             "occurrences": occurrences, "text": "", "messages": messages,
-            "marked_at": datetime.now(UTC)}])
+            "tenants": tenants, "marked_at": datetime.now(UTC)}])
     return digest
 
 
@@ -137,6 +137,9 @@ def test_the_most_valuable_prefixes_with_messages_are_read_first(store) -> None:
     assert [p.messages for p in prefixes] == [high, low] and broken == 1
     top, skipped = load_warm_prefixes(store, 2)  # the limit counts rows, broken ones too
     assert [p.messages for p in top] == [high] and skipped == 1
+    assert all(p.tenants == () for p in prefixes)  # rows without tenants
+    mark(store, unique_system(), occurrences=99, tenants=["team-b", "team-a"])
+    assert load_warm_prefixes(store, 1)[0][0].tenants == ("team-b", "team-a")
 
 
 def prefixes(n: int, tokens: int = 100) -> list[WarmPrefix]:
@@ -153,12 +156,34 @@ def test_each_prefix_is_warmed_on_the_one_worker_affinity_sends_it_to() -> None:
     known = prefixes(40)
     warmer = PrefixWarmer(pool, UpstreamClient(), lambda n: (known, 0), max_prefixes=40,
                           max_tokens=10**6, registry=CollectorRegistry())
-    on_a = {p.prefix_hash for _, p in warmer._routed_to(a, known)}
-    on_b = {p.prefix_hash for _, p in warmer._routed_to(b, known)}
+    on_a = {u.prefix.prefix_hash for u in warmer._routed_to(a, known)}
+    on_b = {u.prefix.prefix_hash for u in warmer._routed_to(b, known)}
     assert on_a and on_b and not on_a & on_b and len(on_a | on_b) == 40
 
     warmer.max_prefixes, warmer.max_tokens = 3, 250
     assert len(warmer._routed_to(a, known)) == 2  # 3 would be 300 tokens
+
+
+def test_per_tenant_prefix_caches_are_warmed_once_per_tenant() -> None:
+    pool = WorkerPool(UpstreamClient())
+    worker = add(pool, "http://a:1", models=(MODEL,))
+    shared, solo, nobodys = (WarmPrefix(p.prefix_hash, p.tokens, p.messages, tenants)
+                             for p, tenants in zip(prefixes(3), (("a", "b"), ("c",), ()),
+                                                   strict=True))
+    warmer = PrefixWarmer(pool, UpstreamClient(), lambda n: ([], 0), max_prefixes=10,
+                          max_tokens=10**6, salt_key=b"k", registry=CollectorRegistry())
+    units = warmer._routed_to(worker, [shared, solo, nobodys])
+    assert [(u.prefix, u.cache_salt) for u in units] == [
+        (shared, prefix_cache_salt(b"k", "a")), (shared, prefix_cache_salt(b"k", "b")),
+        (solo, prefix_cache_salt(b"k", "c"))]  # no tenants: an unsalted copy serves nobody
+    assert units[0].prefix.request(MODEL, units[0].cache_salt)["cache_salt"] == (
+        prefix_cache_salt(b"k", "a"))
+    warmer.max_prefixes = 2  # every tenant's copy is a prefill of its own: bounded alike
+    assert len(warmer._routed_to(worker, [shared, solo])) == 2
+    shared_only = PrefixWarmer(pool, UpstreamClient(), lambda n: ([], 0), max_prefixes=10,
+                               max_tokens=10**6, registry=CollectorRegistry())
+    assert [u.cache_salt for u in shared_only._routed_to(worker, [shared, nobodys])] == [
+        None, None]
 
 
 class FlakyModels:

@@ -70,12 +70,13 @@ def test_flow_reports_per_stage_and_marks_prefixes(store, prefect_harness, tmp_p
     messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "hello"}]
     with store.begin() as conn:
         conn.execute(RequestLog.__table__.insert(), [
-            {"id": f"req-{uuid.uuid4().hex}", "created_at": datetime.now(UTC), "tenant": "t",
-             "endpoint": "chat.completions", "status_code": 200,
-             "prompt_text": orjson.dumps(messages).decode()} for _ in range(3)])
+            {"id": f"req-{uuid.uuid4().hex}", "created_at": datetime.now(UTC),
+             "tenant": tenant, "endpoint": "chat.completions", "status_code": 200,
+             "prompt_text": orjson.dumps(messages).decode()} for tenant in ("t", "u", "u")])
     recent = token_optimization(source="recent", policy="lossless")
     assert recent["samples"] == 3 and recent["prefixes_marked"] == 1
     with store.connect() as conn:
         prefix = conn.execute(select(CacheablePrefix)).one()
     assert prefix.occurrences == 3 and prefix.text is None  # prompts not stored by default
     assert prefix.messages is None
+    assert prefix.tenants == ["u", "t"]  # who sent it, most frequent first (warming's order)
