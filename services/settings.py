@@ -190,6 +190,11 @@ class Settings(BaseSettings):
     prefix_warm_max_tokens: int = Field(
         default=32_768, ge=1, description="most prefix tokens warmed per joining worker"
     )
+    prefix_warm_max_kv_share: float = Field(
+        default=0.5, gt=0, le=1,
+        description="most of a joining vLLM worker's KV cache (from its /metrics) that "
+        "warming may fill, so live traffic keeps room",
+    )
 
     # batch inference (/v1/files, /v1/batches, the parallel_execution flow)
     batch_max_file_bytes: int = Field(default=200 * 1024 * 1024, gt=0,

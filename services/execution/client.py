@@ -80,18 +80,24 @@ class UpstreamClient:
 
     async def list_models(self, worker: str, *, timeout_s: float = 5.0) -> list[str]:
         """Model ids a worker serves (its ``/v1/models``); raises on any failure."""
-        with upstream_errors(worker):
-            async with self._http.get(
-                f"{worker}/v1/models", timeout=aiohttp.ClientTimeout(total=timeout_s)
-            ) as response:
-                status, content = response.status, await response.read()
-        if status != 200:
-            raise UpstreamError(f"worker {worker} /v1/models answered {status}")
+        content = await self.get(worker, "/v1/models", timeout_s=timeout_s)
         try:
             data = orjson.loads(content)["data"]
             return [str(card["id"]) for card in data]
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             raise UpstreamError(f"worker {worker} sent a malformed model list") from exc
+
+    async def get(self, worker: str, path: str, *, timeout_s: float = 5.0) -> bytes:
+        """The body of a 200 answer to a GET (``/v1/models``, ``/metrics``); raises on
+        any failure."""
+        with upstream_errors(worker):
+            async with self._http.get(
+                f"{worker}{path}", timeout=aiohttp.ClientTimeout(total=timeout_s)
+            ) as response:
+                status, content = response.status, await response.read()
+        if status != 200:
+            raise UpstreamError(f"worker {worker} {path} answered {status}")
+        return content
 
     async def post_json(
         self, worker: str, path: str, payload: bytes, *, headers: Mapping[str, str] | None = None

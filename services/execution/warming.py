@@ -20,14 +20,17 @@ the bounds, and a row without tenants is not warmed. A request that brings its o
 
 It never costs live traffic anything but spare capacity: it runs as a background task
 per joining worker, reads the store in a thread, takes each slot through admission at
-``low`` priority, and a failure (store down, a row that does not hash to its key, the
-worker refusing) is logged and counted in ``optengine_prefix_warm_total``, never raised.
+``low`` priority, never fills more than ``max_kv_share`` of the worker's KV cache (so
+warmed prefixes do not evict what live traffic needs), and a failure (store down, a row
+that does not hash to its key, the worker refusing) is logged and counted in
+``optengine_prefix_warm_total``, never raised.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -104,6 +107,28 @@ def _hashes_to(messages: object, prefix_hash: str) -> bool:
     return cacheable_prefix_hash(messages) == prefix_hash
 
 
+_CACHE_CONFIG = re.compile(r"^vllm:cache_config_info\{([^}]*)\}", re.MULTILINE)
+
+
+async def kv_cache_tokens(client: UpstreamClient, worker: str) -> int | None:
+    """How many tokens a vLLM worker's KV cache holds (``num_gpu_blocks`` x
+    ``block_size`` of its ``vllm:cache_config_info``), or None when it does not say (not
+    vLLM, metrics off or unreachable)."""
+    try:
+        text = (await client.get(worker, "/metrics")).decode(errors="replace")
+    except EngineError:
+        return None
+    match = _CACHE_CONFIG.search(text)
+    if match is None:
+        return None
+    labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1)))
+    try:
+        blocks, size = int(labels["num_gpu_blocks"]), int(labels["block_size"])
+    except (KeyError, ValueError):
+        return None
+    return blocks * size if blocks > 0 and size > 0 else None
+
+
 class PrefixWarmer:
     """Warms each joining worker once per join; hand ``worker_joined`` to the pool's
     ``on_join`` and ``stop()`` it before the pool."""
@@ -116,6 +141,7 @@ class PrefixWarmer:
         *,
         max_prefixes: int,
         max_tokens: int,
+        max_kv_share: float = 0.5,
         salt_key: bytes | None = None,
         registry: CollectorRegistry | None = None,
     ) -> None:
@@ -125,6 +151,7 @@ class PrefixWarmer:
         self._salt_key = salt_key
         self.max_prefixes = max_prefixes
         self.max_tokens = max_tokens
+        self.max_kv_share = max_kv_share
         self.outcomes = Counter(
             "optengine_prefix_warm_total",
             "Prefixes sent to joining workers' prefix caches, by outcome "
@@ -160,7 +187,10 @@ class PrefixWarmer:
                 self.outcomes.labels("invalid").inc(broken)
                 log.warning("prefix warming skipped %d cacheable_prefixes rows whose messages "
                             "do not hash to their prefix_hash", broken)
-            chosen = self._routed_to(worker, prefixes)
+            capacity = await kv_cache_tokens(self._client, worker.url)
+            budget = self.max_tokens if capacity is None else min(
+                self.max_tokens, int(capacity * self.max_kv_share))
+            chosen = self._routed_to(worker, prefixes, budget)
             for unit in chosen:
                 if not await self._send(worker, unit):
                     break
@@ -170,10 +200,12 @@ class PrefixWarmer:
             log.exception("prefix warming of %s failed", worker.url)
             self.outcomes.labels("failed").inc()
 
-    def _routed_to(self, worker: WorkerState, prefixes: Sequence[WarmPrefix]
-                   ) -> list[WarmUnit]:
-        """The prefixes prefix affinity sends to ``worker``, within the bounds; with
-        per-tenant prefix caches, once per tenant that sent it (each is its own prefill)."""
+    def _routed_to(self, worker: WorkerState, prefixes: Sequence[WarmPrefix],
+                   max_tokens: int | None = None) -> list[WarmUnit]:
+        """The prefixes prefix affinity sends to ``worker``, within the bounds (tokens:
+        ``max_tokens``, else the warmer's); with per-tenant prefix caches, once per
+        tenant that sent it (each is its own prefill)."""
+        max_tokens = self.max_tokens if max_tokens is None else max_tokens
         chosen: list[WarmUnit] = []
         tokens = 0
         for model in sorted(worker.models):
@@ -184,7 +216,7 @@ class PrefixWarmer:
                 for salt in self._salts(prefix):
                     if len(chosen) >= self.max_prefixes:
                         return chosen
-                    if tokens + prefix.tokens <= self.max_tokens:
+                    if tokens + prefix.tokens <= max_tokens:
                         chosen.append(WarmUnit(model, prefix, salt))
                         tokens += prefix.tokens
         return chosen

@@ -167,7 +167,8 @@ def build_services(settings: Settings) -> AppServices:
         warmer = PrefixWarmer(
             pool, client, lambda limit: load_warm_prefixes(engine, limit),
             max_prefixes=settings.prefix_warm_max_prefixes,
-            max_tokens=settings.prefix_warm_max_tokens, salt_key=salt_key,
+            max_tokens=settings.prefix_warm_max_tokens,
+            max_kv_share=settings.prefix_warm_max_kv_share, salt_key=salt_key,
             registry=metrics.registry,
         )
         pool.on_join = warmer.worker_joined

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import openai
+import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -23,7 +24,7 @@ from models import CacheablePrefix
 from services.caching.prefix import cacheable_prefix_hash, prefix_cache_salt
 from services.errors import UpstreamUnavailable
 from services.execution import PrefixWarmer, UpstreamClient, WorkerPool, load_warm_prefixes
-from services.execution.warming import WarmPrefix
+from services.execution.warming import WarmPrefix, kv_cache_tokens
 from tests.execution.support import add
 from tests.support.gateway import RunningGateway, wait_for
 
@@ -231,3 +232,61 @@ def test_a_store_that_is_down_is_counted_not_raised() -> None:
                                          {"outcome": "store_error"})
 
     assert asyncio.run(scenario()) == 1
+
+
+class SmallKvWorker:
+    """A vLLM worker as the warmer sees it: metrics that give its KV cache size, and a
+    chat endpoint that records what it was sent."""
+
+    def __init__(self, metrics: str) -> None:
+        self.metrics = metrics
+        self.sent: list[dict[str, Any]] = []
+
+    async def get(self, worker: str, path: str, **_: object) -> bytes:
+        if path != "/metrics" or not self.metrics:
+            raise UpstreamUnavailable(f"cannot connect to worker {worker}")
+        return self.metrics.encode()
+
+    async def post_json(self, worker: str, path: str, payload: bytes, **_: object) -> bytes:
+        self.sent.append(orjson.loads(payload))
+        return b"{}"
+
+
+def cache_config(blocks: int) -> str:
+    """vLLM's line for its KV cache, 128-token blocks (vLLM on CPU)."""
+    return ('vllm:cache_config_info{block_size="128",cache_dtype="auto",'
+            f'num_gpu_blocks="{blocks}",prefix_caching_hash_algo="sha256"}} 1.0\n')
+
+
+@pytest.mark.parametrize(("metrics", "warmed"), [
+    (cache_config(4), 2),  # 512 tokens, half of it 256: two prefixes of 100
+    (cache_config(1000), 5),  # roomy: max_tokens bounds it
+    ("", 5),  # no metrics (not vLLM, or unreachable): only max_tokens bounds it
+])
+def test_warming_fills_at_most_a_share_of_the_workers_kv_cache(metrics: str, warmed: int
+                                                               ) -> None:
+    async def scenario() -> int:
+        worker_api = SmallKvWorker(metrics)
+        pool = WorkerPool(UpstreamClient())
+        worker = add(pool, "http://a:1", models=(MODEL,))
+        known = prefixes(5, tokens=100)
+        warmer = PrefixWarmer(pool, worker_api, lambda n: (known, 0),  # type: ignore[arg-type]
+                              max_prefixes=10, max_tokens=1000, max_kv_share=0.5,
+                              registry=CollectorRegistry())
+        await warmer._warm(worker)
+        return len(worker_api.sent)
+
+    assert asyncio.run(scenario()) == warmed
+
+
+def test_the_kv_cache_size_is_read_from_a_real_worker(vllm_worker) -> None:
+    async def scenario() -> tuple[int | None, int | None]:
+        client = UpstreamClient()
+        try:
+            return (await kv_cache_tokens(client, vllm_worker.base_url),
+                    await kv_cache_tokens(client, "http://127.0.0.1:9"))
+        finally:
+            await client.aclose()
+
+    tokens, unreachable = asyncio.run(scenario())
+    assert tokens is not None and tokens > 0 and tokens % 16 == 0 and unreachable is None
