@@ -250,6 +250,11 @@ class Settings(BaseSettings):
         default=None, ge=0, le=1,
         description="verifier acceptance threshold; None = the one calibrated for precision",
     )
+    cache_semantic_tenant_min_probability: dict[str, Annotated[float, Field(ge=0, le=1)]] = (
+        Field(default_factory=dict,
+              description="per-tenant verifier threshold, e.g. {support-bot: 0.5}; other "
+              "tenants use cache_semantic_min_probability")
+    )
     embedding_encoder: Literal["onnx-int8", "onnx-fp32", "numpy"] = Field(
         default="onnx-int8",
         description="all-MiniLM-L6-v2 runtime (services.embeddings.ENCODER_KINDS): ONNX "

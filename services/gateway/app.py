@@ -205,6 +205,7 @@ def build_services(settings: Settings) -> AppServices:
                 semantic=semantic,
                 semantic_store=semantic_store,
                 semantic_tenants=frozenset(settings.cache_semantic_tenants),
+                semantic_min_probability=settings.cache_semantic_tenant_min_probability,
                 semantic_ttl_s=settings.cache_l3_ttl_s,
             )
         )

@@ -241,6 +241,22 @@ def test_semantic_hits_stay_inside_tenant_and_context(
     assert ask(gateway, "Why can't I reset my password?", "key-a") == "MISS"
 
 
+def test_a_tenant_may_trade_precision_for_recall(vllm_worker, make_settings, start_gateway
+                                                ) -> None:
+    gateway = start_gateway(make_settings(
+        workers=[vllm_worker.base_url], api_keys=["key-a:tenant-a", "key-b:tenant-b"],
+        cache_semantic_tenants=["*"],
+        cache_semantic_tenant_min_probability={"tenant-a": 0.6}))
+    for key in ("key-a", "key-b"):
+        assert ask(gateway, "How do I reset my password?", key) == "MISS"
+    # the verifier gives this paraphrase about 0.86: under the calibrated 0.95, over 0.6
+    reworded = "How can I reset the password of my account?"
+    assert ask(gateway, reworded, "key-a") == "HIT-SEMANTIC"
+    assert ask(gateway, reworded, "key-b") == "MISS"
+    # about 0.49: under tenant-a's threshold too
+    assert ask(gateway, "What should I do if I forgot my password?", "key-a") == "MISS"
+
+
 def test_semantic_refuses_a_different_number(vllm_worker, make_settings, start_gateway):
     gateway = start_gateway(
         make_settings(workers=[vllm_worker.base_url], cache_semantic_tenants=["*"])

@@ -60,6 +60,17 @@ def test_same_words_in_another_case_or_punctuation_always_hit(cache: SemanticCac
     assert cache.verifier.probability("how do i reset my password", stored, 0.99) == 1.0
 
 
+def test_a_lookup_may_bring_its_own_threshold(cache: SemanticCache) -> None:
+    stored, asked = "How do I reset my password?", "How can I reset the password of my account?"
+    assert store_and_lookup(cache, stored, asked) is None  # below the calibrated threshold
+    match = cache.score(TENANT_A, asked)
+    assert match is not None and not match.accepted
+    looser = cache.lookup(TENANT_A, asked, min_probability=match.probability)
+    assert looser is not None and looser.digest == digest(stored)
+    assert cache.lookup(TENANT_A, asked, min_probability=min(1.0, match.probability + 1e-6)
+                        ) is None
+
+
 @pytest.mark.parametrize(("stored", "asked"), [
     ("How can I lose weight quickly?", "How can I lose weight fast?"),
     ("What are the symptoms of diabetes?", "What are the signs of diabetes?"),

@@ -124,17 +124,22 @@ class SemanticCache:
     # --- lookups ------------------------------------------------------------------------
 
     def lookup(self, scope: Scope, text: str, *, embedding: np.ndarray | None = None,
-               now: float | None = None) -> SemanticMatch | None:
+               now: float | None = None, min_probability: float | None = None
+               ) -> SemanticMatch | None:
         """The stored entry that answers ``text`` in ``scope``, or None.
 
         Pass ``embedding`` when the caller has it already; otherwise the text is embedded
         here (the larger part of the cost: ~10-30 ms on this machine's CPU).
+        ``min_probability`` replaces the cache's threshold for this lookup (a tenant's
+        own trade of precision for recall).
         """
-        match = self.score(scope, text, embedding=embedding, now=now)
+        match = self.score(scope, text, embedding=embedding, now=now,
+                           min_probability=min_probability)
         return match if match is not None and match.accepted else None
 
     def score(self, scope: Scope, text: str, *, embedding: np.ndarray | None = None,
-              now: float | None = None) -> SemanticMatch | None:
+              now: float | None = None, min_probability: float | None = None
+              ) -> SemanticMatch | None:
         """Like ``lookup`` but returns the best candidate even when it is refused (for
         benchmarks, calibration and logging why a lookup missed)."""
         vector = self.embed(text) if embedding is None else embedding
@@ -144,8 +149,9 @@ class SemanticCache:
         if best is None:
             return None
         neighbor, probability = best
+        threshold = self.verifier.threshold if min_probability is None else min_probability
         return SemanticMatch(neighbor.digest, neighbor.text, neighbor.cosine, probability,
-                             probability >= self.verifier.threshold)
+                             probability >= threshold)
 
     def _live(self, neighbors: list[Neighbor], now: float) -> list[Neighbor]:
         live = []

@@ -12,14 +12,15 @@ not cacheable) and ``X-Cache-Age``.
 A semantic hit is as safe as an exact one: it is looked up only after every exact tier
 missed, only among entries of the same namespace and the same context (model,
 parameters, system prompt, tools, earlier turns: everything but the last user message),
-and served only when the verifier accepts it.
+and served only when the verifier accepts it: at the calibrated threshold, or at the
+tenant's own (``cache_semantic_tenant_min_probability``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,6 +88,7 @@ class CacheStage:
         semantic: SemanticCache | None = None,
         semantic_store: SemanticStore | None = None,
         semantic_tenants: frozenset[str] = frozenset(),
+        semantic_min_probability: Mapping[str, float] | None = None,
         semantic_ttl_s: float | None = None,
     ) -> None:
         self._cache = cache
@@ -94,6 +96,7 @@ class CacheStage:
         self._semantic = semantic
         self._semantic_store = semantic_store
         self._semantic_tenants = semantic_tenants
+        self._semantic_min_probability = dict(semantic_min_probability or {})
         self._semantic_ttl_s = semantic_ttl_s
         self._background: set[asyncio.Task[None]] = set()
 
@@ -134,7 +137,9 @@ class CacheStage:
         if directives.read:
             hit = await self._cache.lookup(key, max_age_s=directives.max_age_s)
             if hit is None and scoped is not None:
-                hit = await self._semantic_lookup(namespace, scoped, directives)
+                hit = await self._semantic_lookup(
+                    namespace, scoped, directives,
+                    self._semantic_min_probability.get(ctx.principal.tenant))
             if hit is not None:
                 return self._answer(ctx, hit.layer, hit.entry)
         ctx.cache_layer = "MISS"
@@ -186,11 +191,13 @@ class CacheStage:
         return CachedResponse(endpoint=ctx.endpoint, body=orjson.loads(reply.body))
 
     async def _semantic_lookup(
-        self, namespace: str, scoped: tuple[tuple[str, str], str], directives: CacheDirectives
+        self, namespace: str, scoped: tuple[tuple[str, str], str], directives: CacheDirectives,
+        min_probability: float | None,
     ) -> Hit | None:
         assert self._semantic is not None
         scope, text = scoped
-        match = await asyncio.to_thread(self._semantic.lookup, scope, text)
+        match = await asyncio.to_thread(self._semantic.lookup, scope, text,
+                                        min_probability=min_probability)
         if match is None:
             return None
         hit = await self._cache.lookup(CacheKey(namespace, match.digest),
