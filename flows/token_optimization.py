@@ -5,7 +5,9 @@ API-triggered with a ``source`` (a QA JSONL file with answers, or a JSON prompt 
 ShareGPT records or ``{"messages": [...]}`` templates); scheduled hourly over the last
 day's stored prompts (``request_log.prompt_text``, present only with prompt storage on).
 Writes a ``token_reports`` row, and marks recurring system prompts and templates as
-cache-eligible in ``cacheable_prefixes`` for the caching layer.
+cache-eligible in ``cacheable_prefixes`` for the caching layer; rows no run has marked
+for ``cacheable_prefix_retention_days`` are dropped, so warming and the token stage
+follow the traffic of now, not of last month.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from services.tokens.evaluation import (
     Prefix,
     Sample,
     evaluate,
+    forget_stale_prefixes,
     mark_cacheable,
     prompt_samples,
     qa_samples,
@@ -67,15 +70,19 @@ def find_prefixes(samples: list[Sample], encoding: str, min_occurrences: int) ->
 
 @task(**STORE_RETRIES)
 def record(database_url: str, source: str, policy: str, encoding: str,
-           evaluation: Evaluation, prefixes: list[Prefix], store_text: bool) -> dict[str, Any]:
+           evaluation: Evaluation, prefixes: list[Prefix], store_text: bool,
+           retention_days: float) -> dict[str, Any]:
     engine = create_store_engine(database_url)
     try:
         report_id = write_report(engine, source=source, policy=Policy.parse(policy),
                                  encoding=encoding, evaluation=evaluation)
         marked = mark_cacheable(engine, prefixes, store_text=store_text)
+        forgotten = forget_stale_prefixes(
+            engine, datetime.now(UTC) - timedelta(days=retention_days))
     finally:
         engine.dispose()
-    return {"report_id": report_id, "prefixes_marked": marked}
+    return {"report_id": report_id, "prefixes_marked": marked,
+            "prefixes_forgotten": forgotten}
 
 
 @flow(name="token_optimization")
@@ -89,11 +96,12 @@ def token_optimization(source: str = RECENT, policy: str = "lossless",
     evaluation = run_stages(samples, policy, encoding)
     prefixes = find_prefixes(samples, encoding, min_occurrences)
     ids = record(settings.database_url, source, policy, encoding, evaluation, prefixes,
-                 settings.store_prompts)
-    logger.info("tokens: %d samples, %d -> %d (%.1f%% fewer), quality %s, %d prefixes marked",
+                 settings.store_prompts, settings.cacheable_prefix_retention_days)
+    logger.info("tokens: %d samples, %d -> %d (%.1f%% fewer), quality %s, %d prefixes marked, "
+                "%d stale ones forgotten",
                 evaluation.samples, evaluation.tokens_before, evaluation.tokens_after,
                 evaluation.reduction * 100,
                 "n/a" if evaluation.quality is None else f"{evaluation.quality:.1%}",
-                ids["prefixes_marked"])
+                ids["prefixes_marked"], ids["prefixes_forgotten"])
     return {**ids, "samples": evaluation.samples, "reduction": evaluation.reduction,
             "quality": evaluation.quality, "stages": evaluation.stages}

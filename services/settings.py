@@ -283,6 +283,11 @@ class Settings(BaseSettings):
         description="send leading system messages that cacheable_prefixes marks as "
         "written, under every policy (the upstream caches them)",
     )
+    cacheable_prefix_retention_days: float = Field(
+        default=7.0, gt=0,
+        description="cacheable_prefixes rows the token_optimization flow has not marked "
+        "again for this long are dropped",
+    )
     token_marked_prefixes_refresh_s: float = Field(
         default=60.0, gt=0, description="how often the gateway re-reads cacheable_prefixes"
     )

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, delete, select
 from sqlalchemy.orm import Session
 
 from models import CacheablePrefix, RequestLog, TokenReport
@@ -207,6 +207,15 @@ def write_report(engine: Engine, *, source: str, policy: Policy, encoding: str,
         session.add(row)
         session.flush()
         return row.id
+
+
+def forget_stale_prefixes(engine: Engine, before: datetime) -> int:
+    """Drop the ``cacheable_prefixes`` rows no run has marked since ``before``: traffic
+    stopped sending them, so warming them (or keeping them intact) no longer pays."""
+    with Session(engine) as session, session.begin():
+        result = session.execute(delete(CacheablePrefix)
+                                 .where(CacheablePrefix.marked_at < before))
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 def mark_cacheable(engine: Engine, prefixes: Sequence[Prefix], *, store_text: bool) -> int:

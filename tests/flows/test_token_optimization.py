@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import orjson
 from sqlalchemy import select
@@ -73,8 +73,13 @@ def test_flow_reports_per_stage_and_marks_prefixes(store, prefect_harness, tmp_p
             {"id": f"req-{uuid.uuid4().hex}", "created_at": datetime.now(UTC),
              "tenant": tenant, "endpoint": "chat.completions", "status_code": 200,
              "prompt_text": orjson.dumps(messages).decode()} for tenant in ("t", "u", "u")])
+    with store.begin() as conn:  # a prefix traffic stopped sending a month ago
+        conn.execute(CacheablePrefix.__table__.insert(), [{
+            "prefix_hash": "0" * 64, "kind": "system_prompt", "tokens": 100,
+            "occurrences": 50, "marked_at": datetime.now(UTC) - timedelta(days=30)}])
     recent = token_optimization(source="recent", policy="lossless")
     assert recent["samples"] == 3 and recent["prefixes_marked"] == 1
+    assert recent["prefixes_forgotten"] == 1
     with store.connect() as conn:
         prefix = conn.execute(select(CacheablePrefix)).one()
     assert prefix.occurrences == 3 and prefix.text is None  # prompts not stored by default
