@@ -81,11 +81,7 @@ def marked_prefix_hashes(engine: Engine) -> frozenset[str]:
 
 def _chat_prefix(request: dict[str, Any]) -> bytes | None:
     messages = request.get("messages") or []
-    leading = []
-    for message in messages[:-1]:
-        if message.get("role") not in INSTRUCTION_ROLES:
-            break
-        leading.append(message)
+    leading = leading_instructions(messages[:-1])
     tools = request.get("tools")
     if not leading and not tools:
         if len(messages) < 2:

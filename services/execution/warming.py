@@ -187,6 +187,8 @@ class PrefixWarmer:
                 self.outcomes.labels("invalid").inc(broken)
                 log.warning("prefix warming skipped %d cacheable_prefixes rows whose messages "
                             "do not hash to their prefix_hash", broken)
+            if not prefixes:
+                return
             capacity = await kv_cache_tokens(self._client, worker.url)
             budget = self.max_tokens if capacity is None else min(
                 self.max_tokens, int(capacity * self.max_kv_share))
