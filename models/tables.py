@@ -89,6 +89,23 @@ class RequestLog(Base):
     )
 
 
+class QuarantinedEvent(Base):
+    """A telemetry event the store refused for its content (a value that does not fit
+    its column), kept whole with the store's error instead of being retried forever:
+    one bad row must never stop ``request_log`` for everyone else. Operators read it,
+    fix the cause and may re-insert the event by hand."""
+
+    __tablename__ = "telemetry_quarantine"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    quarantined_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    event_id: Mapped[str] = mapped_column(Text, doc="the event's request id, as sent")
+    event: Mapped[str] = mapped_column(Text, doc="the whole event as JSON")
+    error: Mapped[str] = mapped_column(Text, doc="what the store said")
+
+    __table_args__ = (Index("ix_telemetry_quarantine_quarantined_at", "quarantined_at"),)
+
+
 class Worker(Base):
     __tablename__ = "workers"
 

@@ -55,6 +55,14 @@ class GatewayMetrics:
         self.telemetry_written = Counter(
             "optengine_telemetry_written", "Events written to the store", registry=r
         )
+        self.telemetry_quarantined = Counter(
+            "optengine_telemetry_quarantined", "Events the store refused for their content, "
+            "set aside in telemetry_quarantine", registry=r,
+        )
+        self.telemetry_writer_restarts = Counter(
+            "optengine_telemetry_writer_restarts", "Times the telemetry writer task ended "
+            "unexpectedly and was restarted", registry=r,
+        )
         self.store_up = Gauge("optengine_store_up", "1 when the metrics store accepts writes",
                               registry=r)
         self.worker_outstanding = Gauge(

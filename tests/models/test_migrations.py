@@ -14,7 +14,7 @@ TABLES = {
     "request_log", "workers", "api_keys", "cache_entries", "alerts", "cache_reports",
     "semantic_entries", "token_reports", "cacheable_prefixes", "routing_labels",
     "router_versions",
-    "files", "batches", "batch_results",
+    "files", "batches", "batch_results", "telemetry_quarantine",
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
@@ -10,7 +11,7 @@ import pytest
 from sqlalchemy import func, select
 
 from migrations import upgrade_to_head
-from models import RequestLog, create_store_engine
+from models import QuarantinedEvent, RequestLog, create_store_engine
 from services.telemetry import GatewayMetrics, RequestEvent, TelemetryWriter
 from services.workers import free_port
 from tests.support.postgres import ThrowawayPostgres
@@ -128,3 +129,137 @@ def test_store_outage_during_traffic_loses_nothing(
             engine.dispose()
     finally:
         cluster.destroy()
+
+
+# --- one bad row must not stop the store for everyone ---------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_engine(request, tmp_path):
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'store.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url").replace(
+            "postgresql://", "postgresql+psycopg://")
+    upgrade_to_head(url)
+    engine = create_store_engine(url)
+    yield engine
+    engine.dispose()
+
+
+def quarantined(engine) -> list[tuple[str, str, str]]:
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(
+            select(QuarantinedEvent.event_id, QuarantinedEvent.event, QuarantinedEvent.error))]
+
+
+# a number no request_log column holds on either store (PostgreSQL refuses anything past
+# 32 bits in an Integer column, SQLite anything past 64)
+TOO_BIG = 10**20
+
+
+async def test_a_row_the_store_refuses_is_quarantined_and_the_rest_written(
+    any_engine, tmp_path
+) -> None:
+    metrics = GatewayMetrics()
+    writer = TelemetryWriter(any_engine, spill_path=tmp_path / "spill.jsonl", metrics=metrics)
+    await writer.start()
+    good = [event() for _ in range(9)]
+    bad = event(max_tokens=TOO_BIG)
+    for e in good[:4] + [bad] + good[4:]:
+        writer.submit(e)
+    await writer.flush()
+    assert count(any_engine) == 9 and not writer.pending_spill and writer.store_up
+    [(event_id, stored, error)] = quarantined(any_engine)
+    assert event_id == bad.id and str(TOO_BIG) in stored and error
+    assert "INSERT" not in error  # the store's words, not the statement
+    assert metrics.telemetry_quarantined._value.get() == 1
+    # and the store keeps taking everyone's rows afterwards
+    later = [event(tenant=f"other-{i}") for i in range(5)]
+    for e in later:
+        writer.submit(e)
+    await writer.stop()
+    assert count(any_engine) == 14 and writer.quarantined == 1
+
+
+async def test_strings_longer_than_their_column_are_cut_to_fit(any_engine, tmp_path) -> None:
+    writer = TelemetryWriter(any_engine, spill_path=tmp_path / "spill.jsonl",
+                             metrics=GatewayMetrics())
+    await writer.start()
+    long = event(model_requested="m" * 5000, worker="http://" + "w" * 5000,
+                 token_policy="budget=" + "9" * 500)
+    writer.submit(long)
+    await writer.stop()
+    with any_engine.connect() as conn:
+        model, worker, policy = conn.execute(
+            select(RequestLog.model_requested, RequestLog.worker, RequestLog.token_policy)
+        ).one()
+    assert model == "m" * 256 and len(worker) == 512 and len(policy) == 64
+    assert writer.quarantined == 0
+
+
+async def test_a_bad_row_in_an_old_spill_file_no_longer_blocks_its_replay(
+    any_engine, tmp_path
+) -> None:
+    """Spill files written before the fix hold the bad row; a restart replays them."""
+    spill = tmp_path / "spill.jsonl"
+    writer = TelemetryWriter(any_engine, spill_path=spill, metrics=GatewayMetrics())
+    events = [event(), event(max_tokens=TOO_BIG), event()]
+    writer._spill(events)
+    assert writer.replay_spill() == 3
+    assert not writer.pending_spill
+    with any_engine.connect() as conn:
+        stored = set(conn.scalars(select(RequestLog.id)))
+    assert {events[0].id, events[2].id} <= stored
+    # the spill file's JSON reads the number back as a float: SQLite keeps it in the
+    # row, PostgreSQL refuses it and the event is quarantined; either way it is kept
+    if any_engine.dialect.name == "postgresql":
+        assert [q[0] for q in quarantined(any_engine)] == [events[1].id]
+    else:
+        assert events[1].id in stored
+
+
+async def test_the_writer_is_restarted_when_its_task_dies(sqlite_engine, tmp_path) -> None:
+    metrics = GatewayMetrics()
+    writer = TelemetryWriter(sqlite_engine, spill_path=tmp_path / "spill.jsonl",
+                             metrics=metrics)
+    failures = iter([OSError("disk full")])
+
+    def broken_write(batch):  # the batch fails, and so does spilling it: the task ends
+        raise RuntimeError("write failed")
+
+    def broken_spill(events):
+        exc = next(failures, None)
+        if exc is not None:
+            raise exc
+        TelemetryWriter._spill(writer, events)
+
+    writer._write_batch = broken_write
+    writer._spill = broken_spill
+    await writer.start()
+    first_task = writer._task
+    writer.submit(event())
+    await writer.flush()
+    for _ in range(100):  # the supervisor runs as the dead task's callback
+        if writer._task is not first_task:
+            break
+        await asyncio.sleep(0.01)
+    assert writer.restarts == 1 and writer.running
+    assert metrics.telemetry_writer_restarts._value.get() == 1
+    del writer._write_batch  # healthy again: later events reach the store
+    writer.submit(event())
+    await writer.stop()
+    assert count(sqlite_engine) == 1
+
+
+async def test_stop_does_not_wait_forever_for_a_writer_that_cannot_drain(
+    sqlite_engine, tmp_path
+) -> None:
+    """Shutdown with events queued and no writer running: they are spilled, then
+    replayed into the store, and stop() returns."""
+    writer = TelemetryWriter(sqlite_engine, spill_path=tmp_path / "spill.jsonl",
+                             metrics=GatewayMetrics())
+    for _ in range(3):
+        writer.submit(event())  # never started: nothing drains the queue
+    await asyncio.wait_for(writer.stop(timeout_s=0.2), 10)
+    assert count(sqlite_engine) == 3 and not writer.pending_spill

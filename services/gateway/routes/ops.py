@@ -35,12 +35,25 @@ async def readyz(services: ServicesDep, response: Response) -> dict[str, object]
         store_ok = False
     workers = [w.summary() for w in services.pool.workers]
     workers_ok = any(w.healthy for w in services.pool.workers)
-    ready = store_ok and workers_ok
+    telemetry = services.telemetry
+    # events still going to the spill file while the store answers: writes are failing
+    # for a reason the ping does not see
+    interval_s = services.settings.telemetry_spill_replay_interval_s
+    spill_growing = telemetry.spilled_within(2 * interval_s)
+    telemetry_ok = telemetry.running and not (store_ok and spill_growing)
+    ready = store_ok and workers_ok and telemetry_ok
     response.status_code = 200 if ready else 503
     return {
         "status": "ready" if ready else "not ready",
         "store": "ok" if store_ok else "unreachable",
-        "telemetry_spill_pending": services.telemetry.pending_spill,
+        "telemetry": {
+            "writer": "running" if telemetry.running else "down",
+            "spill_growing": spill_growing,
+            "spill_bytes": telemetry.spill_bytes,
+            "quarantined": telemetry.quarantined,
+            "writer_restarts": telemetry.restarts,
+        },
+        "telemetry_spill_pending": telemetry.pending_spill,
         "workers": workers,
     }
 
