@@ -13,8 +13,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from pydantic import ValidationError
+
+from services.protocol import ChatCompletionRequest, CompletionRequest, describe_invalid
 
 ENDPOINTS = {"/v1/chat/completions": "chat.completions", "/v1/completions": "completions"}
+_REQUEST_MODELS = {"/v1/chat/completions": ChatCompletionRequest,
+                   "/v1/completions": CompletionRequest}
+CUSTOM_ID_MAX = 512  # batch_results.custom_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +89,9 @@ def _check_line(number: int, raw: bytes, endpoint: str) -> BatchLine | LineError
     if not isinstance(custom_id, str) or not custom_id:
         return LineError(number, None, "missing_custom_id",
                          f"line {number} has no custom_id (a non-empty string)")
+    if len(custom_id) > CUSTOM_ID_MAX:
+        return LineError(number, None, "invalid_custom_id",
+                         f"line {number}: custom_id is longer than {CUSTOM_ID_MAX} characters")
 
     def error(code: str, message: str) -> LineError:
         return LineError(number, custom_id, code, f"line {number}: {message}")
@@ -104,6 +113,10 @@ def _check_line(number: int, raw: bytes, endpoint: str) -> BatchLine | LineError
     needed = "messages" if url == "/v1/chat/completions" else "prompt"
     if needed not in body:
         return error("invalid_body", f"body.{needed} is required for {url}")
+    try:  # the checks a request to the gateway passes (bounded numbers and names)
+        _REQUEST_MODELS[url].model_validate(body)
+    except ValidationError as exc:
+        return error("invalid_body", f"body.{describe_invalid(exc)[0]}")
     return BatchLine(number, custom_id, url, body)
 
 

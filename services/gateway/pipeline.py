@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
 from services.gateway.auth import Principal
-from services.gateway.protocol import ChatCompletionRequest, CompletionRequest, Usage
+from services.protocol import ChatCompletionRequest, CompletionRequest, Usage
 
 Endpoint = Literal["chat.completions", "completions"]
 

@@ -21,7 +21,7 @@ from services.caching import HIT_LAYERS
 from services.errors import EngineError
 from services.gateway.auth import Principal
 from services.gateway.pipeline import Endpoint, Pipeline, RequestContext
-from services.gateway.protocol import ChatCompletionRequest, CompletionRequest
+from services.protocol import ChatCompletionRequest, CompletionRequest
 from services.telemetry import RequestEvent, TelemetryWriter
 
 log = logging.getLogger(__name__)

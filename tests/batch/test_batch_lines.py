@@ -41,6 +41,26 @@ def test_bad_lines_become_per_line_errors() -> None:
     assert parsed.total == 11  # the blank line is not a request
 
 
+def test_lines_the_store_could_not_record_are_line_errors() -> None:
+    """Bounded like a request to the gateway: a line's request_log row must always fit,
+    or the checkpoint holding it would fail forever."""
+    content = b"\n".join([
+        request("a", max_tokens=3_000_000_000),
+        request("b", prompt=[1, 2, 10**12]),
+        request("c", model="m" * 300),
+        request("x" * 600),
+        request("ok", max_tokens=16),
+    ])
+    parsed = parse_input(content, endpoint="/v1/completions")
+    assert [line.custom_id for line in parsed.lines] == ["ok"]
+    assert {(e.line, e.code) for e in parsed.errors} == {
+        (1, "invalid_body"), (2, "invalid_body"), (3, "invalid_body"), (4, "invalid_custom_id"),
+    }
+    messages = {e.line: e.message for e in parsed.errors}
+    assert messages[1].startswith("line 1: body.max_tokens: Input should be less than")
+    assert messages[2].startswith("line 2: body.prompt.2:")
+
+
 def test_chat_lines_need_messages() -> None:
     line = orjson.dumps({"custom_id": "x", "method": "POST", "url": "/v1/chat/completions",
                          "body": {"model": "m"}})

@@ -3,6 +3,7 @@ status, and nothing hangs."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -11,6 +12,7 @@ import openai
 import pytest
 
 from services.workers import free_port
+from tests.support.fake_openai import Answer, FakeOpenAI
 from tests.support.gateway import RunningGateway
 from tests.support.proxy import KillableProxy
 
@@ -193,3 +195,43 @@ def test_worker_killed_mid_stream_ends_the_stream_with_an_error(
             "select status_code, error_type from request_log"
         ).one()
     assert status == 502 and error == "upstream_error"
+
+
+@pytest.fixture
+def fake_worker():
+    server = FakeOpenAI({"fake-model": Answer("Hello there.")}).start()
+    yield server
+    server.stop()
+
+
+def test_values_the_store_cannot_hold_are_400_and_recording_goes_on(
+    fake_worker, postgres_url, make_settings, start_gateway
+) -> None:
+    """Numbers and names that do not fit request_log's columns (or 64 bits) are refused
+    at the edge, so no request can stop the store's writes for every tenant."""
+    url = postgres_url.replace("postgresql://", "postgresql+psycopg://")
+    gateway = start_gateway(make_settings(workers=[fake_worker.url], database_url=url))
+    chat = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}
+    hostile = [
+        ({**chat, "max_tokens": 3_000_000_000}, "max_tokens"),
+        ({**chat, "max_completion_tokens": 2**40}, "max_completion_tokens"),
+        ({**chat, "seed": 2**70}, "seed"),
+        ({**chat, "model": "m" * 300}, "model"),
+        ({**chat, "vendor_field": 10**30}, None),
+        ({**chat, "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "hi", "weight": -(10**25)}]}]}, None),
+    ]
+    for body, param in hostile:
+        response = post(gateway, json.dumps(body))
+        error = assert_openai_error(response, 400, "invalid_request_error")
+        assert error["param"] == param
+        assert len(error["message"]) < 200  # says what is wrong without echoing the value
+    ok = post(gateway, json.dumps({**chat, "max_tokens": 5}))
+    assert ok.status_code == 200, ok.text
+    gateway.flush_telemetry()
+    with gateway.services.engine.connect() as conn:
+        rows = conn.exec_driver_sql("select status_code, max_tokens from request_log").all()
+    assert rows == [(200, 5)]
+    ready = httpx.get(f"{gateway.url}/readyz").json()
+    assert ready["telemetry"]["writer"] == "running"
+    assert ready["telemetry"]["quarantined"] == 0 and not ready["telemetry"]["spill_growing"]

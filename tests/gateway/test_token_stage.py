@@ -15,9 +15,9 @@ from services.caching.prefix import cacheable_prefix_hash
 from services.errors import InvalidRequest
 from services.gateway.auth import Principal
 from services.gateway.pipeline import Pipeline, Reply, RequestContext
-from services.gateway.protocol import ChatCompletionRequest
 from services.gateway.stages import TokenOptimizationStage, TokenPolicyStage
 from services.gateway.stages.dispatch import upstream_payload
+from services.protocol import ChatCompletionRequest
 from services.tokens import TokenOptimizer
 
 DOC = json.dumps({"items": [{"sku": f"A-{i}", "qty": i, "price": 2.5 * i} for i in range(12)]},

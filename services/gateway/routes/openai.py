@@ -12,11 +12,12 @@ from services.errors import InvalidRequest, PayloadTooLarge
 from services.gateway.auth import Principal
 from services.gateway.deps import AppServices, PrincipalDep, ServicesDep
 from services.gateway.pipeline import Endpoint
-from services.gateway.protocol import (
+from services.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     ModelCard,
     ModelList,
+    describe_invalid,
 )
 
 router = APIRouter(prefix="/v1")
@@ -45,14 +46,8 @@ def parse_body(model: type[RequestModel], body: bytes) -> RequestModel:
     try:
         return model.model_validate_json(body)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        if error["type"] == "json_invalid":
-            raise InvalidRequest(f"could not parse the JSON body: {error['msg']}") from None
-        if error["type"] == "model_type" and not error["loc"]:
-            raise InvalidRequest("request body must be a JSON object") from None
-        param = ".".join(str(p) for p in error["loc"]) or None
-        raise InvalidRequest(f"{param}: {error['msg']}" if param else error["msg"],
-                             param=param) from None
+        message, param = describe_invalid(exc)
+        raise InvalidRequest(message, param=param) from None
 
 
 async def _serve(

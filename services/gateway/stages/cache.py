@@ -42,7 +42,7 @@ from services.caching.semantic import SemanticCache
 from services.caching.semantic_store import SemanticStore
 from services.errors import InvalidRequest
 from services.gateway.pipeline import Next, Reply, RequestContext
-from services.gateway.protocol import Usage
+from services.protocol import Usage
 
 log = logging.getLogger(__name__)
 

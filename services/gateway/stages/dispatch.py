@@ -47,8 +47,8 @@ from services.execution import (
     request_priority,
 )
 from services.gateway.pipeline import Next, Reply, RequestContext
-from services.gateway.protocol import ChatCompletionResponse, CompletionResponse, Usage
 from services.gateway.stages.hosted import HostedBackend
+from services.protocol import ChatCompletionResponse, CompletionResponse, Usage
 
 _PATHS = {"chat.completions": "/v1/chat/completions", "completions": "/v1/completions"}
 _RESPONSES = {"chat.completions": ChatCompletionResponse, "completions": CompletionResponse}

@@ -19,7 +19,7 @@ from services.errors import EngineError
 from services.execution.client import UpstreamClient
 from services.execution.hosted import AnthropicAPI, OpenAIAPI
 from services.gateway.pipeline import Reply, RequestContext
-from services.gateway.protocol import Usage
+from services.protocol import Usage
 from services.settings import Settings
 
 _PATHS = {"chat.completions": "/v1/chat/completions", "completions": "/v1/completions"}

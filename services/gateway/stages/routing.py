@@ -25,8 +25,8 @@ from services.costs import PriceCatalog, UnknownModelPrice
 from services.errors import InvalidRequest, ModelNotFound, UpstreamError
 from services.execution import WorkerPool
 from services.gateway.pipeline import Next, Reply, RequestContext
-from services.gateway.protocol import Usage
 from services.gateway.stages.cascade import CascadeRunner, ServeFn
+from services.protocol import Usage
 from services.routing.budgets import BudgetLedger, Reservation, Scope
 from services.routing.config import ModelConfig, RoutingConfig
 from services.routing.policy import Route, RouteRequest, RoutingPolicy
