@@ -29,6 +29,17 @@ if ! command -v redis-server >/dev/null; then
     fi
 fi
 
+# docker-compose validates infra/docker-compose.yml (`config`: no daemon, nothing pulled).
+if ! command -v docker-compose >/dev/null; then
+    if [[ $(id -u) -eq 0 ]]; then
+        echo "[test] installing docker-compose to check infra/docker-compose.yml"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null
+    else
+        echo "[test] docker-compose is not installed: install it (apt-get install docker-compose)" >&2
+        exit 1
+    fi
+fi
+
 echo "[test] ruff"
 .venv/bin/ruff check .
 echo "[test] pytest"
