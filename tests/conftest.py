@@ -114,10 +114,14 @@ def vllm_gateway(
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test that needs the vLLM worker, so ``-m 'not vllm'`` runs in seconds."""
+    """Mark every test that needs the vLLM worker, so ``-m 'not vllm'`` runs in seconds,
+    and every test that needs a PostgreSQL server (``-m 'not postgres'``)."""
     for item in items:
-        if "vllm_worker" in getattr(item, "fixturenames", ()):
+        fixtures = getattr(item, "fixturenames", ())
+        if "vllm_worker" in fixtures:
             item.add_marker(pytest.mark.vllm)
+        if "postgres_server" in fixtures:
+            item.add_marker(pytest.mark.postgres)
 
 
 @pytest.fixture(scope="session")

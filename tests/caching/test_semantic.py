@@ -268,8 +268,6 @@ def _toy_pairs(path: Path) -> Path:
 
 @pytest.mark.parametrize("kind", ["logistic", "gbdt"])
 def test_training_regenerates_the_same_files(tmp_path: Path, kind: str) -> None:
-    if kind == "gbdt":
-        pytest.importorskip("sklearn")
     pairs = _toy_pairs(tmp_path / "pairs.json")
     outputs = []
     for run in ("one", "two"):

@@ -1,8 +1,9 @@
 """PriceCatalog against genai-prices itself, overrides, cached tokens, unknown models.
 
-Expected figures come from the library (``genai_prices.calc_price``), never hand-typed,
-so a genai-prices upgrade that changes a price does not break these tests, while a
-mistake in how we call it does.
+Most expected figures come from the library (``genai_prices.calc_price``), so a
+genai-prices upgrade that changes a price does not break these tests while a mistake in
+how we call it does. A few are pinned to the providers' published prices instead, so
+that a wrong catalog (or a library that misreads it) cannot pass on its own say-so.
 """
 
 from __future__ import annotations
@@ -192,9 +193,29 @@ def test_no_network_and_no_updater(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
     catalog = PriceCatalog()
-    for name, _, _ in HOSTED:
-        catalog.cost(name, 100, 10)
+    costs = {name: catalog.cost(name, 100, 10) for name, _, _ in HOSTED}
+    assert all(cost > 0 for cost in costs.values()), costs
+    assert costs["gpt-4o-mini"] == pytest.approx(100 * 0.15e-6 + 10 * 0.60e-6)
     assert not any(t.name == "genai_prices:update" for t in threading.enumerate())
+
+
+# USD per million tokens (input, cached input, output) as the providers publish them:
+# OpenAI's pricing page for gpt-4o-mini, gpt-4o and gpt-4-1106-preview (no cached rate),
+# Anthropic's for Claude 3.5 Sonnet (cache reads at 0.1x the input price).
+PUBLISHED = {
+    "gpt-4o-mini": (0.15, 0.075, 0.60),
+    "gpt-4o": (2.50, 1.25, 10.00),
+    "gpt-4-1106-preview": (10.00, 10.00, 30.00),
+    "anthropic/claude-3-5-sonnet": (3.00, 0.30, 15.00),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_prices_match_the_published_ones(catalog: PriceCatalog, name: str) -> None:
+    input_rate, cached_rate, output_rate = PUBLISHED[name]
+    # 1M prompt tokens of which 200k cached, and 100k output tokens
+    expected = 0.8 * input_rate + 0.2 * cached_rate + 0.1 * output_rate
+    assert catalog.cost(name, 1_000_000, 100_000, 200_000) == pytest.approx(expected, rel=1e-9)
 
 
 @pytest.mark.parametrize(("name", "ref"), [

@@ -9,6 +9,7 @@ from sqlalchemy import inspect
 
 from migrations import alembic_config, downgrade_to, upgrade_to_head
 from models import create_store_engine
+from tests.support.postgres import STORE_KINDS
 
 TABLES = {
     "request_log", "workers", "api_keys", "cache_entries", "alerts", "cache_reports",
@@ -18,7 +19,7 @@ TABLES = {
 }
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=STORE_KINDS)
 def store_url(request, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'store.db'}"

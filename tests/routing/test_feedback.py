@@ -20,11 +20,12 @@ from services.routing import RoutingConfig
 from services.routing.feedback import FeedbackRequest, record_feedback
 from services.routing.retrain import collect_labels
 from tests.routing.conftest import EASY, PRICES, post_chat, routing_config
+from tests.support.postgres import STORE_KINDS
 
 CONFIG = RoutingConfig.parse(routing_config())  # cheap tier: small; strong: large
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=STORE_KINDS)
 def engine(request, tmp_path):
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'store.db'}"

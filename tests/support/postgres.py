@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 import psycopg
+import pytest
 
 
 def reachable(host: str, port: int) -> bool:
@@ -103,3 +104,8 @@ def drop_database(server_url: str, database_url: str) -> None:
     name = database_url.rsplit("/", 1)[1]
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# Parameters of fixtures that run a test on both stores; the PostgreSQL case carries the
+# ``postgres`` marker (``-m 'not postgres'`` skips it where no server can be had).
+STORE_KINDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]

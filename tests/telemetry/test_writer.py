@@ -14,7 +14,7 @@ from migrations import upgrade_to_head
 from models import QuarantinedEvent, RequestLog, create_store_engine
 from services.telemetry import GatewayMetrics, RequestEvent, TelemetryWriter
 from services.workers import free_port
-from tests.support.postgres import ThrowawayPostgres
+from tests.support.postgres import STORE_KINDS, ThrowawayPostgres
 
 
 def event(**fields) -> RequestEvent:
@@ -134,7 +134,7 @@ def test_store_outage_during_traffic_loses_nothing(
 # --- one bad row must not stop the store for everyone ---------------------------------
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=STORE_KINDS)
 def any_engine(request, tmp_path):
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'store.db'}"

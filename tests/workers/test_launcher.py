@@ -136,10 +136,17 @@ def test_detect_gpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert detect_gpus() == 0
 
 
-def test_free_port_is_bindable() -> None:
+def test_free_port_can_be_served_on() -> None:
     port = free_port()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", port))
+    assert 1024 < port < 65536
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", port))  # raises if another socket holds it
+        server.listen(1)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+            accepted, _ = server.accept()
+            with accepted:
+                client.sendall(b"ping")
+                assert accepted.recv(4) == b"ping"
 
 
 # --- process handling, with a fake interpreter -------------------------------------------
