@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -22,6 +23,7 @@ from services.caching import (
     is_deterministic,
     stream_chunks,
 )
+from services.caching import memory as memory_module
 from services.workers import free_port
 
 BODY = {
@@ -83,12 +85,15 @@ async def test_l1_evicts_least_recently_used_past_its_byte_bound() -> None:
     assert not await cache.set(keys[1], entry(one * 3))  # over the per-entry cap
 
 
-async def test_l1_entries_expire() -> None:
+async def test_l1_entries_expire(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1000.0]  # L1's clock, moved by the test (a loaded machine cannot race it)
+    monkeypatch.setattr(memory_module, "time", SimpleNamespace(monotonic=lambda: now[0]))
     cache = MemoryCache(max_bytes=1 << 20, ttl_s=0.2, max_entry_bytes=1 << 20)
     key = cache_key("t", "chat.completions", {})
     await cache.set(key, entry())
+    now[0] += 0.19
     assert await cache.get(key) is not None
-    await asyncio.sleep(0.3)
+    now[0] += 0.02
     assert await cache.get(key) is None and cache.bytes == 0
 
 
@@ -186,8 +191,12 @@ async def test_l3_misses_skip_the_store_but_other_replicas_writes_are_found(stor
         key = cache_key("t", "chat.completions", {"from": "the other replica"})
         assert await reader.get(key) is None and reader.filtered_misses == 1
         await writer.set(key, entry())
-        await asyncio.sleep(0.5)  # the reader's filter refreshes from the table
-        assert (await reader.get(key)) is not None
+        # the reader's background loop tops its filter up from the table
+        for _ in range(600):
+            if reader._filter is not None and key.digest in reader._filter:
+                break
+            await asyncio.sleep(0.05)
+        assert (await reader.get(key)).body == entry().body
         other = cache_key("t", "chat.completions", {"never": "stored"})
         assert await reader.get(other) is None and reader.filtered_misses == 2
     finally:
@@ -204,7 +213,7 @@ async def test_l3_hits_are_counted_in_batches_off_the_request_path(store_engine)
             return conn.scalar(select(CacheEntry.hit_count).where(CacheEntry.digest == key.digest))
 
     for _ in range(3):
-        assert await cache.get(key) is not None
+        assert (await cache.get(key)).body == entry().body
     assert hit_count() == 0  # nothing written while answering
     assert cache.flush_hits() == 1 and hit_count() == 3
     assert cache.flush_hits() == 0
@@ -228,6 +237,7 @@ async def test_a_hit_in_a_slower_tier_fills_the_faster_ones(store_engine) -> Non
     key = cache_key("t", "chat.completions", {"warm": "me"})
     await l3.set(key, entry())
     hit = await cache.lookup(key)
-    assert hit is not None and hit.layer == "L3"
+    assert hit is not None and hit.layer == "L3" and hit.entry.body == entry().body
     await cache.drain()
-    assert (await cache.lookup(key)).layer == "L1"
+    refilled = await cache.lookup(key)
+    assert refilled.layer == "L1" and refilled.entry.body == entry().body
