@@ -226,10 +226,17 @@ def test_a_store_that_is_down_is_counted_not_raised() -> None:
         warmer = PrefixWarmer(pool, UpstreamClient(), down, max_prefixes=4, max_tokens=100,
                               registry=registry)
         warmer.worker_joined(add(pool, "http://a:1", models=(MODEL,)))
-        await asyncio.sleep(0.1)
+
+        def counted() -> float | None:
+            return registry.get_sample_value("optengine_prefix_warm_total",
+                                             {"outcome": "store_error"})
+
+        for _ in range(600):  # the warming runs in a thread: wait for its verdict
+            if counted():
+                break
+            await asyncio.sleep(0.05)
         await warmer.stop()
-        return registry.get_sample_value("optengine_prefix_warm_total",
-                                         {"outcome": "store_error"})
+        return counted()
 
     assert asyncio.run(scenario()) == 1
 

@@ -82,7 +82,13 @@ def test_flow_reports_alerts_purges_and_warms(store, prefect_harness, monkeypatc
         assert result["purged"] == 1 and result["warmed"] == 1
         assert result["overall_hit_rate"] == pytest.approx(15 / 45)
         warmed = RedisCache(redis_server.url, ttl_s=60, max_entry_bytes=1 << 20)
-        assert asyncio.run(warmed.get(hot)) is not None
+
+
+        async def read() -> tuple:
+            return await warmed.get(hot), await warmed.get(expired)
+
+        got_hot, got_expired = asyncio.run(read())
+        assert got_hot.body == body and got_expired is None  # the most-hit entry, whole
     finally:
         redis_server.kill()
     with store.connect() as conn:
