@@ -133,9 +133,11 @@ def test_drain_waits_for_in_flight_and_takes_nothing_new(
         assert wait_for(lambda: worker.draining)
         refused = complete(gateway, "while draining")
         assert refused.status_code == 503  # the only worker takes nothing new
-        # it waits for the stream: done only once the gateway has released its lease
-        # (the client may not have read the last chunk yet, so not holder.completed)
-        assert not drain.done() or worker.outstanding == 0
+        # more of the stream arrives, and all the while the drain waits for it
+        seen = holder.chunks
+        assert wait_for(lambda: holder.chunks >= seen + 20 or holder.completed)
+        assert not holder.completed, "the stream should outlast these checks"
+        assert not drain.done() and worker.outstanding == 1
         holder.join()
         answer = drain.result()
     assert answer.status_code == 200 and answer.json()["drained"] is True
