@@ -60,7 +60,7 @@ async def warm_shared_tier(settings: Settings, limit: int) -> int:
     finally:
         engine.dispose()
     l2 = RedisCache(settings.redis_url, ttl_s=settings.cache_l2_ttl_s,
-                    max_entry_bytes=settings.cache_max_entry_bytes, timeout_s=1.0)
+                    max_entry_bytes=settings.cache_max_entry_bytes, timeout_s=5.0)  # off the hot path
     warmed = 0
     try:
         for namespace, digest, entry in entries:
