@@ -80,6 +80,9 @@ class RequestLog(Base):
     )
     prompt_hash: Mapped[str | None] = mapped_column(String(64))
     prompt_text: Mapped[str | None] = mapped_column(Text)
+    experiment_arms: Mapped[str | None] = mapped_column(
+        String(512), doc="experiment=arm pairs the request was assigned to, comma-separated"
+    )
 
     __table_args__ = (
         Index("ix_request_log_created_at", "created_at"),
@@ -386,3 +389,93 @@ class BatchResult(Base):
     ok: Mapped[bool] = mapped_column(Boolean)
     record: Mapped[str] = mapped_column(Text, doc="the output (or error) JSONL record")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ConfigVersion(Base):
+    """A named, immutable set of overrides of the per-request settings (cache, semantic
+    threshold, token policy, routing, serving model): what an experiment arm applies."""
+
+    __tablename__ = "config_versions"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    overrides: Mapped[dict] = mapped_column(JSON)
+    description: Mapped[str | None] = mapped_column(String(512))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(128))
+
+
+class ConfigAudit(Base):
+    """Who changed what and when: every config and experiment change, manual or by the
+    ``experiments`` flow."""
+
+    __tablename__ = "config_audit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(32))
+    subject: Mapped[str] = mapped_column(String(128))
+    detail: Mapped[dict | None] = mapped_column(JSON)
+
+    __table_args__ = (Index("ix_config_audit_subject_at", "subject", "at"),)
+
+
+class Experiment(Base):
+    """An A/B test or a canary rollout; gateways serve the ones whose status is
+    running, paused or promoted. A canary's ``steps`` are its treatment shares; ``step``
+    indexes the current one."""
+
+    __tablename__ = "experiments"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), doc="ab | canary")
+    status: Mapped[str] = mapped_column(String(16), doc="draft | running | paused | "
+                                        "promoted | rolled_back | aborted | completed")
+    unit: Mapped[str] = mapped_column(String(16), doc="tenant | api_key | header")
+    tenants: Mapped[list | None] = mapped_column(JSON, doc="tenants in scope; None = all")
+    settings: Mapped[list] = mapped_column(JSON, doc="the settings its arms override")
+    steps: Mapped[list | None] = mapped_column(JSON)
+    step: Mapped[int] = mapped_column(Integer, default=0)
+    step_started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    step_seconds: Mapped[float] = mapped_column(Double, default=300.0)
+    min_samples: Mapped[int] = mapped_column(Integer, default=200)
+    guardrails: Mapped[list] = mapped_column(JSON)
+    alpha: Mapped[float] = mapped_column(Double, default=0.05)
+    p_values: Mapped[dict | None] = mapped_column(JSON, doc="running always-valid p")
+    reason: Mapped[str | None] = mapped_column(String(512))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(128))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_experiments_status", "status"),)
+
+
+class ExperimentArm(Base):
+    """An arm: a config version and its share of the units (weights sum to 1)."""
+
+    __tablename__ = "experiment_arms"
+
+    experiment: Mapped[str] = mapped_column(ForeignKey("experiments.name"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, doc="order of the arms' hash ranges")
+    config_version: Mapped[str] = mapped_column(ForeignKey("config_versions.name"))
+    weight: Mapped[float] = mapped_column(Double)
+
+
+class ExperimentResult(Base):
+    """One analysis of an experiment by the ``experiments`` flow (or on demand):
+    per-arm counts, comparisons with effect sizes and confidence sequences, the
+    decision taken."""
+
+    __tablename__ = "experiment_results"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    experiment: Mapped[str] = mapped_column(ForeignKey("experiments.name"))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    step: Mapped[int] = mapped_column(Integer)
+    decision: Mapped[str] = mapped_column(String(16), doc="hold | advance | promote | rollback")
+    reason: Mapped[str] = mapped_column(String(512))
+    detail: Mapped[dict] = mapped_column(JSON)
+
+    __table_args__ = (Index("ix_experiment_results_experiment_at", "experiment", "at"),)

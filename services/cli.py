@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from services.experiments.cli import app as experiments_app
 from services.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -25,6 +26,7 @@ app.add_typer(flows_app, name="flows")
 batch_app = typer.Typer(help="Batch inference: a JSONL file of requests, run by the "
                         "parallel_execution flow")
 app.add_typer(batch_app, name="batch")
+app.add_typer(experiments_app, name="experiments")
 
 # Prefect runs offline here: no analytics (they log an error per run without a network)
 # and a generous ephemeral-server start on a busy 2-core machine.

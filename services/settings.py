@@ -292,6 +292,18 @@ class Settings(BaseSettings):
         default=60.0, gt=0, description="how often the gateway re-reads cacheable_prefixes"
     )
 
+    # experiments and canary rollouts (services/experiments)
+    experiments_enabled: bool = Field(
+        default=True, description="run the experiment stage (assigns requests to arms)"
+    )
+    experiments_refresh_s: float = Field(
+        default=2.0, gt=0,
+        description="how often replicas re-read live experiments (a rollback's reach)",
+    )
+    experiments_unit_max_chars: int = Field(
+        default=256, gt=0, description="longest X-Experiment-Unit header accepted (else 400)"
+    )
+
     # telemetry
     telemetry_queue_size: int = Field(default=10_000, gt=0)
     telemetry_batch_size: int = Field(default=500, gt=0)

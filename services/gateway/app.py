@@ -34,6 +34,7 @@ from services.execution import (
     load_warm_prefixes,
     store_sync,
 )
+from services.experiments import load_live
 from services.gateway.auth import KeyRing
 from services.gateway.deps import AppServices
 from services.gateway.errors import install_error_handlers
@@ -41,6 +42,7 @@ from services.gateway.pipeline import Pipeline, Stage
 from services.gateway.routes import (
     admin_router,
     batches_router,
+    experiments_router,
     feedback_router,
     openai_router,
     ops_router,
@@ -52,6 +54,7 @@ from services.gateway.stages import (
     TokenOptimizationStage,
     TokenPolicyStage,
 )
+from services.gateway.stages.experiments import ExperimentStage
 from services.gateway.stages.hosted import HostedBackend, hosted_backends
 from services.gateway.stages.routing import build_routing_stage
 from services.gateway.stages.tokens import WorkerCount
@@ -185,6 +188,10 @@ def build_services(settings: Settings) -> AppServices:
     cache = build_cache(settings, engine, metrics) if settings.cache_enabled else None
     semantic_sync = None
     stages: list[Stage] = []
+    experiments = ExperimentStage(settings.experiments_unit_max_chars) if (
+        settings.experiments_enabled) else None
+    if experiments is not None:  # first: its overrides feed every later stage
+        stages.append(experiments)
     token_stages = build_token_stages(settings, pool, client) if (
         settings.token_optimization_enabled) else None
     if token_stages is not None:
@@ -251,6 +258,7 @@ def build_services(settings: Settings) -> AppServices:
         routing=routing,
         warmer=warmer,
         tokens=token_stages[1] if token_stages is not None else None,
+        experiments=experiments,
     )
 
 
@@ -279,6 +287,9 @@ def create_app(settings: Settings) -> FastAPI:
         if services.tokens is not None and settings.token_keep_marked_prefixes:
             await services.tokens.start(lambda: marked_prefix_hashes(services.engine),
                                         settings.token_marked_prefixes_refresh_s)
+        if services.experiments is not None:
+            await services.experiments.start(lambda: load_live(services.engine),
+                                             settings.experiments_refresh_s)
         log.info("gateway ready; stages: %s", " -> ".join(services.serving.stage_names))
         try:
             yield
@@ -296,6 +307,8 @@ def create_app(settings: Settings) -> FastAPI:
                 await services.routing.aclose()
             if services.tokens is not None:
                 await services.tokens.aclose()
+            if services.experiments is not None:
+                await services.experiments.aclose()
             await services.telemetry.stop()
             await services.client.aclose()
             services.engine.dispose()
@@ -313,4 +326,5 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(feedback_router)
     app.include_router(ops_router)
     app.include_router(admin_router)
+    app.include_router(experiments_router)
     return app

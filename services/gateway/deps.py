@@ -15,6 +15,7 @@ from services.caching.semantic_store import SemanticSync
 from services.execution import PrefixWarmer, UpstreamClient, WorkerPool
 from services.gateway.auth import KeyRing, Principal
 from services.gateway.serving import OpenAIServing
+from services.gateway.stages.experiments import ExperimentStage
 from services.gateway.stages.routing import RoutingStage
 from services.gateway.stages.tokens import TokenOptimizationStage
 from services.settings import Settings
@@ -38,6 +39,7 @@ class AppServices:
     routing: RoutingStage | None = None
     warmer: PrefixWarmer | None = None
     tokens: TokenOptimizationStage | None = None
+    experiments: ExperimentStage | None = None
 
 
 # Dependencies are async on purpose: FastAPI runs a plain ``def`` dependency in a thread

@@ -73,6 +73,9 @@ class RequestContext:
     usage: Usage | None = None
     status_code: int = 200
     error_type: str | None = None
+    # set by the experiment stage: "experiment=arm,..." and the arms' overrides
+    experiment_arms: str | None = None
+    overrides: dict[str, Any] | None = None
     _request_dict: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:

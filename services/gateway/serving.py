@@ -146,6 +146,7 @@ def build_event(ctx: RequestContext, *, store_prompts: bool) -> RequestEvent:
         gateway_overhead_ms=latency_ms - upstream_ms if upstream_ms is not None else None,
         prompt_hash=hashlib.sha256(prompt).hexdigest(),
         prompt_text=prompt.decode() if store_prompts else None,
+        experiment_arms=ctx.experiment_arms,
     )
 
 

@@ -45,6 +45,7 @@ class RequestEvent:
     baseline_cost_usd: float | None = None
     prompt_hash: str | None = None
     prompt_text: str | None = None
+    experiment_arms: str | None = None
 
     def to_row(self) -> dict[str, Any]:
         # shallow on purpose: asdict() deep-copies, which cost ~6% of the gateway's CPU

@@ -16,6 +16,7 @@ TABLES = {
     "semantic_entries", "token_reports", "cacheable_prefixes", "routing_labels",
     "router_versions",
     "files", "batches", "batch_results", "telemetry_quarantine",
+    "config_versions", "config_audit", "experiments", "experiment_arms", "experiment_results",
 }
 
 

@@ -120,7 +120,16 @@ class CacheStage:
         policy = ctx.token_policy
         if policy is not None and policy.lossy:
             namespace += f"#tokens={policy}"
+        if ctx.experiment_arms:  # each experiment arm caches apart
+            namespace += f"#arms={ctx.experiment_arms}"
         return namespace
+
+    def min_probability(self, ctx: RequestContext) -> float | None:
+        """The verifier's threshold: an experiment arm's, else the tenant's, else the
+        calibrated one (None)."""
+        if ctx.overrides and "cache_semantic_min_probability" in ctx.overrides:
+            return float(ctx.overrides["cache_semantic_min_probability"])
+        return self._semantic_min_probability.get(ctx.principal.tenant)
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> Reply:
         directives = CacheDirectives.parse(ctx.request_headers.get("cache-control"))
@@ -138,8 +147,7 @@ class CacheStage:
             hit = await self._cache.lookup(key, max_age_s=directives.max_age_s)
             if hit is None and scoped is not None:
                 hit = await self._semantic_lookup(
-                    namespace, scoped, directives,
-                    self._semantic_min_probability.get(ctx.principal.tenant))
+                    namespace, scoped, directives, self.min_probability(ctx))
             if hit is not None:
                 return self._answer(ctx, hit.layer, hit.entry)
         ctx.cache_layer = "MISS"
