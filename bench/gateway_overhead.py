@@ -14,6 +14,11 @@ concurrency; targets are ratios measured in the same run (the machine is shared,
 absolute times drift between runs, ratios much less). Each point is warmed up first,
 and ``--rounds`` repeats the whole grid in rotated target order and keeps the medians.
 
+``--experiment`` adds a fourth target, ``experiment``: the same gateway with a running
+A/B test in its store that every request is assigned to (unit tenant, two arms whose
+config versions set ``max_latency_ms``, which nothing acts on without routing), so the
+experiment stage hashes, picks an arm and applies its overrides on every request.
+
 ``--profile`` then samples the gateway with py-spy under load at the highest
 concurrency and prints where its CPU goes.
 
@@ -97,6 +102,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="fake upstream processes sharing the port")
     parser.add_argument("--litellm-python", type=Path, default=BENCH_VENV / "bin" / "python",
                         help="interpreter of the venv holding litellm[proxy]")
+    parser.add_argument("--experiment", action="store_true",
+                        help="also measure the gateway with a live experiment on every request")
     parser.add_argument("--skip-litellm", action="store_true", help="compare direct vs gateway")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=SRC[,PYTHON]",
                         help="also measure the gateway from another source tree (and venv), "
@@ -164,6 +171,20 @@ def start_gateway(
     gateway.wait_http(f"{url}/healthz", timeout_s=120)
     wait_for_model(url, GATEWAY_KEY, model, gateway)
     return gateway, url
+
+
+def seed_experiment(db: Path) -> None:
+    """A running A/B test covering every request, written with the CLI; the gateway
+    picks it up at its next refresh (``experiments_refresh_s``, 2 s)."""
+    cli = str(REPO_ROOT / ".venv" / "bin" / "optengine")
+    env = {"OPTENGINE_DATABASE_URL": f"sqlite:///{db}", "PATH": "/usr/bin:/bin"}
+    for name, ms in (("bench-a", 60000), ("bench-b", 90000)):
+        subprocess.run([cli, "experiments", "config", name, "--set", f"max_latency_ms={ms}"],
+                       env=env, check=True, capture_output=True)
+    subprocess.run([cli, "experiments", "create", "bench", "--kind", "ab",
+                    "--arm", "a=bench-a:0.5", "--arm", "b=bench-b:0.5", "--start"],
+                   env=env, check=True, capture_output=True)
+    time.sleep(3)
 
 
 def litellm_config(upstream_url: str, model: str) -> str:
@@ -351,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     model = str(body_obj["model"])
     variants = [parse_variant(v) for v in args.variant]
     targets = ["direct", "gateway", *(v[0] for v in variants)]
+    if args.experiment:
+        targets.append("experiment")
     if not args.skip_litellm:
         targets.append("litellm")
     workdir = bench_tempdir("bench-overhead-")
@@ -370,6 +393,16 @@ def main(argv: list[str] | None = None) -> int:
             workdir, upstream_url, model, name=name, src=src, python=python, cache=cache
         )
         keys[name] = GATEWAY_KEY
+    if args.experiment:
+        services["experiment"], urls["experiment"] = start_gateway(
+            workdir, upstream_url, model, name="experiment", cache=cache)
+        seed_experiment(workdir / "experiment-data" / "optengine.db")
+        keys["experiment"] = GATEWAY_KEY
+        probe = httpx.post(f"{urls['experiment']}/v1/chat/completions", content=body,
+                           headers={"authorization": f"Bearer {GATEWAY_KEY}",
+                                    "content-type": "application/json"}, timeout=30)
+        if "x-experiment" not in probe.headers:
+            raise SystemExit("the experiment gateway did not apply the seeded experiment")
     if "litellm" in targets:
         services["litellm"], urls["litellm"] = start_litellm(
             workdir, args.litellm_python, upstream_url, model
