@@ -56,22 +56,27 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)  # SQLite drops the zone
 
 
-def read_arms(session: Session, name: str, arm_names: list[str], since: datetime
-              ) -> dict[str, ArmData]:
+def read_arms(session: Session, name: str, arm_names: list[str], since: datetime,
+              unit: str = "header") -> tuple[dict[str, ArmData], dict[str, int]]:
     """Per-arm data of requests logged since ``since``: latency and cost of answered
-    requests, server errors (5xx) out of all requests."""
+    requests, server errors (5xx) out of all requests; and the units seen per arm:
+    distinct tenants or API keys, or requests for header units (the log does not keep
+    the header; those units are many and small, users, so requests stand in)."""
     rows = session.execute(
         select(RequestLog.experiment_arms, RequestLog.status_code, RequestLog.latency_ms,
-               RequestLog.cost_usd)
+               RequestLog.cost_usd, RequestLog.tenant, RequestLog.api_key_id)
         .where(RequestLog.created_at >= since,
                RequestLog.experiment_arms.like(f"%{name}=%"))).all()
     values: dict[str, tuple[list[float], list[float], list[int]]] = {
         a: ([], [], []) for a in arm_names}
-    for arms, status, latency, cost in rows:
+    units: dict[str, set[str | None]] = {a: set() for a in arm_names}
+    for arms, status, latency, cost, tenant, key in rows:
         arm = next((p.partition("=")[2] for p in arms.split(",")
                     if p.partition("=")[0] == name), None)
         if arm not in values:
             continue
+        if unit != "header":
+            units[arm].add(tenant if unit == "tenant" else key)
         lat, usd, codes = values[arm]
         codes.append(status)
         if status == 200:
@@ -79,14 +84,17 @@ def read_arms(session: Session, name: str, arm_names: list[str], since: datetime
                 lat.append(latency)
             if cost is not None:
                 usd.append(cost)
-    return {a: ArmData(np.array(lat), np.array(usd), sum(c >= 500 for c in codes), len(codes))
+    data = {a: ArmData(np.array(lat), np.array(usd), sum(c >= 500 for c in codes), len(codes))
             for a, (lat, usd, codes) in values.items()}
+    if unit == "header":
+        return data, {a: d.requests for a, d in data.items()}
+    return data, {a: len(u) for a, u in units.items()}
 
 
 def analyse(session: Session, exp: Experiment, now: datetime) -> Decision:
     arms = arms_of(session, exp.name)
     since = _aware(exp.step_started_at or exp.started_at or now)
-    data = read_arms(session, exp.name, [a.name for a in arms], since)
+    data, unit_counts = read_arms(session, exp.name, [a.name for a in arms], since, exp.unit)
     control = arms[0]
     guards = [Guardrail(g["metric"], float(g.get("tolerance", 0.0))) for g in exp.guardrails]
     detail: dict[str, Any] = {"since": since.isoformat(), "arms": {
@@ -108,7 +116,7 @@ def analyse(session: Session, exp: Experiment, now: datetime) -> Decision:
                                 f"[{c.ci_low:+.1%}, {c.ci_high:+.1%}]")
     exp.p_values = p_values
     weights = {a.name: a.weight for a in arms}
-    srm = sample_ratio_mismatch({a: d.requests for a, d in data.items()}, weights)
+    srm = sample_ratio_mismatch(unit_counts, weights)
     detail["srm_p"] = srm
     step = exp.step
     if breached:

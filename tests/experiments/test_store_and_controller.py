@@ -193,3 +193,14 @@ def test_errors_breach_the_error_rate_guardrail(store) -> None:
     _log(store, "b", 400, T0, latency=100, errors=60, seed=2, experiment="ab")
     (d,) = run_once(store, T0 + timedelta(seconds=5))
     assert d.decision == "rollback" and "error_rate" in d.reason
+
+
+def test_a_sample_ratio_mismatch_holds_the_step(store) -> None:
+    _configs(store)
+    _canary(store)  # 25% canary, but the log holds as many canary requests as control
+    transition(store, "c1", "start", actor="x", now=T0)
+    _log(store, "control", 300, T0, latency=100, seed=1)
+    _log(store, "canary", 300, T0, latency=100, seed=2)
+    (d,) = run_once(store, T0 + timedelta(seconds=120))
+    assert d.decision == "hold" and "sample ratio mismatch" in d.reason
+    assert d.detail["srm_p"] < 0.001
