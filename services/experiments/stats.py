@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+from scipy import special
 from scipy import stats as sps
 
 MIN_SAMPLES_PER_ARM = 30  # below this the normal approximation is not trusted: p = 1
@@ -169,11 +170,19 @@ def compare_proportions(control_hits: int, control_n: int, treatment_hits: int,
 
 
 def welch_p(control: Sequence[float], treatment: Sequence[float]) -> float:
-    """The fixed-horizon Welch t-test p-value: valid read once, not at every look."""
+    """The fixed-horizon Welch t-test p-value: valid read once, not at every look.
+    (Computed directly: ``scipy.stats.ttest_ind`` gives the same value at 50x the cost,
+    which the simulation benchmark pays 150,000 times.)"""
     c, t = _arrays(control, treatment)
     if min(len(c), len(t)) < 2:
         return 1.0
-    return float(sps.ttest_ind(c, t, equal_var=False).pvalue)
+    vc, vt = c.var(ddof=1) / len(c), t.var(ddof=1) / len(t)
+    se2 = vc + vt
+    if se2 <= 0:
+        return 1.0 if c.mean() == t.mean() else 0.0
+    stat = (t.mean() - c.mean()) / math.sqrt(se2)
+    dof = se2 * se2 / (vc * vc / (len(c) - 1) + vt * vt / (len(t) - 1))
+    return float(2 * special.stdtr(dof, -abs(stat)))
 
 
 def sample_ratio_mismatch(counts: Mapping[str, int], weights: Mapping[str, float]) -> float:

@@ -114,3 +114,12 @@ def test_evaluate_splits_alpha_over_guardrails_and_lists_breaches() -> None:
     assert math.isclose(result.alpha_per_metric, 0.02)
     assert result.breached == ["latency_ms"]
     assert result.comparison("error_rate").effect == 0
+
+
+def test_welch_matches_scipy() -> None:
+    from scipy import stats as sps
+
+    rng = np.random.default_rng(5)
+    c, t = _latencies(rng, 300), _latencies(rng, 200, factor=1.1)
+    assert math.isclose(welch_p(c, t), sps.ttest_ind(c, t, equal_var=False).pvalue,
+                        rel_tol=1e-9)
