@@ -85,3 +85,6 @@ def test_a_huge_unit_header_is_refused() -> None:
     assert err.value.param == "x-experiment-unit"
     ctx = _run(_stage(unit="header"), _ctx(headers={"x-experiment-unit": "u" * 16}))
     assert ctx.experiment_arms == "e1=a"
+    idle = ExperimentStage(max_unit_chars=16)  # refused with no live experiment too
+    with pytest.raises(InvalidRequest):
+        _run(idle, _ctx(headers={"x-experiment-unit": "u" * 17}))

@@ -57,13 +57,13 @@ class ExperimentStage:
         return ctx.request_headers.get(UNIT_HEADER) or None
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> Reply:
-        live = self.live
-        if not live:
-            return await call_next(ctx)
         header = ctx.request_headers.get(UNIT_HEADER)
         if header is not None and len(header) > self._max_unit_chars:
             raise InvalidRequest(f"X-Experiment-Unit is longer than {self._max_unit_chars} "
                                  "characters", param=UNIT_HEADER)
+        live = self.live
+        if not live:
+            return await call_next(ctx)
         assigned: list[str] = []
         overrides: dict[str, Any] = {}
         for experiment in live:
