@@ -28,13 +28,14 @@ DEFAULT_TAUS = {"latency_ms": 0.05, "ttft_ms": 0.05, "cost_usd": 0.05, "error_ra
 
 @dataclass(frozen=True, slots=True)
 class ArmData:
-    """What one arm served: latencies and costs of the requests that have them, and
-    how many requests failed out of how many."""
+    """What one arm served: latencies, times to first token (streams) and costs of the
+    requests that have them, and how many requests failed out of how many."""
 
     latency_ms: np.ndarray
     cost_usd: np.ndarray
     errors: int
     requests: int
+    ttft_ms: np.ndarray = field(default_factory=lambda: np.empty(0))
 
     @classmethod
     def empty(cls) -> ArmData:
@@ -43,7 +44,17 @@ class ArmData:
     def extend(self, more: ArmData) -> ArmData:
         return ArmData(np.concatenate([self.latency_ms, more.latency_ms]),
                        np.concatenate([self.cost_usd, more.cost_usd]),
-                       self.errors + more.errors, self.requests + more.requests)
+                       self.errors + more.errors, self.requests + more.requests,
+                       np.concatenate([self.ttft_ms, more.ttft_ms]))
+
+    def percentiles(self) -> dict[str, float | None]:
+        """Latency p50/p95/p99 and TTFT p50/p95 in ms (None without data)."""
+        out: dict[str, float | None] = {}
+        for name, values, qs in (("latency", self.latency_ms, (50, 95, 99)),
+                                 ("ttft", self.ttft_ms, (50, 95))):
+            for q in qs:
+                out[f"{name}_p{q}_ms"] = float(np.percentile(values, q)) if len(values) else None
+        return out
 
     def error_flags(self) -> np.ndarray:
         flags = np.zeros(self.requests)
@@ -65,8 +76,9 @@ class Evaluation:
 def compare(metric: str, control: ArmData, treatment: ArmData, *, alpha: float, tau: float,
             previous_p: float = 1.0) -> Comparison:
     if metric in ("latency_ms", "ttft_ms"):
-        return compare_log_means(control.latency_ms, treatment.latency_ms, metric=metric,
-                                 tau=tau, alpha=alpha, previous_p=previous_p)
+        c, t = getattr(control, metric), getattr(treatment, metric)
+        return compare_log_means(c, t, metric=metric, tau=tau, alpha=alpha,
+                                 previous_p=previous_p)
     if metric == "cost_usd":
         return compare_means(control.cost_usd, treatment.cost_usd, metric=metric, tau=tau,
                              alpha=alpha, previous_p=previous_p)

@@ -64,28 +64,32 @@ def read_arms(session: Session, name: str, arm_names: list[str], since: datetime
     the header; those units are many and small, users, so requests stand in)."""
     rows = session.execute(
         select(RequestLog.experiment_arms, RequestLog.status_code, RequestLog.latency_ms,
-               RequestLog.cost_usd, RequestLog.tenant, RequestLog.api_key_id)
+               RequestLog.cost_usd, RequestLog.tenant, RequestLog.api_key_id,
+               RequestLog.ttft_ms)
         .where(RequestLog.created_at >= since,
                RequestLog.experiment_arms.like(f"%{name}=%"))).all()
-    values: dict[str, tuple[list[float], list[float], list[int]]] = {
-        a: ([], [], []) for a in arm_names}
+    values: dict[str, tuple[list[float], list[float], list[int], list[float]]] = {
+        a: ([], [], [], []) for a in arm_names}
     units: dict[str, set[str | None]] = {a: set() for a in arm_names}
-    for arms, status, latency, cost, tenant, key in rows:
+    for arms, status, latency, cost, tenant, key, ttft in rows:
         arm = next((p.partition("=")[2] for p in arms.split(",")
                     if p.partition("=")[0] == name), None)
         if arm not in values:
             continue
         if unit != "header":
             units[arm].add(tenant if unit == "tenant" else key)
-        lat, usd, codes = values[arm]
+        lat, usd, codes, first = values[arm]
         codes.append(status)
         if status == 200:
             if latency is not None:
                 lat.append(latency)
             if cost is not None:
                 usd.append(cost)
-    data = {a: ArmData(np.array(lat), np.array(usd), sum(c >= 500 for c in codes), len(codes))
-            for a, (lat, usd, codes) in values.items()}
+            if ttft is not None:
+                first.append(ttft)
+    data = {a: ArmData(np.array(lat), np.array(usd), sum(c >= 500 for c in codes), len(codes),
+                       np.array(first))
+            for a, (lat, usd, codes, first) in values.items()}
     if unit == "header":
         return data, {a: d.requests for a, d in data.items()}
     return data, {a: len(u) for a, u in units.items()}
@@ -99,7 +103,8 @@ def analyse(session: Session, exp: Experiment, now: datetime) -> Decision:
     guards = [Guardrail(g["metric"], float(g.get("tolerance", 0.0))) for g in exp.guardrails]
     detail: dict[str, Any] = {"since": since.isoformat(), "arms": {
         a.name: {"weight": a.weight, "requests": data[a.name].requests,
-                 "errors": data[a.name].errors} for a in arms}, "comparisons": {}}
+                 "errors": data[a.name].errors, **data[a.name].percentiles()} for a in arms},
+        "comparisons": {}}
     p_values = dict(exp.p_values or {})
     breached: list[str] = []
     for arm in arms[1:]:

@@ -30,7 +30,7 @@ KINDS = ("ab", "canary")
 LIVE = ("running", "paused", "promoted")  # statuses gateways apply
 ENDED = ("rolled_back", "aborted", "completed")
 DEFAULT_STEPS = (0.05, 0.25, 0.5, 1.0)
-METRICS = ("latency_ms", "error_rate", "cost_usd")
+METRICS = ("latency_ms", "ttft_ms", "error_rate", "cost_usd")
 
 
 def _bool(value: Any) -> bool:

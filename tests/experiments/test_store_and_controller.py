@@ -111,13 +111,15 @@ def test_assignment_is_sticky_weighted_and_a_canary_ramp_only_adds_units(store) 
 
 
 def _log(engine, arm: str, n: int, at: datetime, *, latency: float, errors: int = 0,
-         seed: int = 0, experiment: str = "c1") -> None:
+         seed: int = 0, experiment: str = "c1", ttft: float = 20.0) -> None:
     rng = np.random.default_rng(seed)
     lat = rng.lognormal(np.log(latency), 0.4, n)
+    first = rng.lognormal(np.log(ttft), 0.4, n)
     rows = [{"id": f"{arm}-{seed}-{i}", "created_at": at + timedelta(seconds=i % 50),
              "tenant": "t", "endpoint": "chat.completions",
              "status_code": 502 if i < errors else 200, "latency_ms": float(lat[i]),
-             "cost_usd": 0.001, "experiment_arms": f"other=x,{experiment}={arm}"}
+             "cost_usd": 0.001, "ttft_ms": float(first[i]),
+             "experiment_arms": f"other=x,{experiment}={arm}"}
             for i in range(n)]
     with engine.begin() as conn:
         conn.execute(insert(RequestLog), rows)
@@ -139,6 +141,10 @@ def test_a_slower_canary_is_rolled_back_with_an_alert(store) -> None:
     latency = next(c for c in result.detail["comparisons"]["canary"]
                    if c["metric"] == "latency_ms")
     assert 0.5 < latency["effect"] < 1.1 and latency["ci_low"] > 0
+    arms = result.detail["arms"]
+    assert 80 < arms["control"]["latency_p50_ms"] < 120 < arms["canary"]["latency_p50_ms"]
+    assert arms["canary"]["latency_p99_ms"] > arms["canary"]["latency_p95_ms"]
+    assert arms["canary"]["ttft_p50_ms"] is not None
 
 
 def test_a_healthy_canary_steps_up_to_promotion_and_holds_without_data(store) -> None:
@@ -204,3 +210,15 @@ def test_a_sample_ratio_mismatch_holds_the_step(store) -> None:
     (d,) = run_once(store, T0 + timedelta(seconds=120))
     assert d.decision == "hold" and "sample ratio mismatch" in d.reason
     assert d.detail["srm_p"] < 0.001
+
+
+def test_a_slower_first_token_breaches_a_ttft_guardrail(store) -> None:
+    _configs(store)
+    create_experiment(store, "ab", [{"name": "a", "config": "base", "weight": 0.5},
+                                    {"name": "b", "config": "cand", "weight": 0.5}],
+                      actor="x", guardrails=[{"metric": "ttft_ms", "tolerance": 0.1}])
+    transition(store, "ab", "start", actor="x", now=T0)
+    _log(store, "a", 300, T0, latency=100, ttft=20, seed=1, experiment="ab")
+    _log(store, "b", 300, T0, latency=100, ttft=40, seed=2, experiment="ab")
+    (d,) = run_once(store, T0 + timedelta(seconds=5))
+    assert d.decision == "rollback" and "ttft_ms" in d.reason
