@@ -50,6 +50,12 @@ class RequestLog(Base):
         Double, doc="age of the cache entry that answered (hits only)"
     )
     route_reason: Mapped[str | None] = mapped_column(String(256))
+    cascade_score: Mapped[float | None] = mapped_column(
+        Double, doc="the cascade judge's P(cheap answer is right), when a cascade judged one"
+    )
+    cascade_decision: Mapped[str | None] = mapped_column(
+        String(16), doc="accepted | escalated | kept_late (no time to escalate) | cheap_failed"
+    )
     status_code: Mapped[int] = mapped_column(Integer)
     error_type: Mapped[str | None] = mapped_column(String(64))
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)

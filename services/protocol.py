@@ -234,6 +234,8 @@ class ModelCard(OpenAIModel):
     object: Literal["model"] = "model"
     created: int = 0
     owned_by: str = "optengine"
+    description: str | None = Field(
+        default=None, description="routed names: the quality target and how it is kept")
 
 
 class ModelList(OpenAIModel):

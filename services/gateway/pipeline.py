@@ -61,6 +61,8 @@ class RequestContext:
     cache_layer: str | None = None
     cache_age_s: float | None = None
     route_reason: str | None = None
+    cascade_score: float | None = None  # the cascade judge's score of the cheap answer
+    cascade_decision: str | None = None  # accepted | escalated | kept_late | cheap_failed
     prompt_tokens_before_optimization: int | None = None
     prompt_tokens_after_optimization: int | None = None
     token_policy: Any = None  # services.tokens.Policy, set by the token policy stage

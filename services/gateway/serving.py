@@ -128,6 +128,8 @@ def build_event(ctx: RequestContext, *, store_prompts: bool) -> RequestEvent:
         cache_layer=ctx.cache_layer,
         cache_age_s=ctx.cache_age_s,
         route_reason=ctx.route_reason,
+        cascade_score=ctx.cascade_score,
+        cascade_decision=ctx.cascade_decision,
         status_code=ctx.status_code,
         error_type=ctx.error_type,
         prompt_tokens=usage.prompt_tokens if usage else None,

@@ -1,4 +1,10 @@
-"""Scoring a cheap model's answer for a FrugalGPT-style cascade.
+"""Heuristic doubts about a cheap model's answer for a FrugalGPT-style cascade.
+
+The cascade's score is the learned judge's P(correct) (``services.routing.judge``) times
+this heuristic's doubts (token confidence below ``NEUTRAL_CONFIDENCE``, and the
+penalties below): what the judge's training data (answers without logprobs or extra
+samples, almost never truncated or refused) could not teach it.
+Without a judge, this score is the cascade's score.
 
 The cascade sends a request to the cheap tier first and escalates to the strong tier
 when the answer scores below a threshold. The score is in [0, 1] and built from what
@@ -23,12 +29,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 NEUTRAL_CONFIDENCE = 0.75
-_REFUSAL = re.compile(
+REFUSAL = re.compile(
     r"\b(i\s*(?:can(?:no|')t|am unable to|'m unable to|won't)\s+(?:help|assist|answer|provide"
     r"|do that)|as an ai\b|i'm sorry, but|i apologi[sz]e, but)",
     re.I,
 )
-_HEDGE = re.compile(
+HEDGE = re.compile(
     r"\b(i'?m not (?:sure|certain)|i don'?t know|not enough information|it (?:might|may|could)"
     r" be|possibly|i (?:think|believe|guess)|hard to say|unclear)\b",
     re.I,
@@ -40,10 +46,12 @@ class AnswerScore:
     score: float
     confidence: float
     reasons: tuple[str, ...]
+    judged: float | None = None  # the learned judge's P(correct), when one scored it
 
     def describe(self) -> str:
         notes = ", ".join(self.reasons) if self.reasons else "no warning signs"
-        return f"score {self.score:.2f} ({notes})"
+        judge = f"judge {self.judged:.2f}, " if self.judged is not None else ""
+        return f"score {self.score:.2f} ({judge}{notes})"
 
 
 def score_answer(
@@ -65,10 +73,10 @@ def score_answer(
     if finish_reason == "length":
         score *= 0.2
         reasons.append("truncated")
-    if _REFUSAL.search(answer):
+    if REFUSAL.search(answer):
         score *= 0.3
         reasons.append("refusal")
-    elif _HEDGE.search(answer):
+    elif HEDGE.search(answer):
         score *= 0.6
         reasons.append("hedging")
     if samples:

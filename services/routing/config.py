@@ -14,10 +14,11 @@ message naming the culprit, never a surprise at the first request. Example::
       substitution_tenants: [team-a]   # explicit models may be replaced for these
       budgets:
         "tenant:team-a": {limit_usd: 50, period: day, downgrade_at: 0.8}
-      cascade: {enabled: true, threshold: 0.6}
+      cascade: {enabled: true}          # threshold: the judge's, per quality target
 
-Virtual model names: ``auto`` (the router at the default quality target), ``auto:cheap``
-and ``auto:quality`` (lower and higher targets).
+Virtual model names: ``auto`` (95% of the strong tier's accuracy), ``auto:cheap`` (90%)
+and ``auto:quality`` (99%): the quality targets the router's and the cascade judge's
+thresholds are calibrated for.
 """
 
 from __future__ import annotations
@@ -70,7 +71,10 @@ class BudgetConfig(_Strict):
 
 class CascadeConfig(_Strict):
     enabled: bool = False
-    threshold: float = Field(default=0.5, ge=0, le=1, description="escalate below this score")
+    threshold: float | None = Field(
+        default=None, ge=0, le=1,
+        description="escalate below this judge score; None: the judge's threshold for the "
+        "request's quality target (chosen on held-out data)")
     self_consistency: int = Field(default=0, ge=0, le=5, description="extra cheap samples")
 
 
@@ -81,6 +85,9 @@ class RoutingConfig(_Strict):
         default=None, description="(cheap, strong) tiers the router picks between"
     )
     router_model: Path | None = Field(default=None, description="None = the shipped model")
+    defer_novel: bool = Field(
+        default=True, description="prompts unlike the router's training data go to the "
+        "cascade (or, without one, the strong tier) instead of the router's guess")
     substitution_tenants: list[str] = Field(default_factory=list)
     budgets: dict[str, BudgetConfig] = Field(
         default_factory=dict, description="'tenant:NAME', 'key:ID' or 'tenant:*' -> budget"

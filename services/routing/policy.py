@@ -9,6 +9,12 @@ context window and meets the caller's latency limit (``X-Max-Latency-Ms``, again
 model's latency SLO) serves; when none does, higher tiers are tried, and for the latency
 limit lower ones (a fast answer from a smaller model beats a late one). The route
 keeps the models to fall back to.
+
+The router knows its limits: a prompt unlike its training data (``novelty``) is not
+routed on the router's guess but deferred to the cascade (cheap model first, its answer
+judged) when the request can be cascaded, else sent to the strong tier. With a cascade,
+a prompt goes straight to the strong tier only when the router is sure enough to make
+the cheap call a waste (``AnswerJudge.router_threshold``); every other one is judged.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from dataclasses import dataclass, field
 
 from services.errors import InvalidRequest
 from services.routing.config import VIRTUAL_TARGETS, ModelConfig, RoutingConfig
+from services.routing.judge import AnswerJudge
+from services.routing.novelty import NoveltyDetector
 from services.routing.router import ComplexityRouter
 
 SHORT_ANSWER_TOKENS = 16  # at or below, the prompt dominates the cost: cost-aware ranking
@@ -32,6 +40,7 @@ class RouteRequest:
     max_tokens: int | None = None
     max_latency_ms: float | None = None
     downgrade: bool = False
+    cascade: bool = False  # the request can be cascaded (configured, not streamed)
 
 
 @dataclass
@@ -41,17 +50,35 @@ class Route:
     fallbacks: list[ModelConfig] = field(default_factory=list)
     cheap: bool = False  # routed to the router's cheap tier (a cascade may escalate)
     strong: ModelConfig | None = None  # the strong tier's choice, for a cascade
+    target: float = VIRTUAL_TARGETS["auto"]  # the quality target the route was chosen for
+    p_strong: float = 0.5  # the router's P(strong tier needed), for the cascade's judge
 
 
 class RoutingPolicy:
     def __init__(
         self, config: RoutingConfig, router: ComplexityRouter,
-        available: Callable[[ModelConfig], bool] = lambda m: True,
+        available: Callable[[ModelConfig], bool] = lambda m: True, *,
+        novelty: NoveltyDetector | None = None, judge: AnswerJudge | None = None,
     ) -> None:
         self.config = config
         self.router = router
+        self.novelty = novelty
+        self.judge = judge
         self._available = available
         self._substitution = frozenset(config.substitution_tenants)
+
+    def describe(self, name: str) -> str | None:
+        """What a virtual model name promises, for ``/v1/models``."""
+        target = VIRTUAL_TARGETS.get(name)
+        if target is None:
+            return None
+        cheap, strong = self.config.cheap_and_strong()
+        how = ("cheap answers are judged and escalated when doubtful"
+               if self.config.cascade.enabled else "no cascade configured")
+        return (f"routed between the {cheap} and {strong} tiers for {target:.0%} of the "
+                f"{strong} tier's accuracy (thresholds chosen by leave-family-out "
+                f"validation on MMLU and GSM8K; {how}); prompts unlike the router's "
+                "training data are judged by the cascade or sent to the strong tier")
 
     def names(self) -> list[str]:
         """Model names clients may ask for: the virtual ones, then every configured model."""
@@ -75,14 +102,31 @@ class RoutingPolicy:
         cost_aware = request.max_tokens is not None and request.max_tokens <= SHORT_ANSWER_TOKENS
         decision = self.router.decide(request.text, target, cost_aware=cost_aware)
         value = decision.priority if cost_aware else decision.p_strong
-        verdict = f"router {value:.3f} {'>=' if decision.strong else '<'} {decision.threshold:.3f}"
-        tier = strong_tier if decision.strong else cheap_tier
+        strong, threshold = decision.strong, decision.threshold
+        if request.cascade and self.judge is not None:  # judged unless the router is sure
+            value, threshold = decision.p_strong, self.judge.router_threshold(target)
+            strong = value >= threshold
+        verdict = f"router {value:.3f} {'>=' if strong else '<'} {threshold:.3f}"
+        novel, similarity = (self.novelty.novel(request.text) if self.novelty is not None
+                             else (False, 1.0))
+        if novel:
+            limit = f"novel prompt (similarity {similarity:.3f} < {self.novelty.threshold:.3f})"
+            if explicit is not None:
+                return self._route(explicit.tier, request, f"explicit; {limit}", exact=explicit)
+            if not request.cascade:
+                route = self._route(strong_tier, request, f"{request.model}: {limit}: strong "
+                                    "tier (no cascade to judge a cheap answer)")
+                route.target, route.p_strong = target, decision.p_strong
+                return route
+            strong, verdict = False, f"{limit}: deferred to the cascade"
+        tier = strong_tier if strong else cheap_tier
         if explicit is not None:
             if self.config.tiers.index(tier) >= self.config.rank(explicit):
                 return self._route(explicit.tier, request, "explicit", exact=explicit)
             return self._route(tier, request, f"substituted {explicit.name}: {verdict}")
         route = self._route(tier, request, f"{request.model}: {verdict}")
-        if not decision.strong:
+        route.target, route.p_strong = target, decision.p_strong
+        if not strong:
             route.cheap = True
             strong = self._route(strong_tier, request, "")
             route.strong = strong.model if strong.model is not route.model else None

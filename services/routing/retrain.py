@@ -2,8 +2,10 @@
 
 Labels (did a prompt need the strong tier?) come from:
 
-- cascade outcomes in ``request_log``: a cheap answer the cascade accepted says the
-  cheap tier was enough; a cheap attempt it escalated says it was not;
+- cascade outcomes in ``request_log`` (``cascade_decision``): a cheap answer the cascade's
+  judge accepted says the cheap tier was enough; one it escalated (or kept only for lack
+  of time) says it was not; rows logged before the decision had its column are read
+  from their route reason;
 - ``routing_labels``: user feedback (``POST /v1/feedback``, ``services.routing.feedback``),
   A/B outcomes, reviews, written by ``record_label``.
 
@@ -35,6 +37,8 @@ from services.routing.train import cheapest_at, routing_curve, train_router
 
 ESCALATED = "cascade: cheap attempt escalated"
 ACCEPTED = "cascade: accepted"
+# request_log.cascade_decision of a request's own row -> did it need the strong tier?
+NEEDS_STRONG = {"accepted": False, "escalated": True, "kept_late": True}
 _CHEAP, _STRONG = "cheap-tier", "strong-tier"
 
 
@@ -53,7 +57,8 @@ class Labels:
     def as_data(self) -> RoutingData:
         """Labels as routing data: the strong tier counted right, the cheap one as labelled."""
         needs = np.asarray(self.needs_strong, dtype=bool)
-        groups = [hashlib.sha256(p.encode()).hexdigest()[:2] for p in self.prompts]
+        # one family ("store"), folds by prompt hash
+        groups = [f"store_{hashlib.sha256(p.encode()).hexdigest()[:2]}" for p in self.prompts]
         return RoutingData(self.prompts, groups, {_CHEAP: ~needs, _STRONG: np.ones_like(needs)})
 
 
@@ -83,14 +88,22 @@ def collect_labels(engine: Engine, *, since: datetime) -> Labels:
     labels = Labels()
     with Session(engine) as session:
         cascade = session.execute(
+            select(RequestLog.prompt_text, RequestLog.cascade_decision, RequestLog.endpoint)
+            .where(RequestLog.created_at >= since, RequestLog.prompt_text.is_not(None),
+                   RequestLog.cascade_decision.in_(NEEDS_STRONG))
+        )
+        for stored, decision, endpoint in cascade:
+            labels.add(stored_prompt(stored, endpoint), NEEDS_STRONG[decision], "cascade")
+        legacy = session.execute(
             select(RequestLog.prompt_text, RequestLog.route_reason, RequestLog.endpoint).where(
                 RequestLog.created_at >= since,
                 RequestLog.prompt_text.is_not(None),
+                RequestLog.cascade_decision.is_(None),
                 or_(RequestLog.route_reason.like(f"{ESCALATED}%"),
                     RequestLog.route_reason.like(f"%{ACCEPTED}%")),
             )
         )
-        for stored, reason, endpoint in cascade:
+        for stored, reason, endpoint in legacy:
             labels.add(stored_prompt(stored, endpoint), reason.startswith(ESCALATED), "cascade")
         for row in session.scalars(select(RoutingLabel).where(RoutingLabel.created_at >= since)):
             labels.add(row.prompt_text, row.needs_strong, row.source)

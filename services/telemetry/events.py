@@ -26,6 +26,8 @@ class RequestEvent:
     cache_layer: str | None = None
     cache_age_s: float | None = None
     route_reason: str | None = None
+    cascade_score: float | None = None
+    cascade_decision: str | None = None
     error_type: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None

@@ -20,7 +20,10 @@ HARD = (
     "Let p = (1, 2, 5, 4)(2, 3) in S_5 . Find the index of <p> in S_5.\n"
     "A. 8\nB. 2\nC. 24\nD. 120\nAnswer:"
 )
-EASY = "Translate 'good morning' into Spanish."
+# an easy prompt of the kind the router was trained on (MMLU's format): cheap, not novel
+EASY = "Which of these is a primary color?\nA. Green\nB. Red\nC. Purple\nD. Orange\nAnswer:"
+# a prompt unlike any the router was trained on: deferred to the cascade
+NOVEL = "Translate 'good morning' into Spanish."
 ORDER = {"order": {"id": 1234, "items": ["tea", "milk"], "status": "shipped",
                    "carrier": {"name": "DHL", "eta_days": 2}}}
 # a prompt `X-Token-Optimization: lossless` shrinks: the JSON is sent minified

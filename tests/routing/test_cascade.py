@@ -30,7 +30,9 @@ def test_a_confident_cheap_answer_is_kept(routed_gateway, fake_workers: FakeOpen
     response = chat(gateway)
     assert response.status_code == 200
     assert response.headers["x-route-model"] == "small"
-    assert "cascade: accepted, score 0.95" in response.headers["x-route-reason"]
+    reason = response.headers["x-route-reason"]
+    assert reason.startswith("auto: router") and "cascade: accepted, score 0.9" in reason
+    assert "token confidence 0.95" in reason
     assert fake_workers.calls("large") == 0
     sent = fake_workers.requests[-1]["body"]
     assert sent["logprobs"] is True  # the cascade asked for them ...
@@ -45,7 +47,9 @@ def test_a_low_confidence_answer_escalates_and_the_cheap_attempt_is_logged(
     response = chat(gateway)
     assert response.status_code == 200
     assert response.headers["x-route-model"] == "large"
-    assert "cascade: escalated from small, score 0.14" in response.headers["x-route-reason"]
+    reason = response.headers["x-route-reason"]
+    assert "cascade: escalated from small, score 0.1" in reason  # judge x 0.135 / 0.75
+    assert "token confidence 0.14" in reason
     assert fake_workers.calls("small") == 1 and fake_workers.calls("large") == 1
     assert "logprobs" not in fake_workers.requests[-1]["body"]  # strong call as asked
     logged = logged_rows(gateway)
@@ -55,6 +59,9 @@ def test_a_low_confidence_answer_escalates_and_the_cheap_attempt_is_logged(
     assert cheap.id[:-6] == final.id[:-6] and cheap.cost_usd > 0
     assert cheap.route_reason.startswith("cascade: cheap attempt escalated")
     assert final.model_requested == "auto" and final.status_code == 200
+    # the score and the decision are recorded for the model_routing flow
+    assert (cheap.cascade_decision, final.cascade_decision) == ("cheap_attempt", "escalated")
+    assert final.cascade_score == cheap.cascade_score and final.cascade_score < 0.5
 
 
 def test_the_cheap_attempt_and_the_escalation_are_both_optimised(

@@ -83,4 +83,8 @@ async def list_models(services: ServicesDep, _principal: PrincipalDep) -> ModelL
     if services.routing is not None:  # virtual names and configured (hosted) models
         routed = services.routing.policy.names()
         models = routed + [m for m in models if m not in routed]
-    return ModelList(data=[ModelCard(id=model) for model in models])
+    policy = services.routing.policy if services.routing is not None else None
+    return ModelList(data=[
+        ModelCard(id=model, description=policy.describe(model) if policy else None)
+        for model in models
+    ])

@@ -29,6 +29,8 @@ from services.gateway.stages.cascade import CascadeRunner, ServeFn
 from services.protocol import Usage
 from services.routing.budgets import BudgetLedger, Reservation, Scope
 from services.routing.config import ModelConfig, RoutingConfig
+from services.routing.judge import AnswerJudge
+from services.routing.novelty import NoveltyDetector
 from services.routing.policy import Route, RouteRequest, RoutingPolicy
 from services.routing.router import SHIPPED_MODEL, ComplexityRouter
 from services.routing.text import estimate_tokens, prompt_text
@@ -94,6 +96,7 @@ class RoutingStage:
             model=ctx.model, tenant=ctx.principal.tenant, text=text,
             prompt_tokens=estimate_tokens(text), max_tokens=_max_tokens(ctx.request_dict),
             max_latency_ms=max_latency, downgrade=downgrade,
+            cascade=self.cascade is not None and not ctx.stream,
         ))
 
         async def serve(ctx: RequestContext, model: ModelConfig) -> Reply:
@@ -214,12 +217,14 @@ def build_routing_stage(
         return None
     config = RoutingConfig.parse(settings.routing, catalog)
     router = ComplexityRouter.load(config.router_model or SHIPPED_MODEL)
+    judge = AnswerJudge.load() if config.cascade.enabled else None
 
     def available(model: ModelConfig) -> bool:
         return model.upstream != "vllm" or model.wire_name in pool.models()
 
     stage = RoutingStage(
-        RoutingPolicy(config, router, available),
+        RoutingPolicy(config, router, available, judge=judge,
+                      novelty=NoveltyDetector.load() if config.defer_novel else None),
         BudgetLedger(config.budgets, redis_url=settings.redis_url),
         catalog,
         default_max_tokens=config.default_max_tokens,
@@ -227,6 +232,6 @@ def build_routing_stage(
     if config.cascade.enabled:
         stage.cascade = CascadeRunner(
             config, config.cascade, apply=stage.apply,
-            serve_with_fallback=stage.serve_with_fallback, record=record,
+            serve_with_fallback=stage.serve_with_fallback, record=record, judge=judge,
         )
     return stage
