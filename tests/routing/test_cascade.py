@@ -1,6 +1,7 @@
 """The cascade: escalates on a low-scoring cheap answer, not on a good one; never when
 the latency limit cannot hold two calls; logs the cheap attempt; streams skip it; both
-attempts are sent the token-optimised request."""
+attempts are sent the token-optimised request; the learned judge reads the answer's
+content; prompts unlike the router's training data are deferred to the cascade."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from services.routing.cascade import score_answer
 from tests.routing.conftest import (
     EASY,
     LOSSLESS,
+    NOVEL,
     ORDER_MINIFIED,
     ORDER_QUESTION,
     logged_rows,
@@ -146,3 +148,51 @@ def test_self_consistency_asks_for_extra_samples_and_escalates_when_they_disagre
     disagreeing = chat(gateway, temperature=0.7)
     assert disagreeing.headers["x-route-model"] == "large"
     assert "self-consistency 0.00" in disagreeing.headers["x-route-reason"]
+
+
+def test_the_judge_escalates_an_answer_whose_arithmetic_is_wrong(
+    routed_gateway, fake_workers: FakeOpenAI
+) -> None:
+    from tests.routing.test_judge import PROBLEM, RIGHT, WRONG_SUM
+
+    gateway = routed_gateway(cascade={"enabled": True})  # the judge's own threshold
+    fake_workers.models["small"].text = RIGHT
+    kept = chat(gateway, PROBLEM)
+    assert kept.headers["x-route-model"] == "small"
+    assert "cascade: accepted" in kept.headers["x-route-reason"]
+    assert kept.json()["choices"][0]["message"]["content"] == RIGHT
+    fake_workers.models["small"].text = WRONG_SUM
+    escalated = chat(gateway, PROBLEM)
+    assert escalated.headers["x-route-model"] == "large"
+    assert "wrong arithmetic" in escalated.headers["x-route-reason"]
+    rows = logged_rows(gateway)
+    assert [(r.model_served, r.cascade_decision) for r in rows] == [
+        ("small", "accepted"), ("small", "cheap_attempt"), ("large", "escalated")]
+    assert rows[0].cascade_score > rows[2].cascade_score
+    assert rows[0].cost_usd > 0  # the kept cheap answer is logged with its cost
+
+
+def test_a_novel_prompt_is_deferred_to_the_cascade_or_sent_strong_without_one(
+    routed_gateway, fake_workers: FakeOpenAI
+) -> None:
+    cascading = routed_gateway(**CASCADE)
+    response = chat(cascading, NOVEL)
+    assert "novel prompt" in response.headers["x-route-reason"]
+    assert "deferred to the cascade" in response.headers["x-route-reason"]
+    assert fake_workers.calls("small") == 1  # the cheap model answered first
+    streamed = chat(cascading, NOVEL, stream=True)  # a stream cannot be judged
+    assert streamed.headers["x-route-model"] == "large"
+    assert "no cascade to judge" in streamed.headers["x-route-reason"]
+    guessing = routed_gateway(defer_novel=False)
+    response = chat(guessing, NOVEL)
+    assert response.headers["x-route-model"] == "small"
+    assert "novel" not in response.headers["x-route-reason"]
+
+
+def test_models_say_what_the_virtual_names_promise(routed_gateway) -> None:
+    cards = httpx.get(f"{routed_gateway(**CASCADE).url}/v1/models").json()["data"]
+    described = {c["id"]: c.get("description") for c in cards}
+    assert "95% of the powerful tier's accuracy" in described["auto"]
+    assert "90%" in described["auto:cheap"] and "99%" in described["auto:quality"]
+    assert "cheap answers are judged" in described["auto"]
+    assert described["small"] is None

@@ -62,6 +62,21 @@ def test_labels_come_from_cascade_outcomes_and_recorded_labels(store) -> None:
     )
 
 
+def test_cascade_decisions_are_labels_once_per_request(store) -> None:
+    text = HARD.format(i=1, j=2)
+    escalated = {**cascade_row(text, "auto: router 0.3 < 0.7; cascade: escalated from small"),
+                 "cascade_score": 0.2, "cascade_decision": "escalated"}
+    attempt = {**cascade_row(text, f"{ESCALATED}, judge 0.20"), "cascade_score": 0.2,
+               "cascade_decision": "cheap_attempt"}  # the same request's cheap call
+    accepted = {**cascade_row(EASY.format(i=1, j=2), "auto: router 0.1 < 0.7; cascade: x"),
+                "cascade_score": 0.9, "cascade_decision": "accepted"}
+    with store.begin() as connection:
+        connection.execute(insert(RequestLog), [escalated, attempt, accepted])
+    labels = collect_labels(store, since=datetime.now(UTC) - timedelta(hours=1))
+    assert sorted(zip(labels.prompts, labels.needs_strong, strict=True)) == [
+        (text, True), (EASY.format(i=1, j=2), False)]
+
+
 def test_too_few_labels_skip_retraining(store) -> None:
     fill(store, 20)
     result = retrain(store, since=datetime.now(UTC) - timedelta(hours=1),

@@ -99,7 +99,9 @@ class CascadeRunner:
             if accepted or late:
                 why = "accepted" if accepted else "kept (no time to escalate)"
                 ctx.cascade_decision = "accepted" if accepted else "kept_late"
+                worker, usage = ctx.worker, ctx.usage  # apply() clears what the call set
                 self._apply(ctx, cheap, f"{route.reason}; cascade: {why}, {verdict.describe()}")
+                ctx.worker, ctx.usage = worker, usage  # the log row counts the kept answer
                 return Reply(body=_as_asked(reply.body or b"{}", asked),
                              status_code=reply.status_code)
             attempt = dataclasses.replace(
