@@ -107,10 +107,10 @@ class RoutingPolicy:
             value, threshold = decision.p_strong, self.judge.router_threshold(target)
             strong = value >= threshold
         verdict = f"router {value:.3f} {'>=' if strong else '<'} {threshold:.3f}"
-        novel, similarity = (self.novelty.novel(request.text) if self.novelty is not None
-                             else (False, 1.0))
-        if novel:
-            limit = f"novel prompt (similarity {similarity:.3f} < {self.novelty.threshold:.3f})"
+        novelty = self.novelty
+        novel, similarity = novelty.novel(request.text) if novelty is not None else (False, 1.0)
+        if novel and novelty is not None:
+            limit = f"novel prompt (similarity {similarity:.3f} < {novelty.threshold:.3f})"
             if explicit is not None:
                 return self._route(explicit.tier, request, f"explicit; {limit}", exact=explicit)
             if not request.cascade:
