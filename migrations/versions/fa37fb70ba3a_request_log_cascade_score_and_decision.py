@@ -1,8 +1,8 @@
 """request_log cascade score and decision
 
-Revision ID: 47dab2ed6a0d
-Revises: 2326b790f606
-Create Date: 2026-12-06 14:41:02.373468
+Revision ID: fa37fb70ba3a
+Revises: b1a8b6be5f8c
+Create Date: 2026-12-06 15:31:34.769594
 
 """
 from collections.abc import Sequence
@@ -11,8 +11,8 @@ import sqlalchemy as sa
 from alembic import op
 
 
-revision: str = '47dab2ed6a0d'
-down_revision: str | None = '2326b790f606'
+revision: str = 'fa37fb70ba3a'
+down_revision: str | None = 'b1a8b6be5f8c'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
