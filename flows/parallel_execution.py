@@ -83,10 +83,7 @@ async def parallel_execution(batch_id: str) -> dict[str, Any] | None:
 
 
 if __name__ == "__main__":
-    import os
+    from flows.prefect_env import apply_prefect_defaults
 
-    from services.cli import PREFECT_DEFAULTS
-
-    for name, value in PREFECT_DEFAULTS.items():
-        os.environ.setdefault(name, value)
+    apply_prefect_defaults()
     asyncio.run(parallel_execution(sys.argv[1]))

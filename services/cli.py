@@ -1,4 +1,5 @@
-"""The one command line: ``optengine serve | worker | migrate | make-test-model | demo | keys``."""
+"""The one command line: ``optengine serve | worker | migrate | make-test-model | demo |
+dashboard | keys | flows | batch``."""
 
 from __future__ import annotations
 
@@ -27,15 +28,6 @@ batch_app = typer.Typer(help="Batch inference: a JSONL file of requests, run by 
                         "parallel_execution flow")
 app.add_typer(batch_app, name="batch")
 app.add_typer(experiments_app, name="experiments")
-
-# Prefect runs offline here: no analytics (they log an error per run without a network)
-# and a generous ephemeral-server start on a busy 2-core machine.
-PREFECT_DEFAULTS = {
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DO_NOT_TRACK": "1",
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
-}
-
 
 def _settings(**overrides: object) -> Settings:
     return load_settings(**{k: v for k, v in overrides.items() if v is not None})
@@ -185,6 +177,31 @@ def demo(
     raise typer.Exit(run_demo(_settings(), options))
 
 
+@app.command()
+def dashboard(
+    host: Annotated[str | None, typer.Option(help="bind address")] = None,
+    port: Annotated[int | None, typer.Option(help="port")] = None,
+) -> None:
+    """Serve the Streamlit dashboard over the metrics store (read-only)."""
+    import subprocess
+    import sys
+
+    settings = _settings(dashboard_host=host, dashboard_port=port)
+    root = Path(__file__).resolve().parents[1]  # ``python -m`` puts it on sys.path
+    typer.echo(f"dashboard at http://{settings.dashboard_host}:{settings.dashboard_port}")
+    command = [
+        sys.executable, "-m", "streamlit", "run", str(root / "dashboards" / "app.py"),
+        "--server.address", settings.dashboard_host,
+        "--server.port", str(settings.dashboard_port),
+        "--server.headless", "true", "--browser.gatherUsageStats", "false",
+        "--server.fileWatcherType", "none", "--global.developmentMode", "false",
+    ]
+    try:
+        raise typer.Exit(subprocess.call(command, cwd=root))
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+
+
 @keys_app.command("create")
 def keys_create(
     tenant: Annotated[str, typer.Option(help="tenant the key belongs to")],
@@ -203,10 +220,9 @@ def keys_create(
 
 
 def _prefect_env() -> None:
-    import os
+    from flows.prefect_env import apply_prefect_defaults
 
-    for name, value in PREFECT_DEFAULTS.items():
-        os.environ.setdefault(name, value)
+    apply_prefect_defaults()
 
 
 @flows_app.command("run")

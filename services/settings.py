@@ -310,6 +310,21 @@ class Settings(BaseSettings):
     telemetry_spill_replay_interval_s: float = Field(default=5.0, gt=0)
     store_prompts: bool = Field(default=False, description="store raw prompts (off: hashes only)")
 
+    # dashboard (`optengine dashboard`: Streamlit, read-only on the store)
+    dashboard_database_url: str = Field(
+        default="", description="store URL the dashboard reads, ideally as a read-only "
+        "role; empty = database_url (opened read-only either way)",
+    )
+    dashboard_host: str = "127.0.0.1"
+    dashboard_port: int = Field(default=8501, gt=0, lt=65536)
+    dashboard_cache_ttl_s: float = Field(
+        default=60.0, gt=0, description="how long a page reuses a query's result"
+    )
+    dashboard_sample_rows: int = Field(
+        default=100_000, gt=0,
+        description="newest rows percentiles and per-stage token savings are computed from",
+    )
+
     # vLLM workers started by `optengine worker`
     vllm_python: Path = Field(default=Path(".venv-vllm/bin/python"))
     vllm_startup_timeout_s: float = 300.0

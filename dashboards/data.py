@@ -1,0 +1,509 @@
+"""What the dashboard shows, read from the metrics store by plain functions.
+
+Pages stay thin: each figure on a page is one call here, tested without Streamlit.
+Every query is bounded: counts and sums are aggregated by the database per time bucket
+(never row by row in Python), and the few figures SQL cannot aggregate portably
+(percentiles, per-stage token savings held in JSON) are computed from at most
+``Filters.sample_rows`` of the newest matching rows, which the page says when it cuts.
+
+The store is opened read-only (``read_only_engine``): ``PRAGMA query_only`` on SQLite, a
+read-only transaction default on PostgreSQL (in production the dashboard also connects
+as its own read-only role, see ``READ_ONLY_ROLE_SQL``).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Engine,
+    and_,
+    case,
+    cast,
+    create_engine,
+    event,
+    func,
+    inspect,
+    literal,
+    select,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.types import Integer
+
+from models import Alert, CacheReport, RequestLog
+from models.tables import RouterVersion
+
+# What "recent" means in the time-range filter, and the bucket each range is drawn in:
+# about 60-170 points a chart, whatever the range.
+TIME_RANGES: dict[str, tuple[timedelta, int]] = {
+    "last hour": (timedelta(hours=1), 60),
+    "last 6 hours": (timedelta(hours=6), 300),
+    "last 24 hours": (timedelta(hours=24), 900),
+    "last 7 days": (timedelta(days=7), 3600),
+    "last 30 days": (timedelta(days=30), 6 * 3600),
+}
+HIT_LAYERS = ("L1", "L2", "L3", "SEMANTIC")
+CASCADE_ESCALATED = "cascade: cheap attempt escalated"
+CASCADE_ACCEPTED = "cascade: accepted"
+
+# The dashboard's role on PostgreSQL: it can read every table and write none.
+READ_ONLY_ROLE_SQL = """\
+CREATE ROLE {role} LOGIN PASSWORD '{password}';
+GRANT CONNECT ON DATABASE {database} TO {role};
+GRANT USAGE ON SCHEMA public TO {role};
+GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role};
+ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {role};
+ALTER ROLE {role} SET default_transaction_read_only = on;
+"""
+
+
+class StoreNotReady(Exception):
+    """The store cannot be shown yet; ``message`` says why and how to fix it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Filters:
+    """The sidebar's choices; hashable, so Streamlit's cache keys on them."""
+
+    time_range: str = "last 24 hours"
+    tenant: str | None = None
+    model: str | None = None
+    end: datetime | None = None  # None = now; tests pin it
+    sample_rows: int = 100_000
+
+    @property
+    def window(self) -> tuple[datetime, datetime]:
+        span, _ = TIME_RANGES[self.time_range]
+        end = self.end or datetime.now(UTC)
+        return end - span, end
+
+    @property
+    def bucket_s(self) -> int:
+        return TIME_RANGES[self.time_range][1]
+
+    def where(self) -> ColumnElement[bool]:
+        start, end = self.window
+        clauses = [RequestLog.created_at >= start, RequestLog.created_at < end]
+        if self.tenant:
+            clauses.append(RequestLog.tenant == self.tenant)
+        if self.model:
+            clauses.append(RequestLog.model_served == self.model)
+        return and_(*clauses)
+
+
+# -- opening the store ---------------------------------------------------------------
+
+
+def read_only_engine(url: str) -> Engine:
+    """An engine that cannot write: the dashboard only ever reads.
+
+    A SQLite file that does not exist is not created (that would leave an empty store
+    behind a typo): it is reported as not ready instead."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if database not in ("", ":memory:") and not Path(database).is_file():
+            raise StoreNotReady(
+                f"There is no metrics store at {database} yet. Run `optengine migrate` "
+                "(or `make demo`) to create it, or point OPTENGINE_DATABASE_URL at yours."
+            )
+        engine = create_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _read_only(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute("PRAGMA query_only=ON")
+            cursor.close()
+
+        return engine
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return create_engine(
+        parsed, pool_pre_ping=True,
+        connect_args={"options": "-c default_transaction_read_only=on"},
+    )
+
+
+def check_store(engine: Engine) -> None:
+    """Raise ``StoreNotReady`` (with the fix) unless the store is migrated and has rows."""
+    try:
+        tables = set(inspect(engine).get_table_names())
+    except OperationalError as exc:
+        raise StoreNotReady(
+            f"The metrics store cannot be reached ({exc.orig}). Check OPTENGINE_DATABASE_URL "
+            "(or OPTENGINE_DASHBOARD_DATABASE_URL) and that the database is running."
+        ) from None
+    if "request_log" not in tables:
+        raise StoreNotReady(
+            "The metrics store has no tables yet. Run `optengine migrate` to create them, "
+            "then send traffic through the gateway (`make demo` does both)."
+        )
+    with engine.connect() as conn:
+        if conn.scalar(select(RequestLog.id).limit(1)) is None:
+            raise StoreNotReady(
+                "No requests recorded yet. Send traffic through the gateway "
+                "(`optengine serve`, or `make demo` for a sample workload); this page fills "
+                "in as requests arrive."
+            )
+
+
+def has_table(engine: Engine, name: str) -> bool:
+    return name in set(inspect(engine).get_table_names())
+
+
+# -- time buckets ----------------------------------------------------------------------
+
+
+def _bucket(engine: Engine, seconds: int) -> ColumnElement[Any]:
+    """Start of each row's time bucket, as epoch seconds, computed by the database."""
+    if engine.dialect.name == "sqlite":
+        epoch: ColumnElement[Any] = cast(func.strftime("%s", RequestLog.created_at), Integer)
+        return (epoch // seconds) * seconds
+    epoch = func.extract("epoch", RequestLog.created_at)
+    return cast(func.floor(epoch / seconds) * seconds, Integer)
+
+
+def _as_time(epoch: Any) -> datetime:
+    return datetime.fromtimestamp(int(epoch), UTC)
+
+
+def _utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every stored time is UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def percentile(values: list[float], q: int) -> float | None:
+    """The q-th percentile (inclusive method), None without values."""
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+# -- filter choices ----------------------------------------------------------------------
+
+
+def filter_choices(engine: Engine, filters: Filters) -> tuple[list[str], list[str]]:
+    """Tenants and served models seen in the time range (at most 500 of each)."""
+    start, end = filters.window
+    in_range = and_(RequestLog.created_at >= start, RequestLog.created_at < end)
+    with engine.connect() as conn:
+        tenants = conn.scalars(select(RequestLog.tenant).where(in_range).distinct()
+                               .order_by(RequestLog.tenant).limit(500)).all()
+        models = conn.scalars(select(RequestLog.model_served).where(
+            in_range, RequestLog.model_served.is_not(None)).distinct()
+            .order_by(RequestLog.model_served).limit(500)).all()
+    return list(tenants), [m for m in models if m]
+
+
+# -- overview ------------------------------------------------------------------------------
+
+
+@dataclass
+class Overview:
+    requests: int
+    errors: int
+    completion_tokens: int
+    ttft_p50_ms: float | None
+    ttft_p95_ms: float | None
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+    sampled: int  # rows the percentiles were computed from
+    series: list[dict[str, Any]] = field(default_factory=list)  # per bucket
+    percentiles: list[dict[str, Any]] = field(default_factory=list)  # per bucket, long form
+    worker_load: list[dict[str, Any]] = field(default_factory=list)  # per bucket and worker
+
+    @property
+    def error_rate(self) -> float | None:
+        return self.errors / self.requests if self.requests else None
+
+    @property
+    def output_tokens_per_s(self) -> float | None:
+        """Output tokens per second over the buckets that saw traffic."""
+        if not self.series:
+            return None
+        seconds = len(self.series) * self.series[0]["bucket_s"]
+        return self.completion_tokens / seconds
+
+
+def overview(engine: Engine, filters: Filters) -> Overview:
+    bucket = _bucket(engine, filters.bucket_s).label("bucket")
+    is_error = case((RequestLog.status_code >= 400, 1), else_=0)
+    series_q = (
+        select(bucket, func.count().label("requests"), func.sum(is_error).label("errors"),
+               func.coalesce(func.sum(RequestLog.completion_tokens), 0).label("completion"))
+        .where(filters.where()).group_by(bucket).order_by(bucket)
+    )
+    workers_q = (
+        select(bucket, RequestLog.worker, func.count().label("requests"))
+        .where(filters.where(), RequestLog.worker.is_not(None))
+        .group_by(bucket, RequestLog.worker).order_by(bucket)
+    )
+    sample_q = (
+        select(RequestLog.created_at, RequestLog.ttft_ms, RequestLog.latency_ms)
+        .where(filters.where(), RequestLog.status_code < 400)
+        .order_by(RequestLog.created_at.desc()).limit(filters.sample_rows)
+    )
+    with engine.connect() as conn:
+        buckets = conn.execute(series_q).all()
+        load = conn.execute(workers_q).all()
+        sample = conn.execute(sample_q).all()
+    series = [
+        {"time": _as_time(b), "bucket_s": filters.bucket_s, "requests": int(n),
+         "errors": int(e or 0), "output_tokens_per_s": float(c or 0) / filters.bucket_s}
+        for b, n, e, c in buckets
+    ]
+    ttft = [r.ttft_ms for r in sample if r.ttft_ms is not None]
+    latency = [r.latency_ms for r in sample if r.latency_ms is not None]
+    return Overview(
+        requests=sum(s["requests"] for s in series),
+        errors=sum(s["errors"] for s in series),
+        completion_tokens=int(sum(c or 0 for *_, c in buckets)),
+        ttft_p50_ms=percentile(ttft, 50), ttft_p95_ms=percentile(ttft, 95),
+        latency_p50_ms=percentile(latency, 50), latency_p95_ms=percentile(latency, 95),
+        sampled=len(sample), series=series,
+        percentiles=_percentiles_by_bucket(sample, filters.bucket_s),
+        worker_load=[{"time": _as_time(b), "worker": w, "requests": int(n)}
+                     for b, w, n in load],
+    )
+
+
+def _percentiles_by_bucket(rows: Any, bucket_s: int) -> list[dict[str, Any]]:
+    grouped: dict[int, dict[str, list[float]]] = {}
+    for row in rows:
+        start = int(_utc(row.created_at).timestamp()) // bucket_s * bucket_s
+        values = grouped.setdefault(start, {"TTFT": [], "latency": []})
+        if row.ttft_ms is not None:
+            values["TTFT"].append(row.ttft_ms)
+        if row.latency_ms is not None:
+            values["latency"].append(row.latency_ms)
+    out = []
+    for start in sorted(grouped):
+        for metric, values in grouped[start].items():
+            for q in (50, 95):
+                value = percentile(values, q)
+                if value is not None:
+                    out.append({"time": _as_time(start), "series": f"{metric} p{q}",
+                                "ms": value})
+    return out
+
+
+# -- costs ------------------------------------------------------------------------------
+
+
+@dataclass
+class Costs:
+    """Spend against the baseline (what the same requests would have cost on the baseline
+    hosted model, unoptimised). ``source`` names the table the figures came from."""
+
+    source: str
+    requests: int
+    cost_usd: float
+    baseline_usd: float
+    series: list[dict[str, Any]] = field(default_factory=list)  # per bucket
+    by_model: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def saved_usd(self) -> float:
+        return self.baseline_usd - self.cost_usd
+
+    @property
+    def saved_share(self) -> float | None:
+        return self.saved_usd / self.baseline_usd if self.baseline_usd else None
+
+    @property
+    def cost_per_request_usd(self) -> float | None:
+        return self.cost_usd / self.requests if self.requests else None
+
+
+def costs(engine: Engine, filters: Filters) -> Costs:
+    """Costs from the finest source the store has. Today that is ``request_log``; once
+    the cost rollups land, a ``cost_rollups`` reader joins ``COST_READERS`` ahead of it
+    and pages need no change."""
+    for table, reader in COST_READERS:
+        if table == "request_log" or has_table(engine, table):
+            return reader(engine, filters)
+    raise StoreNotReady("no cost source in the store")  # pragma: no cover
+
+
+def _costs_from_request_log(engine: Engine, filters: Filters) -> Costs:
+    bucket = _bucket(engine, filters.bucket_s).label("bucket")
+    cost = func.coalesce(func.sum(RequestLog.cost_usd), 0.0)
+    baseline = func.coalesce(func.sum(RequestLog.baseline_cost_usd), 0.0)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(bucket, func.count(), cost, baseline).where(filters.where())
+            .group_by(bucket).order_by(bucket)
+        ).all()
+        models = conn.execute(
+            select(func.coalesce(RequestLog.model_served, literal("(none)")), func.count(),
+                   cost, baseline).where(filters.where())
+            .group_by(RequestLog.model_served).order_by(cost.desc()).limit(50)
+        ).all()
+    series = [{"time": _as_time(b), "requests": int(n), "cost_usd": float(c),
+               "baseline_usd": float(base)} for b, n, c, base in rows]
+    return Costs(
+        source="request_log",
+        requests=sum(s["requests"] for s in series),
+        cost_usd=sum(s["cost_usd"] for s in series),
+        baseline_usd=sum(s["baseline_usd"] for s in series),
+        series=series,
+        by_model=[{"model": m, "requests": int(n), "cost_usd": float(c),
+                   "baseline_usd": float(base), "cost_per_request_usd": float(c) / n}
+                  for m, n, c, base in models],
+    )
+
+
+COST_READERS = [("request_log", _costs_from_request_log)]
+
+
+# -- cache, tokens, routing ---------------------------------------------------------------
+
+
+@dataclass
+class CacheTokensRouting:
+    lookups: int
+    hits_by_layer: dict[str, int]
+    latest_report: dict[str, Any] | None  # the cache_optimization flow's newest report
+    report_history: list[dict[str, Any]]
+    tokens_before: int
+    tokens_after: int
+    saved_by_stage: dict[str, int]
+    stage_rows_sampled: int
+    routing_share: list[dict[str, Any]]
+    cascade_escalated: int
+    cascade_accepted: int
+    router_version: dict[str, Any] | None
+
+    @property
+    def hit_rate(self) -> float | None:
+        return sum(self.hits_by_layer.values()) / self.lookups if self.lookups else None
+
+    @property
+    def tokens_saved(self) -> int:
+        return self.tokens_before - self.tokens_after
+
+    @property
+    def escalation_rate(self) -> float | None:
+        total = self.cascade_escalated + self.cascade_accepted
+        return self.cascade_escalated / total if total else None
+
+
+def cache_tokens_routing(engine: Engine, filters: Filters) -> CacheTokensRouting:
+    where = filters.where()
+    routed = and_(where, RequestLog.route_reason.is_not(None),
+                  ~RequestLog.route_reason.like("batch:%"))
+    with engine.connect() as conn:
+        layers = dict(conn.execute(
+            select(RequestLog.cache_layer, func.count())
+            .where(where, RequestLog.cache_layer.is_not(None))
+            .group_by(RequestLog.cache_layer)).all())
+        before, after = conn.execute(
+            select(func.coalesce(func.sum(RequestLog.prompt_tokens_before_optimization), 0),
+                   func.coalesce(func.sum(RequestLog.prompt_tokens_after_optimization), 0))
+            .where(where, RequestLog.prompt_tokens_before_optimization.is_not(None),
+                   RequestLog.prompt_tokens_after_optimization.is_not(None))).one()
+        stages = conn.scalars(
+            select(RequestLog.token_stages).where(where, RequestLog.token_stages.is_not(None))
+            .order_by(RequestLog.created_at.desc()).limit(filters.sample_rows)).all()
+        share = conn.execute(
+            select(RequestLog.model_served, func.count()).where(routed)
+            .group_by(RequestLog.model_served).order_by(func.count().desc()).limit(50)).all()
+        escalated = conn.scalar(select(func.count()).where(
+            where, RequestLog.route_reason.like(f"{CASCADE_ESCALATED}%")))
+        accepted = conn.scalar(select(func.count()).where(
+            where, RequestLog.route_reason.like(f"%{CASCADE_ACCEPTED}%")))
+        reports = conn.execute(
+            select(CacheReport.created_at, CacheReport.overall_hit_rate)
+            .where(CacheReport.created_at >= filters.window[0])
+            .order_by(CacheReport.created_at.desc()).limit(200)).all()
+        latest = conn.execute(select(CacheReport.__table__)
+                              .order_by(CacheReport.created_at.desc()).limit(1)).first()
+        router = conn.execute(
+            select(RouterVersion.version, RouterVersion.activated_at, RouterVersion.labels,
+                   RouterVersion.metrics).where(RouterVersion.active.is_(True))
+            .order_by(RouterVersion.activated_at.desc()).limit(1)).first()
+    saved: Counter[str] = Counter()
+    for entry in stages:
+        for stage, tokens in (entry or {}).items():
+            saved[stage] += int(tokens)
+    total_routed = sum(n for _, n in share)
+    misses = layers.pop("MISS", 0)
+    return CacheTokensRouting(
+        lookups=sum(layers.get(layer, 0) for layer in HIT_LAYERS) + misses,
+        hits_by_layer={layer: layers.get(layer, 0) for layer in HIT_LAYERS},
+        latest_report=None if latest is None else _report(latest),
+        report_history=[{"time": _utc(r.created_at), "hit_rate": r.overall_hit_rate}
+                        for r in reversed(reports) if r.overall_hit_rate is not None],
+        tokens_before=int(before), tokens_after=int(after),
+        saved_by_stage=dict(saved.most_common()), stage_rows_sampled=len(stages),
+        routing_share=[{"model": m or "(none)", "requests": int(n), "share": n / total_routed}
+                       for m, n in share],
+        cascade_escalated=int(escalated or 0), cascade_accepted=int(accepted or 0),
+        router_version=None if router is None else {
+            "version": router.version, "activated_at": router.activated_at,
+            "labels": router.labels, "metrics": router.metrics},
+    )
+
+
+def _report(report: Any) -> dict[str, Any]:
+    tiers = [{"tier": tier, "hit_rate": figures.get("hit_rate"),
+              "target": figures.get("target"), "meets_target": figures.get("meets_target"),
+              "lookups": figures.get("lookups"), "hits": figures.get("hits")}
+             for tier, figures in (report.layers or {}).items()]
+    return {"created_at": _utc(report.created_at), "overall_hit_rate": report.overall_hit_rate,
+            "lookups": report.lookups, "hits": report.hits, "saved_usd": report.saved_usd,
+            "tiers": tiers}
+
+
+# -- alerts ------------------------------------------------------------------------------
+
+
+@dataclass
+class Alerts:
+    firing: list[dict[str, Any]]
+    recent: list[dict[str, Any]]
+
+
+def alerts(engine: Engine, filters: Filters, *, limit: int = 200) -> Alerts:
+    """Firing alerts (unresolved, whenever raised) and every alert raised in the range."""
+    columns = (Alert.id, Alert.created_at, Alert.severity, Alert.source, Alert.message,
+               Alert.resolved_at)
+    start, end = filters.window
+    try:
+        with engine.connect() as conn:
+            firing = conn.execute(select(*columns).where(Alert.resolved_at.is_(None))
+                                  .order_by(Alert.created_at.desc()).limit(limit)).all()
+            recent = conn.execute(select(*columns).where(
+                Alert.created_at >= start, Alert.created_at < end)
+                .order_by(Alert.created_at.desc()).limit(limit)).all()
+    except (OperationalError, ProgrammingError):
+        raise StoreNotReady("The store has no alerts table yet: run `optengine migrate`."
+                            ) from None
+    return Alerts(firing=[_alert(r) for r in firing], recent=[_alert(r) for r in recent])
+
+
+def _alert(row: Any) -> dict[str, Any]:
+    return {"raised": _utc(row.created_at), "severity": row.severity, "source": row.source,
+            "message": row.message,
+            "resolved": None if row.resolved_at is None else _utc(row.resolved_at)}
+
+
+__all__ = [
+    "Alerts", "CacheTokensRouting", "Costs", "Filters", "Overview", "StoreNotReady",
+    "TIME_RANGES", "alerts", "cache_tokens_routing", "check_store", "costs",
+    "filter_choices", "overview", "read_only_engine",
+]

@@ -1,0 +1,116 @@
+"""A metrics store with known contents, for the dashboard's tests: the expected figures
+are computed here from the rows inserted, independently of ``dashboards.data``."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine
+
+from models import Alert, CacheReport, RequestLog
+from models.tables import RouterVersion
+
+TENANTS = ("acme", "globex")
+MODELS = ("tiny-llama", "gemma-3-270m")
+LAYERS = ("L1", "L2", "MISS", "MISS", "SEMANTIC", None)
+
+
+@dataclass
+class Seeded:
+    now: datetime
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def select(self, tenant: str | None = None) -> list[dict[str, Any]]:
+        return [r for r in self.rows if tenant is None or r["tenant"] == tenant]
+
+    def requests(self, tenant: str | None = None) -> int:
+        return len(self.select(tenant))
+
+    def errors(self, tenant: str | None = None) -> int:
+        return sum(1 for r in self.select(tenant) if r["status_code"] >= 400)
+
+    def cost(self, tenant: str | None = None) -> float:
+        return sum(r["cost_usd"] or 0 for r in self.select(tenant))
+
+    def baseline(self, tenant: str | None = None) -> float:
+        return sum(r["baseline_cost_usd"] or 0 for r in self.select(tenant))
+
+    def latency_p50(self) -> float:
+        ok = [r["latency_ms"] for r in self.rows if r["status_code"] < 400]
+        return statistics.quantiles(ok, n=100, method="inclusive")[49]
+
+    def tokens_saved(self) -> int:
+        return sum(r["prompt_tokens_before_optimization"] - r["prompt_tokens_after_optimization"]
+                   for r in self.rows if r["prompt_tokens_before_optimization"] is not None)
+
+    def escalations(self) -> int:
+        return sum(1 for r in self.rows
+                   if (r["route_reason"] or "").startswith("cascade: cheap attempt escalated"))
+
+
+def seed(engine: Engine, *, count: int = 60, now: datetime | None = None) -> Seeded:
+    """``count`` requests over the last 50 minutes, two tenants and two models, with
+    errors, cache hits, token savings, cascade outcomes; a cache report, an active router
+    version and two alerts (one firing)."""
+    now = now or datetime.now(UTC)
+    seeded = Seeded(now=now)
+    for i in range(count):
+        error = i % 10 == 7
+        layer = None if error else LAYERS[i % len(LAYERS)]
+        hit = layer in ("L1", "L2", "SEMANTIC")
+        before = 100 + i if i % 3 == 0 else None
+        reason = None
+        if i % 4 == 1:
+            reason = ("cascade: cheap attempt escalated, score low" if i % 8 == 1
+                      else "router 0.2 < 0.5; cascade: accepted")
+        seeded.rows.append({
+            "id": f"req-{i:04d}",
+            "created_at": now - timedelta(seconds=30 + 50 * i),
+            "tenant": TENANTS[i % 2],
+            "endpoint": "chat.completions",
+            "model_requested": MODELS[i % 2],
+            "model_served": MODELS[(i // 2) % 2],
+            "worker": None if hit or error else f"http://127.0.0.1:80{i % 3:02d}",
+            "cache_layer": layer,
+            "route_reason": reason,
+            "status_code": 500 if error else 200,
+            "error_type": "upstream_error" if error else None,
+            "prompt_tokens": 120 + i,
+            "completion_tokens": 0 if error else 10 + i,
+            "prompt_tokens_before_optimization": before,
+            "prompt_tokens_after_optimization": None if before is None else before - 20,
+            "token_stages": None if before is None else {"whitespace": 5, "dedup": 15},
+            "ttft_ms": None if error else 20.0 + 3 * i,
+            "latency_ms": None if error else 200.0 + 7 * i,
+            "cost_usd": 0.0 if hit or error else 0.0001 * (1 + i % 5),
+            "baseline_cost_usd": 0.0 if error else 0.0005 * (1 + i % 5),
+        })
+    with engine.begin() as conn:
+        conn.execute(RequestLog.__table__.insert(), seeded.rows)
+        conn.execute(CacheReport.__table__.insert(), [{
+            "created_at": now - timedelta(minutes=5), "window_start": now - timedelta(hours=1),
+            "window_end": now - timedelta(minutes=5), "lookups": 50, "hits": 30,
+            "overall_hit_rate": 0.6, "saved_usd": 0.02,
+            "layers": {"L1": {"lookups": 50, "hits": 20, "hit_rate": 0.4, "target": 0.95,
+                              "meets_target": False},
+                       "L2": {"lookups": 30, "hits": 10, "hit_rate": 1 / 3, "target": 0.85,
+                              "meets_target": False}},
+            "purged_entries": 0, "warmed_entries": 0, "ttl_recommendations": {},
+        }])
+        conn.execute(RouterVersion.__table__.insert(), [{
+            "version": "router-v7", "created_at": now - timedelta(days=1), "model": b"npz",
+            "labels": 1234, "metrics": {"auc": 0.8}, "active": True,
+            "activated_at": now - timedelta(hours=20),
+        }])
+        conn.execute(Alert.__table__.insert(), [
+            {"created_at": now - timedelta(minutes=10), "source": "cache_optimization",
+             "severity": "warning", "message": "L1 hit rate 40% below its 95% target",
+             "details": {}, "resolved_at": None},
+            {"created_at": now - timedelta(minutes=40), "source": "model_routing",
+             "severity": "critical", "message": "escalations above 30%", "details": {},
+             "resolved_at": now - timedelta(minutes=20)},
+        ])
+    return seeded

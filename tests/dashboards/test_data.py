@@ -1,0 +1,141 @@
+"""The dashboard's queries against a seeded store (SQLite and PostgreSQL), and the
+read-only guarantees of the engine it opens."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from sqlalchemy import insert, text
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+from dashboards import data
+from dashboards.data import Filters, StoreNotReady
+from migrations import upgrade_to_head
+from models import Alert, create_store_engine
+from services.settings import load_settings
+from tests.dashboards.seed import TENANTS, seed
+
+
+def writer_engine(url: str):  # type: ignore[no-untyped-def]
+    return create_store_engine(load_settings(database_url=url).database_url)
+
+
+def check_figures(url: str, seeded) -> None:  # type: ignore[no-untyped-def]
+    engine = data.read_only_engine(url)
+    filters = Filters(time_range="last hour", end=seeded.now)
+    data.check_store(engine)
+    o = data.overview(engine, filters)
+    assert o.requests == seeded.requests() and o.errors == seeded.errors()
+    assert o.latency_p50_ms == pytest.approx(seeded.latency_p50())
+    expected: Counter[int] = Counter(int(r["created_at"].timestamp()) // 60 * 60
+                                     for r in seeded.rows)
+    assert {int(s["time"].timestamp()): s["requests"] for s in o.series} == expected
+    assert all(s["bucket_s"] == 60 for s in o.series)
+    worker_rows = [r for r in seeded.rows if r["worker"]]
+    assert sum(w["requests"] for w in o.worker_load) == len(worker_rows)
+    for tenant in TENANTS:
+        c = data.costs(engine, Filters(time_range="last hour", end=seeded.now, tenant=tenant))
+        assert c.source == "request_log"
+        assert c.requests == seeded.requests(tenant)
+        assert c.cost_usd == pytest.approx(seeded.cost(tenant))
+        assert c.baseline_usd == pytest.approx(seeded.baseline(tenant))
+        assert c.cost_per_request_usd == pytest.approx(seeded.cost(tenant)
+                                                       / seeded.requests(tenant))
+    r = data.cache_tokens_routing(engine, filters)
+    looked_up = [x for x in seeded.rows if x["cache_layer"] is not None]
+    assert r.lookups == len(looked_up)
+    assert r.hits_by_layer["L1"] == sum(1 for x in looked_up if x["cache_layer"] == "L1")
+    assert r.tokens_saved == seeded.tokens_saved()
+    assert sum(r.saved_by_stage.values()) == seeded.tokens_saved()
+    assert r.cascade_escalated == seeded.escalations()
+    assert r.router_version is not None and r.router_version["version"] == "router-v7"
+    assert r.latest_report is not None and r.latest_report["overall_hit_rate"] == 0.6
+    assert {t["tier"] for t in r.latest_report["tiers"]} == {"L1", "L2"}
+    a = data.alerts(engine, filters)
+    assert [x["severity"] for x in a.firing] == ["warning"] and len(a.recent) == 2
+    engine.dispose()
+
+
+def test_figures_match_the_store_on_sqlite(seeded_store) -> None:  # type: ignore[no-untyped-def]
+    url, _, seeded = seeded_store
+    check_figures(url, seeded)
+
+
+@pytest.mark.postgres
+def test_figures_match_the_store_on_postgres(postgres_url: str) -> None:
+    upgrade_to_head(postgres_url)
+    writer = writer_engine(postgres_url)
+    seeded = seed(writer)
+    writer.dispose()
+    check_figures(postgres_url, seeded)
+
+
+def test_a_model_filter_narrows_every_figure(seeded_store) -> None:  # type: ignore[no-untyped-def]
+    url, _, seeded = seeded_store
+    engine = data.read_only_engine(url)
+    model = "gemma-3-270m"
+    o = data.overview(engine, Filters(time_range="last hour", end=seeded.now, model=model))
+    assert o.requests == sum(1 for r in seeded.rows if r["model_served"] == model)
+    tenants, models = data.filter_choices(engine, Filters(end=seeded.now))
+    assert tenants == sorted(TENANTS) and set(models) == {"tiny-llama", model}
+
+
+def test_the_sqlite_engine_cannot_write(seeded_store) -> None:  # type: ignore[no-untyped-def]
+    url, _, _ = seeded_store
+    engine = data.read_only_engine(url)
+    with pytest.raises(OperationalError, match="readonly"), engine.begin() as conn:
+        conn.execute(insert(Alert).values(source="x", severity="info", message="m",
+                                          details={}))
+
+
+@pytest.mark.postgres
+def test_the_postgres_engine_and_role_cannot_write(postgres_url: str) -> None:
+    upgrade_to_head(postgres_url)
+    engine = data.read_only_engine(postgres_url)
+    with pytest.raises(SQLAlchemyError, match="read-only transaction"), engine.begin() as conn:
+        conn.execute(insert(Alert).values(source="x", severity="info", message="m",
+                                          details={}))
+    engine.dispose()
+    # the role the README tells operators to create reads everything and writes nothing
+    admin = writer_engine(postgres_url)
+    database = admin.url.database
+    role = f"dash_{database}"[:60]
+    with admin.begin() as conn:
+        conn.execute(text(f"DROP ROLE IF EXISTS {role}"))
+        for statement in data.READ_ONLY_ROLE_SQL.format(
+                role=role, password="pw", database=database).strip().split(";\n"):
+            conn.execute(text(statement.rstrip(";")))
+    try:
+        as_role = create_store_engine(admin.url.set(username=role, password="pw")
+                                      .render_as_string(hide_password=False))
+        with as_role.connect() as conn:
+            assert conn.scalar(text("SELECT count(*) FROM request_log")) == 0
+        with pytest.raises(SQLAlchemyError), as_role.begin() as conn:
+            conn.execute(text("SET TRANSACTION READ WRITE"))
+            conn.execute(insert(Alert).values(source="x", severity="info", message="m",
+                                              details={}))
+        as_role.dispose()
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP OWNED BY {role}"))
+            conn.execute(text(f"DROP ROLE {role}"))
+        admin.dispose()
+
+
+def test_a_missing_store_is_reported_not_created(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "store.db"
+    with pytest.raises(StoreNotReady, match="optengine migrate"):
+        data.read_only_engine(f"sqlite:///{missing}")
+    assert not missing.exists() and not missing.parent.exists()
+
+
+def test_unmigrated_and_empty_stores_say_how_to_fix_them(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    create_store_engine(url).connect().close()  # an empty file, no tables
+    with pytest.raises(StoreNotReady, match="no tables yet.*optengine migrate"):
+        data.check_store(data.read_only_engine(url))
+    upgrade_to_head(url)
+    with pytest.raises(StoreNotReady, match="No requests recorded yet"):
+        data.check_store(data.read_only_engine(url))
