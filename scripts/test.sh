@@ -40,6 +40,18 @@ if ! command -v docker-compose >/dev/null; then
     fi
 fi
 
+# Chromium (Debian's): the dashboard's browser tests drive it with Playwright, which
+# cannot download browsers of its own here.
+if ! command -v chromium >/dev/null; then
+    if [[ $(id -u) -eq 0 ]]; then
+        echo "[test] installing chromium for the dashboard's browser tests"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    else
+        echo "[test] chromium is not installed: install it (apt-get install chromium)" >&2
+        exit 1
+    fi
+fi
+
 echo "[test] ruff"
 .venv/bin/ruff check .
 echo "[test] pytest"

@@ -195,6 +195,7 @@ def dashboard(
         "--server.port", str(settings.dashboard_port),
         "--server.headless", "true", "--browser.gatherUsageStats", "false",
         "--server.fileWatcherType", "none", "--global.developmentMode", "false",
+        "--client.toolbarMode", "viewer",
     ]
     try:
         raise typer.Exit(subprocess.call(command, cwd=root))

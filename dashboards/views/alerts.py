@@ -11,11 +11,11 @@ a = load("alerts", view)
 st.metric("Firing", f"{len(a.firing):,}")
 st.subheader("Firing")
 if a.firing:
-    st.dataframe(pd.DataFrame(a.firing), hide_index=True, width="stretch")
+    st.table(pd.DataFrame(a.firing))
 else:
     st.success("Nothing is firing.")
 st.subheader("Raised in the time range")
 if a.recent:
-    st.dataframe(pd.DataFrame(a.recent), hide_index=True, width="stretch")
+    st.table(pd.DataFrame(a.recent))
 else:
     st.caption("No alert was raised in this time range.")

@@ -33,6 +33,7 @@ else:
             x="tier:N", xOffset="series:N", y=alt.Y("rate:Q", axis=alt.Axis(format="%")),
             color="series:N"), width="stretch")
 if r.report_history:
+    st.markdown("Overall hit rate per cache report:")
     st.altair_chart(alt.Chart(pd.DataFrame(r.report_history)).mark_line(point=True).encode(
         x="time:T", y=alt.Y("hit_rate:Q", axis=alt.Axis(format="%"))),
         width="stretch")

@@ -9,13 +9,16 @@ from dashboards.common import load, ms, share, start
 view = start("Overview")
 o = load("overview", view)
 
-cols = st.columns(5)
+cols = st.columns(3)
 cols[0].metric("Requests", f"{o.requests:,}")
 cols[1].metric("Errors", f"{o.errors:,}", share(o.error_rate), delta_color="off")
-cols[2].metric("TTFT p50 / p95", f"{ms(o.ttft_p50_ms)} / {ms(o.ttft_p95_ms)}")
-cols[3].metric("Latency p50 / p95", f"{ms(o.latency_p50_ms)} / {ms(o.latency_p95_ms)}")
 tps = o.output_tokens_per_s
-cols[4].metric("Output throughput", "n/a" if tps is None else f"{tps:,.1f} tokens/s")
+cols[2].metric("Output throughput", "n/a" if tps is None else f"{tps:,.1f} tokens/s")
+cols = st.columns(4)
+cols[0].metric("TTFT p50", ms(o.ttft_p50_ms))
+cols[1].metric("TTFT p95", ms(o.ttft_p95_ms))
+cols[2].metric("Latency p50", ms(o.latency_p50_ms))
+cols[3].metric("Latency p95", ms(o.latency_p95_ms))
 if o.sampled >= view.filters.sample_rows:
     st.caption(f"Percentiles from the newest {o.sampled:,} successful requests.")
 
