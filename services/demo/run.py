@@ -67,18 +67,19 @@ def start_gateway(settings: Settings, worker_url: str, port: int, log_path: Path
         )
 
 
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60,
+               health_path: str = "/readyz") -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"the gateway exited with code {proc.returncode}")
+            raise RuntimeError(f"{url} exited with code {proc.returncode}")
         try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+            if httpx.get(f"{url}{health_path}", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.3)
-    raise TimeoutError(f"the gateway at {url} was not ready after {timeout_s:.0f} s")
+    raise TimeoutError(f"{url} was not ready after {timeout_s:.0f} s")
 
 
 def run_demo(settings: Settings, options: DemoOptions, console: Console | None = None) -> int:
@@ -119,11 +120,7 @@ def run_demo(settings: Settings, options: DemoOptions, console: Console | None =
                 f"'{worker.served_model_name}'); metrics at {gateway_url}/metrics"
             )
             if options.keep_running:
-                console.print("press Ctrl-C to stop the gateway and the worker")
-                try:
-                    gateway.wait()
-                except KeyboardInterrupt:
-                    pass
+                _keep_running(settings, gateway, logs, console)
             return 0 if result.failed == 0 else 1
         finally:
             gateway.terminate()
@@ -131,6 +128,38 @@ def run_demo(settings: Settings, options: DemoOptions, console: Console | None =
                 gateway.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 gateway.kill()
+
+
+def start_dashboard(settings: Settings, port: int, log_path: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "OPTENGINE_DATABASE_URL": settings.database_url,
+           "OPTENGINE_DASHBOARD_PORT": str(port)}
+    with log_path.open("ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "services.cli", "dashboard"], env=env,
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def _keep_running(settings: Settings, gateway: subprocess.Popen[bytes], logs: Path,
+                  console: Console) -> None:
+    """Leave the gateway up, with the dashboard over the store the demo filled."""
+    port = free_port(settings.dashboard_host)
+    dashboard = start_dashboard(settings, port, logs / "dashboard.log")
+    url = f"http://{settings.dashboard_host}:{port}"
+    try:
+        wait_ready(url, dashboard, health_path="/_stcore/health")
+        console.print(f"dashboard at [bold]{url}[/]")
+    except (RuntimeError, TimeoutError) as exc:
+        console.print(f"[red]the dashboard did not start[/] ({exc}); see {logs / 'dashboard.log'}")
+    console.print("press Ctrl-C to stop the gateway, the dashboard and the worker")
+    try:
+        gateway.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        dashboard.terminate()
+        try:
+            dashboard.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            dashboard.kill()
 
 
 def _replay_with_progress(url, model, prompts, options: DemoOptions, settings: Settings):  # type: ignore[no-untyped-def]
