@@ -1,14 +1,26 @@
 """Every flow's deployment and schedule, in one place.
 
-``optengine flows serve`` serves them all from one process (a Prefect runner); with a
-Prefect server, the same deployments can be run by work-pool workers. Any deployment
-can also be started on demand through Prefect's API (``run_deployment``) or with
-``optengine flows run NAME``.
+``FLOWS`` names every flow; ``DEPLOYMENTS`` gives each one its deployment (name,
+schedule, parameters). Two ways to run them:
+
+- ``optengine flows serve`` serves them all from one process (a Prefect runner);
+- ``optengine flows deploy`` registers them on a Prefect server from ``prefect.yaml``
+  (written from this file by ``python -m flows.deployments``; a test fails when the two
+  disagree or a flow has no deployment), run by a process work pool's workers.
+
+Any deployment can also be started on demand through Prefect's API (the gateway's
+``POST /admin/flows/{name}/runs``) or in this process with ``optengine flows run NAME``.
+Adding a flow: one entry in ``FLOWS``, one in ``DEPLOYMENTS``, then regenerate the YAML.
 """
 
 from __future__ import annotations
 
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from flows.cache_optimization import cache_optimization
 from flows.experiments import experiments
@@ -21,15 +33,81 @@ FLOWS: dict[str, Any] = {
     "token_optimization": token_optimization,
     "model_routing": model_routing,
     "experiments": experiments,
+    "parallel_execution": parallel_execution,
 }
+
+ROOT = Path(__file__).resolve().parents[1]
+PREFECT_YAML = ROOT / "prefect.yaml"
+WORK_POOL = "optengine"  # a process work pool: workers run flows as local processes
+
+
+@dataclass(frozen=True)
+class Deployment:
+    flow: str  # a key of FLOWS (= the flow's name)
+    name: str
+    interval_s: int | None = None  # None: runs only when started (API, batch, CLI)
+    parameters: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+
+DEPLOYMENTS = [
+    Deployment("cache_optimization", "every-5-minutes", 300,
+               description="Cache hit ratios per tier against targets, purge, warm, TTLs"),
+    Deployment("token_optimization", "hourly-recent-traffic", 3600,
+               description="Token savings on recent prompts; marks cacheable prefixes"),
+    Deployment("model_routing", "daily", 86400,
+               description="Retrains the complexity router from labels and cascade outcomes"),
+    Deployment("experiments", "every-minute", 60,
+               description="Analyses running experiments; advances, holds or rolls back canaries"),
+    Deployment("parallel_execution", "on-demand",
+               description="Runs one batch (POST /v1/batches starts it with batch_id)"),
+]
 
 
 def deployments() -> list[Any]:
+    """Runner deployments for ``optengine flows serve``."""
     return [
-        cache_optimization.to_deployment(name="every-5-minutes", interval=300),
-        token_optimization.to_deployment(name="hourly-recent-traffic", interval=3600),
-        model_routing.to_deployment(name="daily", interval=86400),
-        experiments.to_deployment(name="every-minute", interval=60),
-        # no schedule: started per batch (POST /v1/batches), with parameters={"batch_id": ...}
-        parallel_execution.to_deployment(name="on-demand"),
+        FLOWS[d.flow].to_deployment(name=d.name, interval=d.interval_s,
+                                    parameters=d.parameters or None,
+                                    description=d.description or None)
+        for d in DEPLOYMENTS
     ]
+
+
+def entrypoint(flow: Any) -> str:
+    """``path/to/file.py:function`` relative to the project root, as Prefect loads it."""
+    source = Path(inspect.getfile(flow.fn)).resolve().relative_to(ROOT)
+    return f"{source.as_posix()}:{flow.fn.__name__}"
+
+
+def prefect_yaml() -> dict[str, Any]:
+    """The ``prefect.yaml`` these deployments make. No pull step: ``prefect deploy``
+    run from the project root (as ``optengine flows deploy`` does) records that folder
+    as the working directory of every run."""
+    return {
+        "name": "optengine",
+        "prefect-version": "3.9.1",
+        "deployments": [
+            {
+                "name": d.name,
+                "entrypoint": entrypoint(FLOWS[d.flow]),
+                "description": d.description,
+                "parameters": dict(d.parameters),
+                "schedules": [] if d.interval_s is None else [{"interval": d.interval_s}],
+                "work_pool": {"name": WORK_POOL},
+            }
+            for d in DEPLOYMENTS
+        ],
+    }
+
+
+HEADER = ("# Written by `python -m flows.deployments` from flows/deployments.py: edit that\n"
+          "# file and regenerate. `optengine flows deploy` registers these deployments.\n")
+
+
+def render_prefect_yaml() -> str:
+    return HEADER + yaml.safe_dump(prefect_yaml(), sort_keys=False)
+
+
+if __name__ == "__main__":
+    PREFECT_YAML.write_text(render_prefect_yaml())

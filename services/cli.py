@@ -255,6 +255,43 @@ def flows_serve() -> None:
     serve(*deployments())
 
 
+@flows_app.command("deploy")
+def flows_deploy(
+    port: Annotated[int, typer.Option(help="port of a local Prefect server")] = 4200,
+    wait: Annotated[bool, typer.Option(help="stay up while the server/worker started here "
+                                       "run (Ctrl-C stops them)")] = True,
+) -> None:
+    """Register every flow's deployment (prefect.yaml) on a Prefect server, starting a
+    local server (unless PREFECT_API_URL is set) and a process worker when needed."""
+    _prefect_env()
+    _logging("WARNING")
+    from flows.deploy import deployed, ensure_server, ensure_work_pool, ensure_worker, register
+
+    settings = _settings()
+    local = ensure_server(settings.prefect_api_url, settings.data_dir, port)
+    try:
+        if ensure_work_pool(local):
+            typer.echo("created the process work pool 'optengine'")
+        register(local)
+        names = deployed(local.api_url)
+        typer.echo(f"{len(names)} deployments registered: {', '.join(names)}")
+        if ensure_worker(local):
+            typer.echo("started a process worker for the pool 'optengine'")
+        typer.echo(f"Prefect UI at {local.ui_url}  (API: {local.api_url}; give the gateway "
+                   f"PREFECT_API_URL={local.api_url} to start runs through it)")
+        if not local.processes or not wait:
+            local.processes.clear()  # left running on purpose
+            return
+        typer.echo("press Ctrl-C to stop the Prefect processes started here")
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        while not stop.wait(1.0) and all(p.poll() is None for p in local.processes):
+            pass
+    finally:
+        local.stop()
+
+
 @batch_app.command("run")
 def batch_run(
     file: Annotated[Path, typer.Argument(help="JSONL: one {custom_id, method, url, body} a line",

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -324,6 +324,13 @@ class Settings(BaseSettings):
         default=100_000, gt=0,
         description="newest rows percentiles and per-stage token savings are computed from",
     )
+
+    # Prefect server (deployments, API-triggered flows, batches); empty = none configured
+    prefect_api_url: str = Field(
+        default="", validation_alias=AliasChoices("OPTENGINE_PREFECT_API_URL", "PREFECT_API_URL"),
+        description="Prefect API, e.g. http://127.0.0.1:4200/api (PREFECT_API_URL works too)",
+    )
+    prefect_timeout_s: float = Field(default=10.0, gt=0, description="per Prefect API call")
 
     # vLLM workers started by `optengine worker`
     vllm_python: Path = Field(default=Path(".venv-vllm/bin/python"))

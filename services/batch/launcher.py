@@ -1,12 +1,16 @@
 """Starting batch runs as processes, and restarting the ones that died.
 
-A batch runs as ``python -m flows.parallel_execution BATCH_ID``: its own process, so a
-long job never competes with the gateway's event loop, and a gateway restart does not
-stop it. A run proves it is alive by its checkpoints (``heartbeat_at``); the sweep claims
-any active batch silent for ``batch_stale_after_s`` (one atomic update, so two gateway
-replicas never both restart it) and starts it again, where it resumes from its
-checkpoints. After ``batch_max_attempts`` starts the batch is failed instead, so a batch
-that crashes its run every time cannot loop forever.
+A batch runs as a run of the ``parallel_execution`` deployment on the Prefect server
+when one is configured (``prefect_api_url``: a work-pool worker runs it, and it shows
+in the Prefect UI, the same path as ``POST /admin/flows/{name}/runs``), else - or when
+that server cannot be reached - as ``python -m flows.parallel_execution BATCH_ID``.
+Either way it is its own process, so a long job never competes with the gateway's event
+loop, and a gateway restart does not stop it. A run proves it is alive by its
+checkpoints (``heartbeat_at``); the sweep claims any active batch silent for
+``batch_stale_after_s`` (one atomic update, so two gateway replicas never both restart
+it) and starts it again, where it resumes from its checkpoints. After
+``batch_max_attempts`` starts the batch is failed instead, so a batch that crashes its
+run every time cannot loop forever.
 """
 
 from __future__ import annotations
@@ -22,9 +26,13 @@ from sqlalchemy import Engine
 
 from services.background import cancel_and_wait, every
 from services.batch import store
+from services.errors import EngineError
+from services.orchestration import FlowRuns
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
+
+BATCH_FLOW = "parallel_execution"  # the flow (and its deployment) that runs a batch
 
 
 def run_env(settings: Settings) -> dict[str, str]:
@@ -52,9 +60,11 @@ def spawn_run(settings: Settings, batch_id: str) -> subprocess.Popen[bytes]:
 class BatchLauncher:
     """Starts runs for new batches and sweeps for stale ones (kept on ``app.state``)."""
 
-    def __init__(self, settings: Settings, engine: Engine) -> None:
+    def __init__(self, settings: Settings, engine: Engine,
+                 flow_runs: FlowRuns | None = None) -> None:
         self._settings = settings
         self._engine = engine
+        self._flow_runs = flow_runs if settings.prefect_api_url else None
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -63,6 +73,15 @@ class BatchLauncher:
         if not store.claim_run(self._engine, batch_id,
                                stale_after_s=self._settings.batch_stale_after_s):
             return False
+        if self._flow_runs is not None:
+            try:
+                run = self._flow_runs.start(BATCH_FLOW, {"batch_id": batch_id})
+            except EngineError as exc:  # the server is down or has no such deployment
+                log.warning("batch %s: Prefect could not start it (%s); running it here",
+                            batch_id, exc.message)
+            else:
+                log.info("batch %s: Prefect flow run %s", batch_id, run.id)
+                return True
         self._processes[batch_id] = spawn_run(self._settings, batch_id)
         return True
 

@@ -44,6 +44,7 @@ from services.gateway.routes import (
     batches_router,
     experiments_router,
     feedback_router,
+    flow_runs_router,
     openai_router,
     ops_router,
 )
@@ -58,6 +59,7 @@ from services.gateway.stages.experiments import ExperimentStage
 from services.gateway.stages.hosted import HostedBackend, hosted_backends
 from services.gateway.stages.routing import build_routing_stage
 from services.gateway.stages.tokens import WorkerCount
+from services.orchestration import FlowRuns
 from services.routing.retrain import load_active_router
 from services.settings import Settings
 from services.telemetry import GatewayMetrics, RequestPricer, TelemetryWriter
@@ -240,7 +242,8 @@ def build_services(settings: Settings) -> AppServices:
     )
     pipeline = Pipeline(stages)
     serving = OpenAIServing(pipeline, telemetry, store_prompts=settings.store_prompts)
-    batches = BatchServing(engine, BatchLauncher(settings, engine),
+    flow_runs = FlowRuns(settings.prefect_api_url, timeout_s=settings.prefect_timeout_s)
+    batches = BatchServing(engine, BatchLauncher(settings, engine, flow_runs=flow_runs),
                            max_file_bytes=settings.batch_max_file_bytes)
     return AppServices(
         settings=settings,
@@ -253,6 +256,7 @@ def build_services(settings: Settings) -> AppServices:
         telemetry=telemetry,
         serving=serving,
         batches=batches,
+        flow_runs=flow_runs,
         cache=cache,
         semantic_sync=semantic_sync,
         routing=routing,
@@ -311,6 +315,7 @@ def create_app(settings: Settings) -> FastAPI:
                 await services.experiments.aclose()
             await services.telemetry.stop()
             await services.client.aclose()
+            services.flow_runs.close()
             services.engine.dispose()
 
     app = FastAPI(
@@ -327,4 +332,5 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(ops_router)
     app.include_router(admin_router)
     app.include_router(experiments_router)
+    app.include_router(flow_runs_router)
     return app

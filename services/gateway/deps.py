@@ -18,6 +18,7 @@ from services.gateway.serving import OpenAIServing
 from services.gateway.stages.experiments import ExperimentStage
 from services.gateway.stages.routing import RoutingStage
 from services.gateway.stages.tokens import TokenOptimizationStage
+from services.orchestration import FlowRuns
 from services.settings import Settings
 from services.telemetry import GatewayMetrics, TelemetryWriter
 
@@ -34,6 +35,7 @@ class AppServices:
     telemetry: TelemetryWriter
     serving: OpenAIServing
     batches: BatchServing
+    flow_runs: FlowRuns
     cache: ResponseCache | None = None
     semantic_sync: SemanticSync | None = None
     routing: RoutingStage | None = None
