@@ -3,7 +3,7 @@
 #   make test   the whole test suite against real vLLM, PostgreSQL and SQLite
 PYTHON ?= python3.11
 
-.PHONY: demo demo-fast test lint venv vllm-venv clean
+.PHONY: demo demo-fast test lint venv vllm-venv clean deploy dashboard
 
 venv: .venv/.optengine-installed
 
@@ -18,6 +18,12 @@ demo: venv vllm-venv
 
 demo-fast: venv vllm-venv
 	.venv/bin/optengine demo --fast $(ARGS)
+
+deploy: venv
+	.venv/bin/optengine flows deploy $(ARGS)
+
+dashboard: venv
+	.venv/bin/optengine dashboard $(ARGS)
 
 test: venv vllm-venv
 	scripts/test.sh $(ARGS)
