@@ -38,7 +38,7 @@ FLOWS: dict[str, Any] = {
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT_YAML = ROOT / "prefect.yaml"
-WORK_POOL = "optengine"  # a process work pool: workers run flows as local processes
+WORK_POOL = "optengine-process"  # workers run flows as local processes (infra/ uses it too)
 
 
 @dataclass(frozen=True)

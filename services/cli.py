@@ -266,17 +266,18 @@ def flows_deploy(
     _prefect_env()
     _logging("WARNING")
     from flows.deploy import deployed, ensure_server, ensure_work_pool, ensure_worker, register
+    from flows.deployments import WORK_POOL
 
     settings = _settings()
     local = ensure_server(settings.prefect_api_url, settings.data_dir, port)
     try:
         if ensure_work_pool(local):
-            typer.echo("created the process work pool 'optengine'")
+            typer.echo(f"created the process work pool '{WORK_POOL}'")
         register(local)
         names = deployed(local.api_url)
         typer.echo(f"{len(names)} deployments registered: {', '.join(names)}")
         if ensure_worker(local):
-            typer.echo("started a process worker for the pool 'optengine'")
+            typer.echo(f"started a process worker for the pool '{WORK_POOL}'")
         typer.echo(f"Prefect UI at {local.ui_url}  (API: {local.api_url}; give the gateway "
                    f"PREFECT_API_URL={local.api_url} to start runs through it)")
         if not local.processes or not wait:

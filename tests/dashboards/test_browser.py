@@ -59,8 +59,10 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, S
             process.kill()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def browser() -> Iterator[object]:
+    """Chromium for one test: Playwright's sync API keeps an event loop running in this
+    thread while it is open, so it must not outlive the test (later tests use asyncio)."""
     from playwright.sync_api import sync_playwright
 
     executable = shutil.which("chromium")
