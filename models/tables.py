@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Double,
@@ -22,6 +23,7 @@ from sqlalchemy import (
     String,
     Text,
 )
+from sqlalchemy import func as sql_func
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base
@@ -89,9 +91,16 @@ class RequestLog(Base):
     experiment_arms: Mapped[str | None] = mapped_column(
         String(512), doc="experiment=arm pairs the request was assigned to, comma-separated"
     )
+    ingested_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), server_default=sql_func.now(),
+        doc="when the store took the row (its own clock): the cost rollup's watermark. "
+        "A row replayed from the spill file hours late has an old created_at but a new "
+        "ingested_at, so the rollup still sees it",
+    )
 
     __table_args__ = (
         Index("ix_request_log_created_at", "created_at"),
+        Index("ix_request_log_ingested_at", "ingested_at"),
         Index("ix_request_log_tenant_created_at", "tenant", "created_at"),
         Index("ix_request_log_model_served_created_at", "model_served", "created_at"),
         Index("ix_request_log_prompt_hash", "prompt_hash"),
@@ -485,3 +494,72 @@ class ExperimentResult(Base):
     detail: Mapped[dict] = mapped_column(JSON)
 
     __table_args__ = (Index("ix_experiment_results_experiment_at", "experiment", "at"),)
+
+
+class CostRollup(Base):
+    """``request_log`` summed per hour x tenant x model x upstream x lever, with the
+    saving of every lever already attributed (``services.costs.reports``): reports, the
+    dashboard and alerts read these rows, never the raw log. ``lever`` is the path the
+    requests took (cache_exact, cache_semantic, batch, routed, direct, cascade_escalated);
+    the ``saved_*`` columns of one row sum to ``baseline_usd - cost_usd``."""
+
+    __tablename__ = "cost_rollups"
+
+    hour: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(128), primary_key=True)
+    model: Mapped[str] = mapped_column(String(256), primary_key=True, doc="'' = none recorded")
+    upstream: Mapped[str] = mapped_column(String(512), primary_key=True, doc="'' = none")
+    lever: Mapped[str] = mapped_column(String(32), primary_key=True)
+    requests: Mapped[int] = mapped_column(BigInteger, doc="rows (an escalated attempt is one)")
+    errors: Mapped[int] = mapped_column(BigInteger, doc="rows with status >= 400")
+    unpriced: Mapped[int] = mapped_column(
+        BigInteger, doc="rows with usage but no price (cost_usd NULL): left out of the sums"
+    )
+    priced: Mapped[int] = mapped_column(BigInteger, doc="rows in the cost and saving sums")
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, doc="as billed (after optimisation)")
+    prompt_tokens_before: Mapped[int] = mapped_column(BigInteger, doc="as the client sent them")
+    completion_tokens: Mapped[int] = mapped_column(BigInteger)
+    cached_tokens: Mapped[int] = mapped_column(BigInteger)
+    cost_usd: Mapped[float] = mapped_column(Double, doc="actual, priced rows only")
+    baseline_usd: Mapped[float] = mapped_column(Double, doc="baseline of the priced rows")
+    saved_cache_exact_usd: Mapped[float] = mapped_column(Double)
+    saved_cache_semantic_usd: Mapped[float] = mapped_column(Double)
+    saved_token_optimization_usd: Mapped[float] = mapped_column(Double)
+    saved_routing_usd: Mapped[float] = mapped_column(Double)
+    saved_self_hosting_usd: Mapped[float] = mapped_column(Double)
+    saved_batch_usd: Mapped[float] = mapped_column(Double)
+    saved_model_choice_usd: Mapped[float] = mapped_column(
+        Double, doc="the caller's own choice of a model other than the baseline (no lever)"
+    )
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (Index("ix_cost_rollups_tenant_hour", "tenant", "hour"),)
+
+
+class CostRollupState(Base):
+    """The cost rollup's watermark: the newest ``request_log.ingested_at`` it has read."""
+
+    __tablename__ = "cost_rollup_state"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    watermark: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class CostReport(Base):
+    """One cost report (daily, weekly, monthly or on demand) for a tenant or overall
+    (``tenant`` NULL), kept as the Markdown and CSV it was published as."""
+
+    __tablename__ = "cost_reports"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    kind: Mapped[str] = mapped_column(String(16), doc="daily | weekly | monthly | adhoc")
+    tenant: Mapped[str | None] = mapped_column(String(128), doc="NULL = all tenants")
+    period_start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    period_end: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    markdown: Mapped[str] = mapped_column(Text)
+    csv: Mapped[str] = mapped_column(Text)
+    summary: Mapped[dict] = mapped_column(JSON, doc="the headline figures, for the dashboard")
+
+    __table_args__ = (Index("ix_cost_reports_period_start", "period_start"),)

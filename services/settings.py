@@ -216,6 +216,23 @@ class Settings(BaseSettings):
         description="hosted model a request would have gone to without this platform",
     )
 
+    # cost rollups and reports (services/costs/reports, flow cost_management)
+    cost_rollup_overlap_s: float = Field(
+        default=600.0, ge=0,
+        description="each rollup re-reads rows ingested this long before its watermark, so "
+        "a writer transaction that committed late is not missed",
+    )
+    cost_investment_one_off_usd: float = Field(default=0.0, ge=0,
+                                               description="one-off investment, for ROI")
+    cost_investment_monthly_usd: float = Field(
+        default=0.0, ge=0, description="running cost per month (GPU hours...), for ROI"
+    )
+    cost_monthly_budget_usd: float | None = Field(
+        default=None, gt=0, description="all tenants' monthly budget in reports (tenants' "
+        "own: routing.budgets)",
+    )
+    cost_report_top_models: int = Field(default=5, ge=1)
+
     # model routing (services/routing/config.py: tiers, models, budgets, cascade); empty = off
     routing: dict[str, Any] = Field(default_factory=dict, description="routing config (YAML)")
     openai_api_key: SecretStr = SecretStr("")

@@ -17,6 +17,7 @@ TABLES = {
     "router_versions",
     "files", "batches", "batch_results", "telemetry_quarantine",
     "config_versions", "config_audit", "experiments", "experiment_arms", "experiment_results",
+    "cost_rollups", "cost_rollup_state", "cost_reports",
 }
 
 

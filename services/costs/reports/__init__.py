@@ -1,0 +1,93 @@
+"""Cost accounting over the metrics store: rollups, savings by lever, ROI, reports.
+
+Kept apart from the price catalog (``services.costs``): the catalog says what a token
+costs, this package says what the traffic cost, what it would have cost and which lever
+saved the difference. Read API for reports, the dashboard and alerts:
+
+* ``roll_up(engine, catalog, hosted)``: bring ``cost_rollups`` up to date (incremental);
+* ``summarize(engine, since, until, tenant=None) -> CostSummary``: totals, savings by
+  lever (``saved_by_lever``), per-model costs of a period;
+* ``rollup_rows(engine, since, until, tenant=None)``: the hourly rows themselves;
+* ``tenants(engine, since, until)``: who had traffic;
+* ``build_report(...) -> CostReportDoc`` (``.markdown()``, ``.csv()``, ``.html()``) and
+  ``store_report``; ``latest_reports`` reads stored ones back;
+* ``Roi``: payback and ROI with their formulas.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine, select
+
+from models import CostReport
+from services.costs.reports.attribution import LEVERS, PATHS
+from services.costs.reports.read import (
+    CostSummary,
+    NaiveDatetime,
+    check_period,
+    rollup_rows,
+    summarize,
+    tenants,
+)
+from services.costs.reports.report import (
+    LEVER_NAMES,
+    METHOD,
+    CostReportDoc,
+    Investment,
+    build_report,
+    roi_section,
+    store_report,
+)
+from services.costs.reports.roi import Roi, monthly_rate
+from services.costs.reports.rollup import HostedUpstreams, RollupRun, roll_up
+from services.settings import Settings
+
+__all__ = [
+    "LEVERS", "LEVER_NAMES", "METHOD", "PATHS", "CostReportDoc", "CostSummary",
+    "HostedUpstreams", "Investment", "NaiveDatetime", "Roi", "RollupRun", "build_report",
+    "check_period", "hosted_upstreams", "investment", "latest_reports", "monthly_budgets",
+    "monthly_rate", "roi_section", "roll_up", "rollup_rows", "store_report", "summarize",
+    "tenants",
+]
+
+
+def hosted_upstreams(settings: Settings) -> HostedUpstreams:
+    """The hosted APIs' URLs: rows served there are not self-hosted."""
+    urls = [settings.openai_base_url, settings.anthropic_base_url]
+    urls += [m.get("base_url") or "" for m in settings.routing.get("models") or []
+             if isinstance(m, dict) and m.get("upstream", "vllm") != "vllm"]
+    return HostedUpstreams(urls)
+
+
+def investment(settings: Settings) -> Investment:
+    return Investment(settings.cost_investment_one_off_usd, settings.cost_investment_monthly_usd)
+
+
+def monthly_budgets(settings: Settings) -> dict[str | None, float]:
+    """Monthly budgets by tenant (None = all tenants), from ``cost_monthly_budget_usd``
+    and the routing config's ``tenant:NAME`` budgets (a daily one times 30.44; a
+    ``total`` one has no month and is left out)."""
+    budgets: dict[str | None, float] = {}
+    if settings.cost_monthly_budget_usd:
+        budgets[None] = settings.cost_monthly_budget_usd
+    for scope, raw in (settings.routing.get("budgets") or {}).items():
+        kind, _, name = str(scope).partition(":")
+        if kind != "tenant" or not name or name == "*" or not isinstance(raw, dict):
+            continue
+        period, limit = raw.get("period", "month"), float(raw.get("limit_usd") or 0)
+        if limit > 0 and period in ("month", "day"):
+            budgets[name] = limit if period == "month" else limit * 365.25 / 12
+    return budgets
+
+
+def latest_reports(engine: Engine, kind: str | None = None, limit: int = 20
+                   ) -> list[dict[str, Any]]:
+    """Stored reports, newest first (for the dashboard): id, kind, tenant, period, summary,
+    markdown, csv."""
+    table = CostReport.__table__
+    query = select(*table.c).order_by(table.c.period_end.desc(), table.c.id.desc())
+    if kind is not None:
+        query = query.where(table.c.kind == kind)
+    with engine.connect() as conn:
+        return [dict(row._mapping) for row in conn.execute(query.limit(limit))]

@@ -1,0 +1,112 @@
+"""Cost rollups on real stores (SQLite and PostgreSQL): savings by lever add up to
+baseline - actual, reruns change nothing, late rows are picked up by their hour, and a
+run reads only the hours that new rows touch."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from migrations import upgrade_to_head
+from models import CostRollup, create_store_engine
+from services.costs import PriceCatalog
+from services.costs.reports import HostedUpstreams, roll_up, summarize
+from services.settings import ModelPrice
+from tests.support.cost_rows import HOSTED, PRICES, T0, every_path, insert, row, usage
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def engine(request, tmp_path):
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'store.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url").replace(
+            "postgresql://", "postgresql+psycopg://")
+    upgrade_to_head(url)
+    engine = create_store_engine(url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def catalog() -> PriceCatalog:
+    return PriceCatalog(
+        overrides={name: ModelPrice(**price) for name, price in PRICES.items()},
+        baseline_model="base",
+    )
+
+
+def test_levers_add_up_to_baseline_minus_actual(engine, catalog) -> None:
+    insert(engine, every_path(T0 + timedelta(minutes=5)))
+    run = roll_up(engine, catalog, HostedUpstreams([HOSTED]))
+    assert run.hours == 1 and run.rows > 0
+    s = summarize(engine, T0, T0 + timedelta(hours=1))
+    lever = s.saved_by_lever
+    assert lever["cache_exact"] == pytest.approx(1000e-6 + 200e-6)
+    assert lever["cache_semantic"] == pytest.approx(500e-6 + 100e-6)
+    assert lever["batch"] == pytest.approx(0.0012 - 0.0001)
+    assert lever["token_optimization"] == pytest.approx(400e-6)
+    # routed: 600 in + 100 out on base (0.0008) -> cheap (0.0004); escalated attempt -0.0001
+    assert lever["routing"] == pytest.approx(0.0004 - 0.0001)
+    # llama-x: base 0.0012 -> hosted llama-x 0.00036 (caller's choice) -> ours 0.0002
+    # tiny: no hosted price, so base 0.0012 -> ours 0.002 is all self-hosting
+    assert lever["model_choice"] == pytest.approx(0.0012 - 0.00036)
+    assert lever["self_hosting"] == pytest.approx((0.00036 - 0.0002) + (0.0012 - 0.002))
+    assert sum(lever.values()) == pytest.approx(s.baseline_usd - s.cost_usd, abs=1e-15)
+    assert s.attribution_gap_usd < 1e-15
+    # the escalated attempt's baseline is counted once (on its request's final row)
+    assert s.baseline_usd == pytest.approx(0.0012 * 5 + 0.0006)
+    assert s.requests == 8 and s.attempts == 1 and s.errors == 1 and s.unpriced == 1
+    assert s.unpriced_models == {"mystery": 1}
+
+
+def test_rerun_is_idempotent_and_late_rows_redo_only_their_hour(engine, catalog) -> None:
+    hosted = HostedUpstreams([HOSTED])
+    history = []
+    for h in range(48):
+        at = T0 + timedelta(hours=h, minutes=10)
+        history += [row(at, model_served="cheap", worker=HOSTED, cost_usd=0.0004,
+                        ingested_at=at + timedelta(minutes=1), **usage(1000, 600, 100))]
+    insert(engine, history)
+    first = roll_up(engine, catalog, hosted, overlap=timedelta(minutes=10))
+    assert first.hours == 48
+    before = summarize(engine, T0, T0 + timedelta(days=3))
+    assert before.requests == 48
+
+    again = roll_up(engine, catalog, hosted, overlap=timedelta(minutes=10))
+    assert again.hours == 1  # only the hour inside the overlap window is redone
+    same = summarize(engine, T0, T0 + timedelta(days=3))
+    assert (same.requests, same.cost_usd, same.saved_by_lever) == (
+        before.requests, pytest.approx(before.cost_usd), before.saved_by_lever)
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(CostRollup)) == 48
+
+    # a row replayed from the spill file: created 40 hours ago, ingested now
+    late_at = T0 + timedelta(hours=7, minutes=30)
+    insert(engine, [row(late_at, model_served="cheap", worker=HOSTED, cost_usd=0.0004,
+                        ingested_at=T0 + timedelta(hours=48, minutes=30),
+                        **usage(1000, 600, 100))])
+    late = roll_up(engine, catalog, hosted, overlap=timedelta(minutes=10))
+    assert late.hours == 2  # the late row's hour, and the last hour still in the overlap
+    after = summarize(engine, T0, T0 + timedelta(days=3))
+    assert after.requests == 49
+    assert after.cost_usd == pytest.approx(before.cost_usd + 0.0004)
+    hour7 = summarize(engine, T0 + timedelta(hours=7), T0 + timedelta(hours=8))
+    assert hour7.requests == 2
+
+
+def test_tenants_are_kept_apart_and_an_empty_store_is_a_no_op(engine, catalog) -> None:
+    hosted = HostedUpstreams([HOSTED])
+    assert roll_up(engine, catalog, hosted).hours == 0
+    at = T0 + timedelta(minutes=1)
+    insert(engine, [row(at, tenant="a", model_served="cheap", worker=HOSTED, cost_usd=0.0004,
+                        **usage(1000, 600, 100)),
+                    row(at, tenant="b", cache_layer="L1", cost_usd=0.0,
+                        **usage(1000, 1000, 100))])
+    roll_up(engine, catalog, hosted)
+    a = summarize(engine, T0, T0 + timedelta(hours=1), "a")
+    b = summarize(engine, T0, T0 + timedelta(hours=1), "b")
+    assert (a.requests, b.requests) == (1, 1)
+    assert a.saved_by_lever["cache_exact"] == 0 and b.saved_by_lever["cache_exact"] > 0
