@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from flows.cache_optimization import cache_optimization
+from flows.cost_management import cost_management
 from flows.experiments import experiments
 from flows.model_routing import model_routing
 from flows.parallel_execution import parallel_execution
@@ -34,6 +35,7 @@ FLOWS: dict[str, Any] = {
     "model_routing": model_routing,
     "experiments": experiments,
     "parallel_execution": parallel_execution,
+    "cost_management": cost_management,
 }
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +47,8 @@ WORK_POOL = "optengine-process"  # workers run flows as local processes (infra/ 
 class Deployment:
     flow: str  # a key of FLOWS (= the flow's name)
     name: str
-    interval_s: int | None = None  # None: runs only when started (API, batch, CLI)
+    interval_s: int | None = None  # None (and no cron): runs only when started
+    cron: str | None = None  # a UTC cron schedule instead of an interval
     parameters: dict[str, Any] = field(default_factory=dict)
     description: str = ""
 
@@ -59,6 +62,17 @@ DEPLOYMENTS = [
                description="Retrains the complexity router from labels and cascade outcomes"),
     Deployment("experiments", "every-minute", 60,
                description="Analyses running experiments; advances, holds or rolls back canaries"),
+    # cost workflow (UTC): rollup at 5 past every hour; reports once their period closed
+    Deployment("cost_management", "hourly-rollup", cron="5 * * * *",
+               parameters={"mode": "hourly"},
+               description="Rolls new request_log rows up into cost_rollups"),
+    Deployment("cost_management", "daily-report", cron="20 0 * * *",
+               parameters={"mode": "daily"},
+               description="Yesterday's cost report per tenant and overall"),
+    Deployment("cost_management", "weekly-summary", cron="40 0 * * 1",
+               parameters={"mode": "weekly"}, description="Last week's cost summary"),
+    Deployment("cost_management", "monthly-summary", cron="0 1 1 * *",
+               parameters={"mode": "monthly"}, description="Last month's cost summary"),
     Deployment("parallel_execution", "on-demand",
                description="Runs one batch (POST /v1/batches starts it with batch_id)"),
 ]
@@ -67,7 +81,7 @@ DEPLOYMENTS = [
 def deployments() -> list[Any]:
     """Runner deployments for ``optengine flows serve``."""
     return [
-        FLOWS[d.flow].to_deployment(name=d.name, interval=d.interval_s,
+        FLOWS[d.flow].to_deployment(name=d.name, interval=d.interval_s, cron=d.cron,
                                     parameters=d.parameters or None,
                                     description=d.description or None)
         for d in DEPLOYMENTS
@@ -93,12 +107,18 @@ def prefect_yaml() -> dict[str, Any]:
                 "entrypoint": entrypoint(FLOWS[d.flow]),
                 "description": d.description,
                 "parameters": dict(d.parameters),
-                "schedules": [] if d.interval_s is None else [{"interval": d.interval_s}],
+                "schedules": _schedules(d),
                 "work_pool": {"name": WORK_POOL},
             }
             for d in DEPLOYMENTS
         ],
     }
+
+
+def _schedules(d: Deployment) -> list[dict[str, Any]]:
+    if d.cron is not None:
+        return [{"cron": d.cron, "timezone": "UTC"}]
+    return [] if d.interval_s is None else [{"interval": d.interval_s}]
 
 
 HEADER = ("# Written by `python -m flows.deployments` from flows/deployments.py: edit that\n"

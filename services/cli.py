@@ -1,5 +1,5 @@
 """The one command line: ``optengine serve | worker | migrate | make-test-model | demo |
-dashboard | keys | flows | batch``."""
+dashboard | keys | flows | batch | experiments`` and ``optengine report costs``."""
 
 from __future__ import annotations
 
@@ -28,6 +28,8 @@ batch_app = typer.Typer(help="Batch inference: a JSONL file of requests, run by 
                         "parallel_execution flow")
 app.add_typer(batch_app, name="batch")
 app.add_typer(experiments_app, name="experiments")
+report_app = typer.Typer(help="Reports over the metrics store")
+app.add_typer(report_app, name="report")
 
 def _settings(**overrides: object) -> Settings:
     return load_settings(**{k: v for k, v in overrides.items() if v is not None})
@@ -403,6 +405,44 @@ def _write_results(engine: Engine, batch: Batch, output: Path) -> None:
             typer.echo(f"wrote {path}")
     if batch.status != "completed":
         raise typer.Exit(1)
+
+
+@report_app.command("costs")
+def report_costs(
+    since: Annotated[str, typer.Option(help="period start, ISO 8601 with a timezone, e.g. "
+                                       "2026-11-01T00:00Z")],
+    until: Annotated[str | None, typer.Option(help="period end (exclusive); default now")
+                     ] = None,
+    tenant: Annotated[str | None, typer.Option(help="one tenant (default: all)")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="md, csv or html")] = "md",
+) -> None:
+    """Print a cost report: spend, savings by lever, budget, ROI (rollups updated first)."""
+    from datetime import UTC, datetime
+
+    from migrations import upgrade_to_head
+    from models import create_store_engine
+    from services.costs.reports import report_now
+    from services.errors import InvalidRequest
+
+    if fmt not in ("md", "csv", "html"):
+        raise typer.BadParameter(f"{fmt!r}: use md, csv or html", param_hint="--format")
+    bounds = {}
+    for name, text in (("since", since), ("until", until)):
+        try:
+            bounds[name] = datetime.now(UTC) if text is None else datetime.fromisoformat(text)
+        except ValueError:
+            raise typer.BadParameter(f"{text!r} is not an ISO 8601 date or time",
+                                     param_hint=f"--{name}") from None
+    settings = _settings()
+    upgrade_to_head(settings.database_url)
+    engine = create_store_engine(settings.database_url)
+    try:
+        doc = report_now(engine, settings, bounds["since"], bounds["until"], tenant)
+    except InvalidRequest as exc:
+        raise typer.BadParameter(exc.message, param_hint=f"--{exc.param or 'since'}") from None
+    finally:
+        engine.dispose()
+    typer.echo(doc.render(fmt), nl=False)
 
 
 if __name__ == "__main__":

@@ -16,11 +16,13 @@ saved the difference. Read API for reports, the dashboard and alerts:
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, select
 
 from models import CostReport
+from services.costs.catalog import PriceCatalog
 from services.costs.reports.attribution import LEVERS, PATHS
 from services.costs.reports.read import (
     CostSummary,
@@ -47,8 +49,8 @@ __all__ = [
     "LEVERS", "LEVER_NAMES", "METHOD", "PATHS", "CostReportDoc", "CostSummary",
     "HostedUpstreams", "Investment", "NaiveDatetime", "Roi", "RollupRun", "build_report",
     "check_period", "hosted_upstreams", "investment", "latest_reports", "monthly_budgets",
-    "monthly_rate", "roi_section", "roll_up", "rollup_rows", "store_report", "summarize",
-    "tenants",
+    "monthly_rate", "report_now", "roi_section", "roll_up", "rollup_rows", "store_report",
+    "summarize", "tenants",
 ]
 
 
@@ -91,3 +93,15 @@ def latest_reports(engine: Engine, kind: str | None = None, limit: int = 20
         query = query.where(table.c.kind == kind)
     with engine.connect() as conn:
         return [dict(row._mapping) for row in conn.execute(query.limit(limit))]
+
+
+def report_now(engine: Engine, settings: Settings, since: datetime, until: datetime,
+               tenant: str | None = None) -> CostReportDoc:
+    """An on-demand report: the rollup brought up to date first (incremental, so cheap),
+    then the report of ``[since, until)``. Raises ``NaiveDatetime`` for a naive bound."""
+    check_period(since, until)
+    roll_up(engine, PriceCatalog.from_settings(settings), hosted_upstreams(settings),
+            overlap=timedelta(seconds=settings.cost_rollup_overlap_s))
+    return build_report(engine, since, until, tenant=tenant, budgets=monthly_budgets(settings),
+                        investment=investment(settings),
+                        top_models=settings.cost_report_top_models)

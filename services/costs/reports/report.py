@@ -264,3 +264,23 @@ def _usd(value: float) -> str:
     if abs(value) >= 100:
         return f"${value:,.2f}"
     return f"${value:,.6f}".rstrip("0").rstrip(".") if value else "$0"
+
+
+KINDS = ("daily", "weekly", "monthly")
+
+
+def period_for(kind: str, now: datetime) -> tuple[datetime, datetime]:
+    """The last complete period of ``kind`` before ``now`` (UTC): yesterday, last ISO week
+    (Monday to Monday), last calendar month."""
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    today = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    if kind == "daily":
+        return today - timedelta(days=1), today
+    if kind == "weekly":
+        monday = today - timedelta(days=today.weekday())
+        return monday - timedelta(days=7), monday
+    if kind == "monthly":
+        first = today.replace(day=1)
+        return (first - timedelta(days=1)).replace(day=1), first
+    raise ValueError(f"unknown report kind {kind!r}; use one of {', '.join(KINDS)}")

@@ -1,0 +1,65 @@
+"""The cost_management flow under Prefect's test harness, on a real SQLite store: the
+rollup, reports per tenant and overall stored and published as artifacts, and requests
+of an unpriced model that do not stop it."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from sqlalchemy import select
+
+from flows.cost_management import cost_management
+from models import CostReport
+from tests.support.cost_rows import HOSTED, PRICES, T0, every_path, insert, row, usage
+
+
+@pytest.fixture
+def priced_store(store, monkeypatch):
+    monkeypatch.setenv("OPTENGINE_PRICE_OVERRIDES", json.dumps(PRICES))
+    monkeypatch.setenv("OPTENGINE_BASELINE_MODEL", "base")
+    monkeypatch.setenv("OPTENGINE_OPENAI_BASE_URL", HOSTED)
+    monkeypatch.setenv("OPTENGINE_COST_INVESTMENT_ONE_OFF_USD", "0.01")
+    return store
+
+
+def test_daily_run_rolls_up_and_reports_every_tenant(priced_store, prefect_harness) -> None:
+    insert(priced_store, every_path(T0 + timedelta(minutes=5)))
+    insert(priced_store, [row(T0 + timedelta(hours=3), tenant="globex", model_served="cheap",
+                              worker=HOSTED, cost_usd=0.0004, **usage(1000, 600, 100))])
+    result = cost_management(mode="daily", now=T0 + timedelta(days=1))
+    assert result["rollup"]["hours"] == 2
+    by_tenant = {r["tenant"]: r["summary"] for r in result["reports"]}
+    assert set(by_tenant) == {None, "acme", "globex"}
+    assert by_tenant[None]["requests"] == 9 and by_tenant["globex"]["requests"] == 1
+    overall = by_tenant[None]
+    assert sum(overall["saved_by_lever"].values()) == pytest.approx(overall["saved_usd"])
+    with priced_store.connect() as conn:
+        stored = conn.execute(select(CostReport.kind, CostReport.tenant, CostReport.markdown)
+                              ).all()
+    assert {(k, t) for k, t, _ in stored} == {("daily", None), ("daily", "acme"),
+                                              ("daily", "globex")}
+    overall_md = next(md for _, t, md in stored if t is None)
+    assert "## ROI" in overall_md and "mystery (1)" in overall_md
+    with get_client(sync_client=True) as client:
+        keys = {a.key for a in client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(like_="cost-daily-")))}
+    assert {"cost-daily-all-tenants", "cost-daily-acme", "cost-daily-globex",
+            "cost-daily-all-tenants-levers"} <= keys
+
+
+def test_hourly_run_is_the_rollup_alone_and_a_quiet_day_says_no_data(
+        priced_store, prefect_harness) -> None:
+    first = cost_management()
+    assert first == {"mode": "hourly", "rollup": {"hours": 0, "rows": 0, "seconds":
+                                                  first["rollup"]["seconds"],
+                                                  "watermark": None}}
+    quiet = cost_management(mode="weekly", now=T0)
+    assert [r["summary"]["requests"] for r in quiet["reports"]] == [0]
+    with priced_store.connect() as conn:
+        assert "no data" in conn.scalar(select(CostReport.markdown))
+    with pytest.raises(ValueError, match="unknown mode"):
+        cost_management(mode="yearly")
