@@ -50,6 +50,11 @@ class SelfHostedPricing(BaseModel):
     """
 
     gpu_hour_usd: float = Field(default=2.0, ge=0)
+    gpu_name: str = Field(
+        default="unnamed GPU",
+        description="the GPU gpu_hour_usd and default_output_tokens_per_second describe "
+        "(shown where a self-hosted price is explained)",
+    )
     gpus_per_worker: int = Field(default=1, ge=1)
     default_output_tokens_per_second: float = Field(default=1000.0, gt=0)
     input_cost_ratio: float = Field(default=0.1, ge=0)

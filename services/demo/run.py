@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -24,6 +24,7 @@ from rich.table import Table
 
 from migrations import upgrade_to_head
 from models import create_store_engine
+from services.demo.cost_story import CostStory, cost_story
 from services.demo.report import count_requests, summarize
 from services.demo.workload import DEMO_PROMPTS, load_prompts, replay
 from services.settings import Settings
@@ -105,6 +106,7 @@ def run_demo(settings: Settings, options: DemoOptions, console: Console | None =
             engine = create_store_engine(settings.database_url)
             _wait_for_rows(engine, since, result.sent)
             summary = summarize(engine, since)
+            story = cost_story(engine, settings, since, datetime.now(UTC) + timedelta(seconds=1))
             engine.dispose()
             table = Table(title="Demo run, as recorded in the metrics store")
             table.add_column("figure")
@@ -112,6 +114,7 @@ def run_demo(settings: Settings, options: DemoOptions, console: Console | None =
             for name, value in summary.rows():
                 table.add_row(name, value)
             console.print(table)
+            print_cost_story(console, story)
             for error in result.errors[:5]:
                 console.print(f"[red]error:[/] {error}")
             console.print(
@@ -160,6 +163,27 @@ def _keep_running(settings: Settings, gateway: subprocess.Popen[bytes], logs: Pa
             dashboard.wait(timeout=20)
         except subprocess.TimeoutExpired:
             dashboard.kill()
+
+
+def print_cost_story(console: Console, story: CostStory) -> None:
+    """Savings by lever, the ROI block and what the self-hosted price assumes."""
+    levers = Table(title="Savings by lever (baseline - actual, attributed in order; "
+                   "negative = the lever cost money)")
+    levers.add_column("lever")
+    levers.add_column("saved", justify="right")
+    for name, value in story.lever_rows():
+        levers.add_row(name, value)
+    console.print(levers)
+    roi = Table(title=f"ROI (this {story.run_seconds:,.0f} s run's savings as a monthly rate; "
+                "investment from settings)")
+    for column in ("figure", "value", "formula"):
+        roi.add_column(column)
+    for row in story.roi_rows():
+        roi.add_row(*row)
+    console.print(roi)
+    console.print("[bold]What the self-hosted price assumes[/]")
+    for line in story.assumptions():
+        console.print(f"- {line}")
 
 
 def _replay_with_progress(url, model, prompts, options: DemoOptions, settings: Settings):  # type: ignore[no-untyped-def]

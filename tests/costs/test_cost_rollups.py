@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from migrations import upgrade_to_head
 from models import CostRollup, create_store_engine
 from services.costs import PriceCatalog
-from services.costs.reports import HostedUpstreams, roll_up, summarize
+from services.costs.reports import HostedUpstreams, live_summary, roll_up, summarize
 from services.settings import ModelPrice
 from tests.support.cost_rows import HOSTED, PRICES, T0, every_path, insert, row, usage
 
@@ -60,6 +60,9 @@ def test_levers_add_up_to_baseline_minus_actual(engine, catalog) -> None:
     assert s.baseline_usd == pytest.approx(0.0012 * 5 + 0.0006)
     assert s.requests == 8 and s.attempts == 1 and s.errors == 1 and s.unpriced == 1
     assert s.unpriced_models == {"mystery": 1}
+    live = live_summary(engine, catalog, HostedUpstreams([HOSTED]), T0, T0 + timedelta(hours=1))
+    assert live.saved_by_lever == pytest.approx(s.saved_by_lever)
+    assert (live.requests, live.cost_usd) == (s.requests, pytest.approx(s.cost_usd))
 
 
 def test_rerun_is_idempotent_and_late_rows_redo_only_their_hour(engine, catalog) -> None:

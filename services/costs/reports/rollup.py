@@ -41,6 +41,7 @@ from services.costs.reports.attribution import (
     GroupTotals,
     attribute,
 )
+from services.costs.reports.read import CostSummary, add, check_period
 
 WATERMARK = "request_log"
 HOUR = timedelta(hours=1)
@@ -108,14 +109,27 @@ def _rewrite_hours(conn: Connection, hours: Sequence[datetime], catalog: PriceCa
     rows: list[dict[str, Any]] = []
     now = datetime.now(UTC)
     for hour in hours:
-        for group in conn.execute(_aggregate(hour)).mappings():
+        for group in conn.execute(_aggregate(hour, hour + HOUR)).mappings():
             rows.append(_rollup_row(hour, group, catalog, hosted, now))
     if rows:
         conn.execute(insert(_ROLLUPS), rows)
     return len(rows)
 
 
-def _aggregate(hour: datetime) -> Any:
+def live_summary(engine: Engine, catalog: PriceCatalog, hosted: HostedUpstreams,
+                 since: datetime, until: datetime) -> CostSummary:
+    """Savings by lever of ``[since, until)`` straight from ``request_log``, to the second:
+    for short windows (a demo run, a benchmark run), not for reports, which read rollups."""
+    check_period(since, until)
+    summary = CostSummary(since=since, until=until, tenant=None)
+    now = datetime.now(UTC)
+    with engine.connect() as conn:
+        for group in conn.execute(_aggregate(since, until)).mappings():
+            add(summary, CostRollup(**_rollup_row(since, group, catalog, hosted, now)))
+    return summary
+
+
+def _aggregate(start: datetime, end: datetime) -> Any:
     c = _LOG.c
     priced = and_(c.cost_usd.is_not(None), c.baseline_cost_usd.is_not(None))
     has_usage = and_(c.prompt_tokens.is_not(None), c.completion_tokens.is_not(None))
@@ -152,7 +166,7 @@ def _aggregate(hour: datetime) -> Any:
             priced_sum(c.cost_usd).label("cost_usd"),
             priced_sum(c.baseline_cost_usd).label("baseline_usd"),
         )
-        .where(c.created_at >= hour, c.created_at < hour + HOUR)
+        .where(c.created_at >= start, c.created_at < end)
         .group_by(c.tenant, model, upstream, path)
     )
 
