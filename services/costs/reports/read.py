@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, cast, func, select
 from sqlalchemy.orm import Session
 
 from models import CostRollup
@@ -19,6 +19,11 @@ from services.costs.reports.attribution import LEVERS
 from services.errors import InvalidRequest
 
 ESCALATED = "cascade_escalated"
+_SUMMED = (
+    "requests", "errors", "unpriced", "priced", "prompt_tokens", "prompt_tokens_before",
+    "completion_tokens", "cached_tokens", "cost_usd", "baseline_usd",
+    *(f"saved_{lever}_usd" for lever in LEVERS),
+)
 
 
 class NaiveDatetime(InvalidRequest):
@@ -116,10 +121,21 @@ def rollup_rows(engine: Engine, since: datetime, until: datetime,
 
 def summarize(engine: Engine, since: datetime, until: datetime,
               tenant: str | None = None) -> CostSummary:
-    """Totals, savings by lever and per-model costs of ``[since, until)``."""
+    """Totals, savings by lever and per-model costs of ``[since, until)``.
+
+    Summed by the store (grouped by lever and model), so a month of hourly rows costs one
+    small result set, not one object per row."""
+    check_period(since, until)
+    t = CostRollup.__table__
+    sums = [cast(func.sum(t.c[name]), t.c[name].type).label(name) for name in _SUMMED]
+    query = (select(t.c.lever, t.c.model, *sums)
+             .where(t.c.hour >= since, t.c.hour < until).group_by(t.c.lever, t.c.model))
+    if tenant is not None:
+        query = query.where(t.c.tenant == tenant)
     summary = CostSummary(since=since, until=until, tenant=tenant)
-    for row in rollup_rows(engine, since, until, tenant):
-        add(summary, row)
+    with engine.connect() as conn:
+        for row in conn.execute(query).mappings():
+            add(summary, CostRollup(**row))
     return summary
 
 
