@@ -53,7 +53,7 @@ HOSTED = "https://api.openai.com"
 TENANTS = 20
 
 # One generated row per g: r is a pseudo-random 0..999 that picks the path and the sizes.
-_INSERT = """
+_INSERT = r"""
 INSERT INTO request_log (
     id, created_at, ingested_at, tenant, endpoint, stream, model_requested, model_served,
     worker, cache_layer, route_reason, status_code, prompt_tokens, completion_tokens,

@@ -39,6 +39,9 @@ def test_a_confident_cheap_answer_is_kept(routed_gateway, fake_workers: FakeOpen
     sent = fake_workers.requests[-1]["body"]
     assert sent["logprobs"] is True  # the cascade asked for them ...
     assert "logprobs" not in response.json()["choices"][0]  # ... the client did not
+    [row] = logged_rows(gateway)  # the kept answer is logged and priced as served
+    assert row.model_served == "small" and row.worker is not None
+    assert row.prompt_tokens and row.completion_tokens and row.cost_usd > 0
 
 
 def test_a_low_confidence_answer_escalates_and_the_cheap_attempt_is_logged(
