@@ -9,6 +9,13 @@ and ``GET /v1/models`` with one model. No JSON is parsed or built per request. S
 processes can share the port (``SO_REUSEPORT``) so one slow scheduling slot of one
 process does not stall every connection.
 
+With ``--usage-from-request`` (the cost replay) it parses each completion request
+instead and answers with the usage that request implies: ``prompt_tokens`` one per 4
+characters of its messages (or prompt), ``completion_tokens`` its ``max_tokens``, the
+model it named, and token logprobs when asked (a confidence taken from a hash of the
+prompt, so a cascade accepts some cheap answers and escalates others, the same ones on
+every run).
+
 Run it on its own::
 
     python bench/fake_upstream.py --port 9100 --model gpt-4o-mini --processes 2
@@ -25,11 +32,13 @@ import signal
 import socket
 import sys
 import time
+import zlib
 
 import httptools
 import uvloop
 
 _CLOSE = b"close"
+_COMPLETION_PATHS = (b"/v1/chat/completions", b"/v1/completions")
 
 
 def chat_completion_body(model: str, completion_tokens: int = 8) -> bytes:
@@ -93,17 +102,50 @@ class _Responses:
         )
 
 
+def usage_answer(raw: bytes) -> bytes:
+    """A completion whose usage follows the request (``--usage-from-request``)."""
+    request = json.loads(raw or b"{}")
+    messages = request.get("messages")
+    text = ("".join(str(m.get("content") or "") for m in messages) if messages
+            else str(request.get("prompt") or ""))
+    prompt_tokens = max(1, len(text) // 4)
+    completion_tokens = max(1, int(request.get("max_tokens") or 16))
+    content = " ".join(["tok"] * min(completion_tokens, 256))
+    choice: dict[str, object] = {"index": 0, "finish_reason": "stop", "logprobs": None}
+    if request.get("logprobs"):
+        confident = zlib.crc32(text.encode()) % 10 < 7  # 7 in 10 cheap answers pass
+        logprob = -0.05 if confident else -2.5
+        tokens = [{"token": "tok", "logprob": logprob, "top_logprobs": []}] * min(
+            completion_tokens, 256)
+        choice["logprobs"] = ({"content": tokens} if messages
+                              else {"token_logprobs": [logprob] * len(tokens)})
+    if messages:
+        choice["message"] = {"role": "assistant", "content": content}
+    else:
+        choice["text"] = content
+    body = {
+        "id": "chatcmpl-bench", "object": "chat.completion" if messages else "text_completion",
+        "created": int(time.time()), "model": request.get("model") or "unknown",
+        "choices": [choice],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                  "total_tokens": prompt_tokens + completion_tokens},
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
 class _HttpProtocol(asyncio.Protocol):
     """One connection: parse with httptools, answer each complete request at once."""
 
-    __slots__ = ("_responses", "_transport", "_parser", "_url", "_close")
+    __slots__ = ("_responses", "_transport", "_parser", "_url", "_close", "_body", "_echo")
 
-    def __init__(self, responses: _Responses) -> None:
+    def __init__(self, responses: _Responses, echo: bool = False) -> None:
         self._responses = responses
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpRequestParser(self)
         self._url = b""
         self._close = False
+        self._body = bytearray()
+        self._echo = echo
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
@@ -119,6 +161,11 @@ class _HttpProtocol(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url = b""
         self._close = False
+        self._body.clear()
+
+    def on_body(self, body: bytes) -> None:
+        if self._echo:
+            self._body += body
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -135,7 +182,11 @@ class _HttpProtocol(asyncio.Protocol):
         method = self._parser.get_method()
         answers = self._responses.table.get((method, path), self._responses.not_found)
         close = self._close or not self._parser.should_keep_alive()
-        transport.write(answers[1] if close else answers[0])
+        if self._echo and method == b"POST" and path in _COMPLETION_PATHS:
+            body = usage_answer(bytes(self._body))
+            transport.write(_response(b"200 OK", body, keep_alive=not close))
+        else:
+            transport.write(answers[1] if close else answers[0])
         if close:
             transport.close()
 
@@ -150,7 +201,7 @@ def _listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _serve(host: str, port: int, model: str) -> None:
+def _serve(host: str, port: int, model: str, echo: bool = False) -> None:
     """One server process; several of them share the port through SO_REUSEPORT."""
     responses = _Responses(model)
 
@@ -160,7 +211,7 @@ def _serve(host: str, port: int, model: str) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         server = await loop.create_server(
-            lambda: _HttpProtocol(responses), sock=_listening_socket(host, port)
+            lambda: _HttpProtocol(responses, echo), sock=_listening_socket(host, port)
         )
         async with server:
             await stop.wait()
@@ -174,12 +225,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=9100)
     parser.add_argument("--model", default="gpt-4o-mini", help="model id served and answered")
     parser.add_argument("--processes", type=int, default=1, help="server processes (SO_REUSEPORT)")
+    parser.add_argument("--usage-from-request", action="store_true",
+                        help="answer each request with the usage it implies (cost replay)")
     args = parser.parse_args(argv)
     if args.processes <= 1:
-        _serve(args.host, args.port, args.model)
+        _serve(args.host, args.port, args.model, args.usage_from_request)
         return
     children = [
-        multiprocessing.Process(target=_serve, args=(args.host, args.port, args.model))
+        multiprocessing.Process(target=_serve, args=(args.host, args.port, args.model,
+                                                     args.usage_from_request))
         for _ in range(args.processes)
     ]
     for child in children:
