@@ -113,3 +113,27 @@ def test_tenants_are_kept_apart_and_an_empty_store_is_a_no_op(engine, catalog) -
     b = summarize(engine, T0, T0 + timedelta(hours=1), "b")
     assert (a.requests, b.requests) == (1, 1)
     assert a.saved_by_lever["cache_exact"] == 0 and b.saved_by_lever["cache_exact"] > 0
+
+
+def test_postgres_reads_new_rows_and_touched_hours_through_indexes(postgres_url) -> None:
+    """What keeps a run's cost off history: both reads of request_log have an index."""
+    from sqlalchemy import text
+
+    from services.costs.reports.rollup import _LOG, _aggregate, _touched_hours
+
+    url = postgres_url.replace("postgresql://", "postgresql+psycopg://")
+    upgrade_to_head(url)
+    engine = create_store_engine(url)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SET enable_seqscan = off"))  # empty table: ask what is usable
+            newer = [_LOG.c.ingested_at > T0]
+            plans = {}
+            for name, query in (("touched", _touched_hours(conn, newer, T0)),
+                                ("aggregate", _aggregate(T0, T0 + timedelta(hours=1)))):
+                compiled = query.compile(conn, compile_kwargs={"literal_binds": True})
+                plans[name] = "\n".join(conn.scalars(text(f"EXPLAIN {compiled}")))
+        assert "ix_request_log_ingested_at" in plans["touched"]
+        assert "ix_request_log_created_at" in plans["aggregate"]
+    finally:
+        engine.dispose()

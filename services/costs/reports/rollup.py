@@ -89,10 +89,7 @@ def roll_up(
         newest = conn.scalar(select(func.max(_LOG.c.ingested_at)).where(*newer))
         if newest is None:
             return RollupRun(0, 0, watermark, time.perf_counter() - started)
-        bucket = _hour_bucket(conn)
-        hours = sorted({_utc(h) for h in conn.scalars(
-            select(bucket).where(*newer, _LOG.c.ingested_at <= newest).distinct()
-        )})
+        hours = sorted({_utc(h) for h in conn.scalars(_touched_hours(conn, newer, newest))})
     written = 0
     for start in range(0, len(hours), hours_per_transaction):
         chunk = hours[start : start + hours_per_transaction]
@@ -101,6 +98,12 @@ def roll_up(
     with engine.begin() as conn:
         _set_watermark(conn, _utc(newest))
     return RollupRun(len(hours), written, _utc(newest), time.perf_counter() - started)
+
+
+def _touched_hours(conn: Connection, newer: list[Any], newest: datetime) -> Any:
+    """The UTC hours of rows ingested in ``(watermark - overlap, newest]``: read through
+    ``ix_request_log_ingested_at``, so the cost follows the new rows."""
+    return select(_hour_bucket(conn)).where(*newer, _LOG.c.ingested_at <= newest).distinct()
 
 
 def _rewrite_hours(conn: Connection, hours: Sequence[datetime], catalog: PriceCatalog,
