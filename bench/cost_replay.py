@@ -157,7 +157,11 @@ async def replay(url: str, model: str, trace, prompts, pool: int, speedup: float
         body = {"model": model, "temperature": 0, "max_tokens": max(gen, 1),
                 "messages": [{"role": "user", "content": prompt_for(k, ctx, prompts)}]}
         async with limit:
-            response = await client.post(f"{url}/v1/chat/completions", json=body)
+            try:
+                response = await client.post(f"{url}/v1/chat/completions", json=body)
+            except httpx.HTTPError:  # a reset on a loaded machine: counted, not fatal
+                failures += 1
+                return
         if response.status_code != 200:
             failures += 1
 
