@@ -1,5 +1,5 @@
 """The one command line: ``optengine serve | worker | migrate | make-test-model | demo |
-dashboard | keys | flows | batch | experiments`` and ``optengine report costs``."""
+dashboard | keys | flows | batch | experiments | optimize`` and ``optengine report costs``."""
 
 from __future__ import annotations
 
@@ -443,6 +443,44 @@ def report_costs(
     finally:
         engine.dispose()
     typer.echo(doc.render(fmt), nl=False)
+
+
+@app.command()
+def optimize(
+    days: Annotated[float, typer.Option(help="stored traffic to read, in days")] = 7.0,
+    output: Annotated[Path, typer.Option(help="proposed settings (YAML)")] = Path(
+        "optimize.yaml"),
+) -> None:
+    """Estimate what each lever that is off would save per month; write the settings."""
+    from datetime import UTC, datetime, timedelta
+
+    import yaml
+
+    from migrations import upgrade_to_head
+    from models import create_store_engine
+    from services.costs import PriceCatalog
+    from services.costs.reports.planner import plan, proposed_settings
+
+    if days <= 0:
+        raise typer.BadParameter("must be > 0", param_hint="--days")
+    settings = _settings()
+    upgrade_to_head(settings.database_url)
+    engine = create_store_engine(settings.database_url)
+    until = datetime.now(UTC)
+    try:
+        estimates = plan(engine, PriceCatalog.from_settings(settings),
+                         until - timedelta(days=days), until)
+    finally:
+        engine.dispose()
+    if not estimates:
+        typer.echo(f"no data: nothing to estimate in the last {days:g} days (or every "
+                   "estimated lever is on already)")
+        return
+    for e in estimates:
+        typer.echo(f"{e.tenant}: {e.lever} ~${e.monthly_saving_usd:,.2f}/month "
+                   f"(${e.window_saving_usd:,.6f} in the window): {e.method}")
+    output.write_text(yaml.safe_dump(proposed_settings(estimates), sort_keys=False))
+    typer.echo(f"wrote {output}")
 
 
 if __name__ == "__main__":
