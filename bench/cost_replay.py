@@ -17,8 +17,8 @@ Configurations: ``all_off`` (every request to the baseline, gpt-4o-mini, hosted)
 (the self-hosted model), ``all_on`` (cache, tokens, ``auto`` between the self-hosted
 model and gpt-4o-mini with the cascade). Batch is not replayed: a trace of online
 arrivals has no batch jobs. The self-hosted model is priced from the settings' GPU-hour
-($2, 1,000 output tokens/s by default): the fake worker answers at once, so the gateway's
-throughput meter never completes a window to measure.
+($2, 1,000 output tokens/s by default) with ``measure_throughput`` off: the fake
+worker's measured throughput would be the machine's load, not a GPU's.
 
 From each store: cost, baseline and the saving of every lever (``live_summary``, the
 reports' attribution); the final JSON line holds ``runs`` and ``attribution_gap`` (all-on
@@ -186,6 +186,9 @@ def run_config(name: str, config: dict, args, hosted_url: str, trace, prompts, w
         "OPTENGINE_TOKEN_COUNT_WITH_WORKER": "false",
         "OPTENGINE_WORKERS": config.get("workers", ""),
         "OPTENGINE_PREFIX_WARM_ENABLED": "false",
+        # the fake worker's "throughput" would be the loaded machine's latency: price every
+        # run at the settings' GPU figures instead
+        "OPTENGINE_SELF_HOSTED": json.dumps({"measure_throughput": False}),
     }
     port = free_port()
     gateway = Service(f"gateway-{name}", [str(APP_PYTHON), "-m", "services.cli", "serve",

@@ -58,6 +58,11 @@ class SelfHostedPricing(BaseModel):
     gpus_per_worker: int = Field(default=1, ge=1)
     default_output_tokens_per_second: float = Field(default=1000.0, gt=0)
     input_cost_ratio: float = Field(default=0.1, ge=0)
+    measure_throughput: bool = Field(
+        default=True,
+        description="price at the throughput the gateway measures; false keeps "
+        "default_output_tokens_per_second (a known figure, or a benchmark's fixed price)",
+    )
 
 
 class YamlConfigSource(PydanticBaseSettingsSource):

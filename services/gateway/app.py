@@ -181,7 +181,8 @@ def build_services(settings: Settings) -> AppServices:
         engine,
         spill_path=settings.spill_path,
         metrics=metrics,
-        pricer=RequestPricer(catalog, ThroughputMeter(catalog)),
+        pricer=RequestPricer(catalog, ThroughputMeter(catalog)
+                             if settings.self_hosted.measure_throughput else None),
         queue_size=settings.telemetry_queue_size,
         batch_size=settings.telemetry_batch_size,
         replay_interval_s=settings.telemetry_spill_replay_interval_s,
