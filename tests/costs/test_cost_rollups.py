@@ -15,9 +15,10 @@ from services.costs import PriceCatalog
 from services.costs.reports import HostedUpstreams, live_summary, roll_up, summarize
 from services.settings import ModelPrice
 from tests.support.cost_rows import HOSTED, PRICES, T0, every_path, insert, row, usage
+from tests.support.postgres import STORE_KINDS
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=STORE_KINDS)
 def engine(request, tmp_path):
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'store.db'}"
