@@ -16,6 +16,9 @@ the right status (one handler, registered with ``app.exception_handler``). Upstr
     ├── UnknownModelPrice            500 (services.costs: a model nobody priced)
     ├── RateLimited                  429 rate_limit_error (Retry-After when known)
     ├── Overloaded                   503 service_unavailable (code overloaded, Retry-After)
+    ├── DependencyUnavailable        503 service_unavailable (Retry-After: a shared service
+    │   │                                the answer needs is down)
+    │   └── StoreUnavailable         503 (code store_unavailable: the metrics store)
     └── UpstreamError                502 upstream_error
         ├── UpstreamUnavailable      503 service_unavailable (no healthy worker, connect)
         └── UpstreamTimeout          504 timeout
@@ -23,11 +26,14 @@ the right status (one handler, registered with ``app.exception_handler``). Upstr
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import aiohttp
+
+log = logging.getLogger(__name__)
 
 
 class EngineError(Exception):
@@ -113,6 +119,22 @@ class Overloaded(EngineError):
         super().__init__(message, headers={"retry-after": str(retry_after_s)})
 
 
+class DependencyUnavailable(EngineError):
+    """A service the request needs (the metrics store, the budgets' Redis) is down: the
+    client may retry after ``retry_after_s``; nothing was done."""
+
+    status_code = 503
+    error_type = "service_unavailable"
+    default_code = "unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: int = 5) -> None:
+        super().__init__(message, headers={"retry-after": str(retry_after_s)})
+
+
+class StoreUnavailable(DependencyUnavailable):
+    default_code = "store_unavailable"
+
+
 class UpstreamError(EngineError):
     status_code = 502
     error_type = "upstream_error"
@@ -126,6 +148,15 @@ class UpstreamUnavailable(UpstreamError):
 class UpstreamTimeout(UpstreamError):
     status_code = 504
     error_type = "timeout"
+
+
+def clipped(value: object, limit: int = 64) -> str:
+    """``repr(value)`` for an error message, at most ``limit`` characters of it: a client's
+    header or field may be huge and must not be echoed back whole."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
 
 
 def error_body(
@@ -142,12 +173,19 @@ def upstream_errors(worker: str) -> Iterator[None]:
     A failure to connect becomes ``UpstreamUnavailable`` (safe to retry elsewhere:
     nothing was sent), a read timeout ``UpstreamTimeout``, anything else on the wire
     (a worker that died mid-answer included) ``UpstreamError``.
+
+    Messages reach clients, so they name no address: the worker and aiohttp's own
+    message (which names the host) are logged instead.
     """
     try:
         yield
     except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-        raise UpstreamUnavailable(f"cannot connect to worker {worker}: {exc}") from exc
+        log.warning("cannot connect to worker %s: %s", worker, exc)
+        raise UpstreamUnavailable(
+            f"cannot connect to the upstream ({type(exc).__name__})") from exc
     except (aiohttp.SocketTimeoutError, TimeoutError) as exc:
-        raise UpstreamTimeout(f"worker {worker} timed out: {type(exc).__name__}") from exc
+        log.warning("worker %s timed out: %s", worker, type(exc).__name__)
+        raise UpstreamTimeout(f"the upstream timed out ({type(exc).__name__})") from exc
     except aiohttp.ClientError as exc:
-        raise UpstreamError(f"worker {worker} failed: {type(exc).__name__}: {exc}") from exc
+        log.warning("worker %s failed: %s: %s", worker, type(exc).__name__, exc)
+        raise UpstreamError(f"the upstream failed ({type(exc).__name__})") from exc

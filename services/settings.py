@@ -121,6 +121,20 @@ class Settings(BaseSettings):
         default="", description="Bearer key of the admin API; empty = open in dev, off otherwise"
     )
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    # request limits and what operations endpoints show (README "Limits and protection")
+    max_header_bytes: int = Field(
+        default=32 * 1024, gt=0, description="all request headers together; larger is a 431"
+    )
+    ops_details_public: bool | None = Field(
+        default=None, description="/metrics and /readyz details without the admin key; "
+        "None = public unless env is prod"
+    )
+    rate_limit_rps: float = Field(default=0.0, ge=0, description="per API key; 0 = no limit")
+    rate_limit_burst: float = Field(default=20.0, ge=1, description="requests at once")
+    rate_limit_tenants: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description='tenant -> {"rps": R, "burst": B} for its keys'
+    )
+    rate_limit_redis_timeout_s: float = Field(default=0.1, gt=0)
     auto_migrate: bool = Field(default=True, description="upgrade the store schema on start")
 
     # upstream workers
@@ -245,6 +259,12 @@ class Settings(BaseSettings):
 
     # model routing (services/routing/config.py: tiers, models, budgets, cascade); empty = off
     routing: dict[str, Any] = Field(default_factory=dict, description="routing config (YAML)")
+    budget_redis_timeout_s: float = Field(
+        default=1.0, gt=0, description="longest wait for the budgets' Redis before a 503"
+    )
+    budget_unavailable_retry_after_s: int = Field(
+        default=5, ge=1, description="Retry-After of a 503 budget_unavailable (Redis down)"
+    )
     openai_api_key: SecretStr = SecretStr("")
     openai_base_url: str = "https://api.openai.com"
     anthropic_api_key: SecretStr = SecretStr("")
@@ -422,6 +442,13 @@ class Settings(BaseSettings):
         if self.require_auth is not None:
             return self.require_auth
         return bool(self.api_keys) or self.env == "prod"
+
+    @property
+    def ops_details_shown(self) -> bool:
+        """Whether /metrics and /readyz details are public (else: admin key only)."""
+        if self.ops_details_public is not None:
+            return self.ops_details_public
+        return self.env != "prod"
 
     @property
     def spill_path(self) -> Path:

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from services.errors import InvalidRequest
+from services.errors import InvalidRequest, clipped
 
 PriorityClass = Literal["high", "normal", "low"]
 PRIORITY_CLASSES: tuple[PriorityClass, ...] = ("high", "normal", "low")  # first = served first
@@ -41,7 +41,7 @@ def request_priority(tenant_class: PriorityClass, header: str | None) -> Priorit
     asked = header.strip().lower()
     if asked not in PRIORITY_CLASSES:
         raise InvalidRequest(
-            f"X-Priority must be one of {', '.join(PRIORITY_CLASSES)}; got {header!r}",
+            f"X-Priority must be one of {', '.join(PRIORITY_CLASSES)}; got {clipped(header)}",
             param="X-Priority",
         )
     rank = max(PRIORITY_CLASSES.index(tenant_class), PRIORITY_CLASSES.index(asked))  # type: ignore[arg-type]

@@ -172,15 +172,17 @@ def raise_for_upstream_status(worker: str, status: int, body: bytes) -> None:
     limit): a 503 too, which routing's fallback may route around.
     """
     message = _error_message(body) or f"HTTP {status}"
+    if status >= 500 or status in {401, 403, 429}:  # clients see no address: log it
+        log.warning("upstream %s answered %s: %s", worker, status, message)
     if status in {401, 403, 429}:  # the upstream refused the gateway (its key, its load)
-        raise UpstreamUnavailable(f"upstream {worker} answered {status}: {message}")
+        raise UpstreamUnavailable(f"the upstream refused the gateway ({status})")
     if status == 404:
-        raise ModelNotFound(f"upstream {worker}: {message}")
+        raise ModelNotFound(f"upstream: {message}")
     if 400 <= status < 500:
         raise InvalidRequest(message)
     if status in (502, 503):
-        raise UpstreamUnavailable(f"worker {worker} answered {status}: {message}")
-    raise UpstreamError(f"worker {worker} answered {status}: {message}")
+        raise UpstreamUnavailable(f"the upstream answered {status}: {message}")
+    raise UpstreamError(f"the upstream answered {status}: {message}")
 
 
 def _error_message(body: bytes) -> str | None:

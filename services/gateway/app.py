@@ -37,7 +37,7 @@ from services.execution import (
 from services.experiments import load_live
 from services.gateway.auth import KeyRing
 from services.gateway.deps import AppServices
-from services.gateway.errors import install_error_handlers
+from services.gateway.errors import HeaderLimit, install_error_handlers
 from services.gateway.pipeline import Pipeline, Stage
 from services.gateway.routes import (
     admin_router,
@@ -54,16 +54,22 @@ from services.gateway.stages import (
     DispatchStage,
     TokenOptimizationStage,
     TokenPolicyStage,
+    build_rate_limit_stage,
 )
 from services.gateway.stages.experiments import ExperimentStage
 from services.gateway.stages.hosted import HostedBackend, hosted_backends
 from services.gateway.stages.routing import build_routing_stage
-from services.gateway.stages.tokens import WorkerCount
 from services.orchestration import FlowRuns
 from services.routing.retrain import load_active_router
 from services.settings import Settings
 from services.telemetry import GatewayMetrics, RequestPricer, TelemetryWriter
-from services.tokens import TokenOptimizer, encoding_name, worker_count
+from services.tokens import (
+    PromptCounter,
+    TokenOptimizer,
+    WorkerCount,
+    encoding_name,
+    worker_count,
+)
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +106,27 @@ def build_cache(settings: Settings, engine: Engine, metrics: GatewayMetrics) -> 
     )
 
 
-def build_token_stages(settings: Settings, pool: WorkerPool, client: UpstreamClient
+def build_worker_count(settings: Settings, pool: WorkerPool, client: UpstreamClient
+                       ) -> WorkerCount | None:
+    """A vLLM model's exact prompt count from one of its workers' ``/tokenize`` (None:
+    counting with the worker is off)."""
+    if not settings.token_count_with_worker:
+        return None
+
+    async def counter(model: str, endpoint: str, request: dict) -> int | None:
+        if encoding_name(model) is not None:
+            return None  # OpenAI-family: tiktoken is already exact
+        # any healthy worker of the model shares its tokenizer; reading the list
+        # leaves routing state (loads, leases) alone
+        worker = next((w for w in pool.workers if w.healthy and model in w.models), None)
+        if worker is None:
+            return None
+        return await worker_count(client.post_json, worker.url, endpoint, model, request)
+
+    return counter
+
+
+def build_token_stages(settings: Settings, counter: WorkerCount | None
                        ) -> tuple[TokenPolicyStage, TokenOptimizationStage]:
     """The policy stage (first: a bad policy is a 400 even on a cache hit) and the
     optimisation stage (after the cache, before dispatch)."""
@@ -109,18 +135,6 @@ def build_token_stages(settings: Settings, pool: WorkerPool, client: UpstreamCli
         from services.embeddings import default_encoder
 
         embed = default_encoder(settings.embedding_encoder).encode
-    counter: WorkerCount | None = None
-    if settings.token_count_with_worker:
-        async def counter(model: str, endpoint: str, request: dict) -> int | None:
-            if encoding_name(model) is not None:
-                return None  # OpenAI-family: tiktoken is already exact
-            # any healthy worker of the model shares its tokenizer; reading the list
-            # leaves routing state (loads, leases) alone
-            worker = next((w for w in pool.workers if w.healthy and model in w.models), None)
-            if worker is None:
-                return None
-            return await worker_count(client.post_json, worker.url, endpoint, model, request)
-
     return (
         TokenPolicyStage(settings.token_optimization_default,
                          settings.token_optimization_tenants),
@@ -191,11 +205,15 @@ def build_services(settings: Settings) -> AppServices:
     cache = build_cache(settings, engine, metrics) if settings.cache_enabled else None
     semantic_sync = None
     stages: list[Stage] = []
+    rate_limit = build_rate_limit_stage(settings)
+    if rate_limit is not None:  # first: a refused caller costs nothing further
+        stages.append(rate_limit)
     experiments = ExperimentStage(settings.experiments_unit_max_chars) if (
         settings.experiments_enabled) else None
-    if experiments is not None:  # first: its overrides feed every later stage
+    if experiments is not None:  # next: its overrides feed every later stage
         stages.append(experiments)
-    token_stages = build_token_stages(settings, pool, client) if (
+    worker_counter = build_worker_count(settings, pool, client)
+    token_stages = build_token_stages(settings, worker_counter) if (
         settings.token_optimization_enabled) else None
     if token_stages is not None:
         stages.append(token_stages[0])
@@ -222,6 +240,7 @@ def build_services(settings: Settings) -> AppServices:
     routing = build_routing_stage(
         settings, catalog, pool,
         lambda ctx: telemetry.submit(build_event(ctx, store_prompts=settings.store_prompts)),
+        PromptCounter(worker_counter),
     )
     hosted: dict[str, HostedBackend] = {}  # hosted models are reached through routing
     if routing is not None:
@@ -264,6 +283,7 @@ def build_services(settings: Settings) -> AppServices:
         warmer=warmer,
         tokens=token_stages[1] if token_stages is not None else None,
         experiments=experiments,
+        rate_limit=rate_limit,
     )
 
 
@@ -314,6 +334,8 @@ def create_app(settings: Settings) -> FastAPI:
                 await services.tokens.aclose()
             if services.experiments is not None:
                 await services.experiments.aclose()
+            if services.rate_limit is not None:
+                await services.rate_limit.limiter.aclose()
             await services.telemetry.stop()
             await services.client.aclose()
             services.flow_runs.close()
@@ -327,6 +349,7 @@ def create_app(settings: Settings) -> FastAPI:
         redoc_url=None,
     )
     install_error_handlers(app)
+    app.add_middleware(HeaderLimit, max_bytes=settings.max_header_bytes)
     app.include_router(openai_router)
     app.include_router(batches_router)
     app.include_router(feedback_router)

@@ -16,6 +16,7 @@ from services.execution import PrefixWarmer, UpstreamClient, WorkerPool
 from services.gateway.auth import KeyRing, Principal
 from services.gateway.serving import OpenAIServing
 from services.gateway.stages.experiments import ExperimentStage
+from services.gateway.stages.ratelimit import RateLimitStage
 from services.gateway.stages.routing import RoutingStage
 from services.gateway.stages.tokens import TokenOptimizationStage
 from services.orchestration import FlowRuns
@@ -42,6 +43,7 @@ class AppServices:
     warmer: PrefixWarmer | None = None
     tokens: TokenOptimizationStage | None = None
     experiments: ExperimentStage | None = None
+    rate_limit: RateLimitStage | None = None
 
 
 # Dependencies are async on purpose: FastAPI runs a plain ``def`` dependency in a thread

@@ -68,6 +68,7 @@ class RequestContext:
     token_policy: Any = None  # services.tokens.Policy, set by the token policy stage
     token_stages: dict[str, int] | None = None  # tokens saved per optimisation stage
     upstream_request: dict[str, Any] | None = None  # what to send when it differs
+    max_tokens_cap: int | None = None  # sent as max_tokens when the request has none
     upstream_started_at: float | None = None
     upstream_finished_at: float | None = None
     first_token_at: float | None = None
@@ -111,6 +112,10 @@ class RequestContext:
         when the client did not ask)."""
         body = dict(self.sent_request)
         body["model"] = self.model
+        if self.max_tokens_cap is not None and not (
+            body.get("max_tokens") or body.get("max_completion_tokens")
+        ):  # a budget reserved this many: the upstream must not generate more
+            body["max_tokens"] = self.max_tokens_cap
         if self.stream:
             options = body.get("stream_options") or {}
             body["stream_options"] = {**options, "include_usage": True}

@@ -3,15 +3,22 @@
 It owns the request's bookkeeping: timings, the telemetry event at the very end (after
 the last byte of a stream, whatever way the stream ends), and the error record when
 the pipeline raises. Routes only parse, call ``handle`` and return.
+
+A client that hangs up before its answer is ready (``disconnected`` resolves) gets its
+pipeline cancelled, which cancels the upstream call (vLLM aborts a request whose
+connection closes), and is logged as status 499 ``client_closed`` with the time it
+actually waited. Once a stream has started, the stream's own end does the same.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import orjson
 from fastapi import Response
@@ -20,13 +27,18 @@ from fastapi.responses import StreamingResponse
 from services.caching import HIT_LAYERS
 from services.errors import EngineError
 from services.gateway.auth import Principal
-from services.gateway.pipeline import Endpoint, Pipeline, RequestContext
+from services.gateway.pipeline import Endpoint, Pipeline, Reply, RequestContext
 from services.protocol import ChatCompletionRequest, CompletionRequest
 from services.telemetry import RequestEvent, TelemetryWriter
 
 log = logging.getLogger(__name__)
 
 _SSE_DONE = b"data: [DONE]\n\n"
+CLIENT_CLOSED = 499  # nginx's status for a client that closed the connection first
+
+
+class _ClientGone(Exception):
+    """The client hung up before the pipeline answered."""
 
 
 class OpenAIServing:
@@ -49,6 +61,7 @@ class OpenAIServing:
         *,
         received_at: float,
         headers: Mapping[str, str] | None = None,
+        disconnected: Callable[[], Awaitable[object]] | None = None,
     ) -> Response:
         ctx = RequestContext(
             request_id=f"req-{os.urandom(16).hex()}",  # uuid4 costs ~3% of the CPU
@@ -61,7 +74,12 @@ class OpenAIServing:
         )
         ctx.response_headers["x-request-id"] = ctx.request_id
         try:
-            reply = await self._pipeline(ctx)
+            reply = await self._until_disconnected(ctx, disconnected)
+        except _ClientGone:
+            ctx.status_code, ctx.error_type = CLIENT_CLOSED, "client_closed"
+            ctx.finished_at = time.perf_counter()
+            self._record(ctx)
+            return Response(status_code=CLIENT_CLOSED)  # nobody reads it
         except EngineError as exc:
             ctx.status_code, ctx.error_type = exc.status_code, exc.error_type
             exc.headers.setdefault("x-request-id", ctx.request_id)
@@ -85,6 +103,26 @@ class OpenAIServing:
             headers=ctx.response_headers,
         )
 
+    async def _until_disconnected(
+        self, ctx: RequestContext, disconnected: Callable[[], Awaitable[object]] | None
+    ) -> Reply:
+        """The pipeline's reply; cancelled, raising ``_ClientGone``, if the client hangs
+        up first."""
+        if disconnected is None:
+            return await self._pipeline(ctx)
+        work = asyncio.ensure_future(self._pipeline(ctx))
+        gone = asyncio.ensure_future(disconnected())
+        try:
+            await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # this request itself was cancelled
+            await _cancel(work, gone)
+            raise
+        if not work.done():
+            await _cancel(work, gone)
+            raise _ClientGone
+        gone.cancel()
+        return work.result()
+
     async def _sse(self, ctx: RequestContext, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         try:
             async for chunk in chunks:
@@ -98,6 +136,14 @@ class OpenAIServing:
             self._telemetry.submit(build_event(ctx, store_prompts=self._store_prompts))
         except Exception:  # telemetry must never fail a request
             log.exception("could not record request %s", ctx.request_id)
+
+
+async def _cancel(*tasks: asyncio.Future[object]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(BaseException):
+            await task
 
 
 def build_event(ctx: RequestContext, *, store_prompts: bool) -> RequestEvent:

@@ -9,16 +9,28 @@ With Redis (``redis_url``) the counters are shared by every gateway replica and 
 reservation is one Lua script: check and add in one atomic step. Without Redis they are
 in-process (one replica only), atomic because nothing awaits between check and add.
 Counters are per period (``total``, ``day``, ``month``; UTC) and expire after it.
+
+Redis gone: a budget that cannot be checked is not spent blind. ``reserve`` (and the
+downgrade check) raise ``BudgetUnavailable``, a 503 ``budget_unavailable`` with
+Retry-After, so a budgeted tenant's requests wait for Redis while everyone else is served
+(Redis calls time out after ``timeout_s``). A settlement Redis refuses is kept in
+memory and applied when Redis answers again (until then the counter holds the
+reservation, which is never less than the real cost), so no spend is forgotten.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
-from services.errors import RateLimited
+from services.errors import DependencyUnavailable, RateLimited
 from services.routing.config import BudgetConfig
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _RESERVE = """
 local spent = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -36,6 +48,13 @@ _PERIOD_TTL_S = {"total": 0, "day": 2 * 86400, "month": 32 * 86400}
 
 class BudgetExceeded(RateLimited):
     default_code = "budget_exceeded"
+
+
+class BudgetUnavailable(DependencyUnavailable):
+    default_code = "budget_unavailable"
+
+
+_MAX_PENDING_KEYS = 10_000  # settlements waiting for Redis (one float per counter key)
 
 
 @dataclass(frozen=True)
@@ -56,15 +75,20 @@ class Reservation:
 
 
 class BudgetLedger:
-    def __init__(self, budgets: dict[str, BudgetConfig], *, redis_url: str = "") -> None:
+    def __init__(self, budgets: dict[str, BudgetConfig], *, redis_url: str = "",
+                 timeout_s: float = 1.0, retry_after_s: int = 5) -> None:
         self._budgets = budgets
         self._local: dict[str, float] = {}
+        self._pending: dict[str, float] = {}  # settlements Redis refused, per counter key
+        self._retry_after_s = retry_after_s
         self._redis = None
         self._script = None
         if redis_url:
             import redis.asyncio as aioredis
 
-            self._redis = aioredis.from_url(redis_url)
+            self._redis = aioredis.from_url(
+                redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+            )
             self._script = self._redis.register_script(_RESERVE)
 
     async def aclose(self) -> None:
@@ -120,18 +144,58 @@ class BudgetLedger:
         reservation.settled = True
         delta = (cost or 0.0) - reservation.amount
         for _, key in reservation.scopes:
-            await self._add(key, delta)
+            await self._add_or_keep(key, delta)
+
+    @property
+    def pending_settlements(self) -> int:
+        """Counters with a settlement waiting for Redis to come back."""
+        return len(self._pending)
 
     async def _release(self, taken: list[tuple[Scope, str]], amount: float) -> None:
         for _, key in taken:
-            await self._add(key, -amount)
+            await self._add_or_keep(key, -amount)
+
+    async def _add_or_keep(self, key: str, delta: float) -> None:
+        """Add ``delta``; when Redis refuses, keep it for the next call that reaches it
+        (settlements run after the answer: they must never fail it)."""
+        try:
+            await self._add(key, delta)
+        except BudgetUnavailable:
+            if key in self._pending or len(self._pending) < _MAX_PENDING_KEYS:
+                self._pending[key] = self._pending.get(key, 0.0) + delta
+            else:  # the counter keeps its reservation: more than spent, never less
+                log.warning("dropping a budget settlement of %s for %s: too many pending",
+                            delta, key)
+
+    async def _flush_pending(self) -> None:
+        while self._pending:
+            key, delta = next(iter(self._pending.items()))
+            await self._redis_call(self._redis.incrbyfloat(key, delta))  # type: ignore[union-attr]
+            if self._pending.get(key) == delta:
+                del self._pending[key]
+            else:  # settled again meanwhile: keep the rest
+                self._pending[key] -= delta
+
+    async def _redis_call(self, call: Awaitable[T]) -> T:
+        import redis.exceptions
+
+        try:
+            return await call
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                OSError) as exc:
+            raise BudgetUnavailable(
+                "budgets cannot be checked right now (their store is unreachable); "
+                "retry shortly", retry_after_s=self._retry_after_s,
+            ) from exc
 
     # --- storage ----------------------------------------------------------------------
 
     async def _spent(self, key: str) -> float:
         if self._redis is None:
             return self._local.get(key, 0.0)
-        value = await self._redis.get(key)
+        if self._pending:
+            await self._flush_pending()
+        value = await self._redis_call(self._redis.get(key))
         return float(value) if value is not None else 0.0
 
     async def _try_add(self, key: str, amount: float, scope: Scope) -> tuple[bool, float]:
@@ -143,9 +207,11 @@ class BudgetLedger:
             self._local[key] = spent + amount
             return True, spent + amount
         assert self._script is not None
-        ok, spent = await self._script(
+        if self._pending:
+            await self._flush_pending()
+        ok, spent = await self._redis_call(self._script(
             keys=[key], args=[repr(amount), repr(limit), _PERIOD_TTL_S[scope.config.period]]
-        )
+        ))
         return bool(int(ok)), float(spent)
 
     async def _add(self, key: str, delta: float) -> None:
@@ -154,4 +220,4 @@ class BudgetLedger:
         if self._redis is None:
             self._local[key] = self._local.get(key, 0.0) + delta
         else:
-            await self._redis.incrbyfloat(key, delta)
+            await self._redis_call(self._redis.incrbyfloat(key, delta))

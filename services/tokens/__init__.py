@@ -12,6 +12,7 @@ from services.tokens.counting import (
 from services.tokens.extractive import compress
 from services.tokens.optimizer import Optimized, StageSaving, TokenOptimizer
 from services.tokens.policy import HEADER, OFF, InvalidPolicy, Policy
+from services.tokens.prompt import PromptCount, PromptCounter, WorkerCount, generations
 from services.tokens.worker import worker_count
 
 __all__ = [
@@ -21,12 +22,16 @@ __all__ = [
     "InvalidPolicy",
     "Optimized",
     "Policy",
+    "PromptCount",
+    "PromptCounter",
     "StageSaving",
     "TokenOptimizer",
+    "WorkerCount",
     "compress",
     "count_request",
     "counter_for_model",
     "encoding_name",
+    "generations",
     "text_counter",
     "worker_count",
 ]

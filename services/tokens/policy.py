@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from services.errors import InvalidRequest
+from services.errors import InvalidRequest, clipped
 
 HEADER = "x-token-optimization"
 Mode = Literal["off", "lossless", "budget", "ratio"]
@@ -63,7 +63,7 @@ class Policy:
             if budget < 1:
                 raise InvalidPolicy(
                     f"token optimization budget must be a whole number of tokens >= 1, "
-                    f"got {raw.strip()!r}", param=param)
+                    f"got {clipped(raw.strip())}", param=param)
             return cls("budget", budget=budget)
         if sep and name == "ratio":
             try:
@@ -73,10 +73,10 @@ class Policy:
             if not (math.isfinite(ratio) and ratio >= 1):
                 raise InvalidPolicy(
                     f"token optimization ratio must be a number >= 1 (2 halves the prompt), "
-                    f"got {raw.strip()!r}", param=param)
+                    f"got {clipped(raw.strip())}", param=param)
             return cls("ratio", ratio=ratio)
         raise InvalidPolicy(
-            f"unknown token optimization policy {value!r}: use off, lossless, budget=N "
+            f"unknown token optimization policy {clipped(value)}: use off, lossless, budget=N "
             f"or ratio=R", param=param)
 
 

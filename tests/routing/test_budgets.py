@@ -44,7 +44,7 @@ async def _spend_in_parallel(ledgers: list[BudgetLedger], requests: int) -> tupl
 async def test_fifty_parallel_requests_at_the_limit_never_overspend(backend, redis_url) -> None:
     budgets = {"tenant:team-a": BudgetConfig(limit_usd=20.0, period="day")}
     if backend == "redis":  # two gateway replicas sharing one Redis
-        ledgers = [BudgetLedger(budgets, redis_url=redis_url) for _ in range(2)]
+        ledgers = [BudgetLedger(budgets, redis_url=redis_url, timeout_s=30) for _ in range(2)]
         await ledgers[0]._redis.flushdb()
     else:
         ledgers = [BudgetLedger(budgets)]

@@ -39,6 +39,7 @@ class FakeOpenAI:
     models: dict[str, Answer]
     api_key: str | None = None  # when set, requests must carry "Authorization: Bearer KEY"
     requests: list[dict[str, Any]] = field(default_factory=list)
+    abandoned: int = 0  # requests whose caller had closed the connection by answer time
 
     _server: BackgroundServer | None = None
 
@@ -51,6 +52,7 @@ class FakeOpenAI:
         app = web.Application()
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/tokenize", self._tokenize)
         self._server = BackgroundServer(app, "fake-openai").start()
         return self
 
@@ -70,6 +72,12 @@ class FakeOpenAI:
         data = [{"id": m, "object": "model", "owned_by": "fake"} for m in self.models]
         return web.json_response({"object": "list", "data": data})
 
+    async def _tokenize(self, request: web.Request) -> web.Response:
+        """vLLM's ``/tokenize`` for messages: the count its usage will report."""
+        body = await request.json()
+        count = _prompt_tokens(body.get("messages") or [])
+        return web.json_response({"count": count, "max_model_len": 32768, "tokens": []})
+
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.requests.append({"headers": dict(request.headers), "body": body})
@@ -80,13 +88,18 @@ class FakeOpenAI:
             return _error(404, f"The model `{body.get('model')}` does not exist", "not_found")
         if answer.delay_s:
             await asyncio.sleep(answer.delay_s)
+            if request.transport is None or request.transport.is_closing():
+                self.abandoned += 1  # the gateway cancelled its call
         if answer.fail_status is not None:
             return _error(answer.fail_status, "the server had an error", "server_error")
         words = answer.text.split(" ")
         tokens = [w if i == 0 else f" {w}" for i, w in enumerate(words)]
-        prompt_tokens = sum(len(str(m.get("content", ""))) // 4 + 1 for m in body["messages"])
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(tokens),
-                 "total_tokens": prompt_tokens + len(tokens)}
+        prompt_tokens = _prompt_tokens(body["messages"])
+        samples = answer.samples(body.get("n") or 1)
+        # every choice's tokens are billed, as vLLM and OpenAI count them
+        completion_tokens = sum(len(text.split(" ")) for text in samples)
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                 "total_tokens": prompt_tokens + completion_tokens}
         logprobs = None
         if body.get("logprobs") and answer.logprob is not None:
             logprobs = {"content": [
@@ -100,7 +113,7 @@ class FakeOpenAI:
                 **common, "object": "chat.completion",
                 "choices": [{"index": i, "message": {"role": "assistant", "content": text},
                              "logprobs": logprobs, "finish_reason": answer.finish_reason}
-                            for i, text in enumerate(answer.samples(body.get("n") or 1))],
+                            for i, text in enumerate(samples)],
                 "usage": usage,
             })
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})
@@ -117,6 +130,10 @@ class FakeOpenAI:
             )
         await response.write(b"data: [DONE]\n\n")
         return response
+
+
+def _prompt_tokens(messages: list[dict[str, Any]]) -> int:
+    return sum(len(str(m.get("content", ""))) // 4 + 1 for m in messages)
 
 
 def _error(status: int, message: str, kind: str) -> web.Response:

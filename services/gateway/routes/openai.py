@@ -60,8 +60,14 @@ async def _serve(
     received_at = time.perf_counter()
     body = await read_body(request, services.settings.max_body_bytes)
     parsed = parse_body(model, body)
+
+    async def disconnected() -> None:  # the body is read: the next message is the end
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
     return await services.serving.handle(
-        endpoint, parsed, principal, received_at=received_at, headers=request.headers
+        endpoint, parsed, principal, received_at=received_at, headers=request.headers,
+        disconnected=disconnected,
     )
 
 

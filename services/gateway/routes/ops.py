@@ -1,14 +1,23 @@
-"""Operational endpoints: liveness, readiness (workers and store), Prometheus."""
+"""Operational endpoints: liveness, readiness (workers and store), Prometheus.
+
+Their details (worker addresses, spill sizes, every metric) are for operators: public in
+dev and test, and in production only with the admin key (``ops_details_public``
+decides). Without it ``/readyz`` still answers its status code and ``{"status"}``, so
+load balancers need no key; ``/metrics`` is a 401.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import hmac
+from typing import Annotated
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Header, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
-from services.gateway.deps import ServicesDep
+from services.errors import AuthenticationFailed
+from services.gateway.deps import AppServices, ServicesDep
 
 router = APIRouter()
 
@@ -27,8 +36,20 @@ def _store_ok(services_engine) -> bool:  # type: ignore[no-untyped-def]
         return False
 
 
+def _details_allowed(services: AppServices, authorization: str | None) -> bool:
+    if services.settings.ops_details_shown:
+        return True
+    key = services.settings.admin_api_key
+    token = (authorization or "").partition(" ")[2].strip()
+    return bool(key) and hmac.compare_digest(token.encode(), key.encode())
+
+
+AuthorizationHeader = Annotated[str | None, Header()]
+
+
 @router.get("/readyz")
-async def readyz(services: ServicesDep, response: Response) -> dict[str, object]:
+async def readyz(services: ServicesDep, response: Response,
+                 authorization: AuthorizationHeader = None) -> dict[str, object]:
     try:
         store_ok = await asyncio.wait_for(asyncio.to_thread(_store_ok, services.engine), 5)
     except TimeoutError:
@@ -43,6 +64,8 @@ async def readyz(services: ServicesDep, response: Response) -> dict[str, object]
     telemetry_ok = telemetry.running and not (store_ok and spill_growing)
     ready = store_ok and workers_ok and telemetry_ok
     response.status_code = 200 if ready else 503
+    if not _details_allowed(services, authorization):
+        return {"status": "ready" if ready else "not ready"}
     return {
         "status": "ready" if ready else "not ready",
         "store": "ok" if store_ok else "unreachable",
@@ -59,7 +82,9 @@ async def readyz(services: ServicesDep, response: Response) -> dict[str, object]
 
 
 @router.get("/metrics")
-async def metrics(services: ServicesDep) -> Response:
+async def metrics(services: ServicesDep, authorization: AuthorizationHeader = None) -> Response:
+    if not _details_allowed(services, authorization):
+        raise AuthenticationFailed("/metrics needs the admin API key (Bearer)")
     m = services.metrics
     for worker in services.pool.workers:
         m.worker_outstanding.labels(worker.url).set(worker.outstanding)

@@ -163,7 +163,7 @@ class DispatchStage:
             response = _RESPONSES[ctx.endpoint].model_validate_json(body)
         except ValidationError as exc:
             lease.failed("malformed response")
-            raise UpstreamError(f"worker {lease.worker.url} sent a malformed response") from exc
+            raise UpstreamError("the worker sent a malformed response") from exc
         else:
             lease.succeeded()
         finally:
@@ -188,7 +188,6 @@ class DispatchStage:
         opened: AbstractAsyncContextManager[Any],
         lines: AsyncIterator[str],
     ) -> AsyncIterator[bytes]:
-        worker = lease.worker
         wants_usage = ctx.request.wants_usage_in_stream
         done = False
         try:
@@ -200,7 +199,7 @@ class DispatchStage:
                     done = True
                     lease.succeeded()
                     break
-                chunk = parse_stream_event(f"worker {worker.url}", data)
+                chunk = parse_stream_event("the worker", data)
                 if "error" in chunk:  # the worker reported a failure in-band: pass it on
                     ctx.status_code = UpstreamError.status_code
                     ctx.error_type = UpstreamError.error_type
@@ -218,7 +217,7 @@ class DispatchStage:
                         continue
                 yield data.encode()
             if not done:
-                raise UpstreamError(f"worker {worker.url} ended the stream early")
+                raise UpstreamError("the worker ended the stream early")
         except EngineError as exc:
             ctx.status_code = exc.status_code
             ctx.error_type = exc.error_type

@@ -22,7 +22,14 @@ from typing import Any
 
 from services.background import cancel_and_wait, now_and_every
 from services.costs import PriceCatalog, UnknownModelPrice
-from services.errors import InvalidRequest, ModelNotFound, UpstreamError
+from services.errors import (
+    EngineError,
+    InvalidRequest,
+    ModelNotFound,
+    UpstreamError,
+    UpstreamTimeout,
+    clipped,
+)
 from services.execution import WorkerPool
 from services.gateway.pipeline import Next, Reply, RequestContext
 from services.gateway.stages.cascade import CascadeRunner, ServeFn
@@ -35,6 +42,7 @@ from services.routing.policy import Route, RouteRequest, RoutingPolicy
 from services.routing.router import SHIPPED_MODEL, ComplexityRouter
 from services.routing.text import estimate_tokens, prompt_text
 from services.settings import Settings
+from services.tokens import PromptCounter, generations
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +60,12 @@ class RoutingStage:
         *,
         cascade: CascadeRunner | None = None,
         default_max_tokens: int = 1024,
+        counter: PromptCounter | None = None,
     ) -> None:
         self.policy = policy
         self.ledger = ledger
         self._catalog = catalog
+        self._counter = counter or PromptCounter()
         self.cascade = cascade
         self._default_max_tokens = default_max_tokens
         self._refresh: asyncio.Task[None] | None = None
@@ -137,27 +147,50 @@ class RoutingStage:
         self, ctx: RequestContext, priced_as: str, scopes: Sequence[Scope],
         call: Callable[[], Awaitable[Reply]],
     ) -> Reply:
-        """Reserve the request's most expensive outcome, call, settle with the real cost."""
+        """Reserve the request's most expensive outcome, call, settle with the real cost.
+
+        The real cost is the upstream's usage. Without one the reservation stands when
+        the upstream may have generated (the client left, a timeout, a stream cut
+        short) and is released when it answered with an error or was never reached."""
         reservation = None
         if scopes:
-            text = prompt_text(ctx.request_dict, ctx.endpoint)
-            most = _max_tokens(ctx.request_dict) or self._default_max_tokens
-            reservation = await self.ledger.reserve(
-                scopes, self._cost(priced_as, estimate_tokens(text), most)
-            )
+            reservation = await self.ledger.reserve(scopes, await self._max_cost(ctx, priced_as))
         try:
             reply = await call()
+        except EngineError as exc:
+            if reservation is not None:
+                kept = isinstance(exc, UpstreamTimeout) and ctx.upstream_started_at is not None
+                await self.ledger.settle(reservation, reservation.amount if kept else None)
+            raise
         except BaseException:
             if reservation is not None:
-                await self.ledger.settle(reservation, None)
+                await self.ledger.settle(reservation, self._spent(priced_as, ctx, reservation))
             raise
         if reservation is None:
             return reply
         if reply.chunks is not None:
             return Reply(chunks=self._settle_after(ctx, priced_as, reply.chunks, reservation),
                          status_code=reply.status_code)
-        await self.ledger.settle(reservation, self._usage_cost(priced_as, ctx.usage))
+        await self.ledger.settle(reservation, self._spent(priced_as, ctx, reservation))
         return reply
+
+    async def _max_cost(self, ctx: RequestContext, priced_as: str) -> float:
+        """The most the request can cost on the serving model: its prompt in that model's
+        tokens (chat template included) and ``max_tokens`` for every sequence it asks
+        for. A request without ``max_tokens`` is capped at ``default_max_tokens``
+        upstream, so the reservation holds."""
+        request = ctx.request_dict
+        prompt = await self._counter.count(ctx.model, ctx.upstream, ctx.endpoint, request)
+        most = _max_tokens(request)
+        if most is None:
+            most = self._default_max_tokens
+            ctx.max_tokens_cap = most
+        return self._cost(priced_as, prompt.tokens, most * generations(ctx.endpoint, request))
+
+    def _spent(self, priced_as: str, ctx: RequestContext, reservation: Reservation) -> float:
+        """The real cost when the upstream reported usage, else the reservation."""
+        cost = self._usage_cost(priced_as, ctx.usage)
+        return reservation.amount if cost is None else cost
 
     async def _settle_after(
         self, ctx: RequestContext, priced_as: str, chunks: AsyncIterator[bytes],
@@ -167,7 +200,7 @@ class RoutingStage:
             async for chunk in chunks:
                 yield chunk
         finally:
-            await self.ledger.settle(reservation, self._usage_cost(priced_as, ctx.usage))
+            await self.ledger.settle(reservation, self._spent(priced_as, ctx, reservation))
 
     def _cost(self, priced_as: str, prompt_tokens: int, completion_tokens: int,
               cached_tokens: int = 0, cache_write_tokens: int = 0) -> float:
@@ -199,18 +232,21 @@ def _max_latency(ctx: RequestContext) -> float | None:
     try:
         value = float(raw)
     except ValueError:
-        raise InvalidRequest(f"X-Max-Latency-Ms must be a number of milliseconds, got {raw!r}",
-                             param=MAX_LATENCY_HEADER) from None
+        raise InvalidRequest(
+            f"X-Max-Latency-Ms must be a number of milliseconds, got {clipped(raw)}",
+            param=MAX_LATENCY_HEADER,
+        ) from None
     return value if value > 0 else None
 
 
 def build_routing_stage(
     settings: Settings, catalog: PriceCatalog, pool: WorkerPool,
-    record: Callable[[RequestContext], None],
+    record: Callable[[RequestContext], None], counter: PromptCounter | None = None,
 ) -> RoutingStage | None:
     """The routing stage of ``settings.routing``, or None when routing is not configured.
 
-    ``record`` logs a request context (the cascade's cheap attempts). Raises
+    ``record`` logs a request context (the cascade's cheap attempts); ``counter`` counts
+    prompts in the serving model's tokens for budget reservations. Raises
     ``RoutingConfigError`` (the gateway does not start) for a malformed config.
     """
     if not settings.routing:
@@ -225,9 +261,12 @@ def build_routing_stage(
     stage = RoutingStage(
         RoutingPolicy(config, router, available, judge=judge,
                       novelty=NoveltyDetector.load() if config.defer_novel else None),
-        BudgetLedger(config.budgets, redis_url=settings.redis_url),
+        BudgetLedger(config.budgets, redis_url=settings.redis_url,
+                     timeout_s=settings.budget_redis_timeout_s,
+                     retry_after_s=settings.budget_unavailable_retry_after_s),
         catalog,
         default_max_tokens=config.default_max_tokens,
+        counter=counter,
     )
     if config.cascade.enabled:
         stage.cascade = CascadeRunner(

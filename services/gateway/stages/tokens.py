@@ -27,16 +27,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from services.background import cancel_and_wait, now_and_every
 from services.caching.prefix import cacheable_prefix_hash, leading_instructions
 from services.gateway.pipeline import Next, Reply, RequestContext
-from services.tokens import HEADER, OFF, Policy, TokenOptimizer, counter_for_model
+from services.tokens import HEADER, OFF, Policy, TokenOptimizer, WorkerCount, counter_for_model
 
-# model, endpoint, request -> the serving worker's token count (None: it cannot tell)
-WorkerCount = Callable[[str, str, dict[str, Any]], Awaitable[int | None]]
 _THREAD_ABOVE_CHARS = 20_000  # bigger prompts are optimised off the event loop
 
 
