@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 
 from services.errors import NotFound
 from services.gateway.deps import PrincipalDep, ServicesDep
+from services.gateway.openapi import STORE_ERRORS, json_body
 from services.gateway.routes.openai import parse_body, read_body
 from services.routing.feedback import FeedbackRequest, FeedbackResult, record_feedback
 
@@ -19,7 +20,7 @@ _BODY_LIMIT = 4 * 1024
 _FLUSH_WAIT_S = 2.0  # a rating posted right after its answer: wait for the answer's log row
 
 
-@router.post("/feedback")
+@router.post("/feedback", responses=STORE_ERRORS, openapi_extra=json_body(FeedbackRequest))
 async def feedback(request: Request, services: ServicesDep,
                    principal: PrincipalDep) -> FeedbackResult:
     body = parse_body(FeedbackRequest, await read_body(request, _BODY_LIMIT))

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ValidationError
 from services.errors import InvalidRequest, PayloadTooLarge
 from services.gateway.auth import Principal
 from services.gateway.deps import AppServices, PrincipalDep, ServicesDep
+from services.gateway.openapi import UPSTREAM_ERRORS, json_body
 from services.gateway.pipeline import Endpoint
 from services.protocol import (
     ChatCompletionRequest,
@@ -71,14 +72,16 @@ async def _serve(
     )
 
 
-@router.post("/chat/completions")
+@router.post("/chat/completions", openapi_extra=json_body(ChatCompletionRequest),
+             responses=UPSTREAM_ERRORS)
 async def chat_completions(
     request: Request, services: ServicesDep, principal: PrincipalDep
 ) -> Response:
     return await _serve("chat.completions", ChatCompletionRequest, request, services, principal)
 
 
-@router.post("/completions")
+@router.post("/completions", openapi_extra=json_body(CompletionRequest),
+             responses=UPSTREAM_ERRORS)
 async def completions(request: Request, services: ServicesDep, principal: PrincipalDep) -> Response:
     return await _serve("completions", CompletionRequest, request, services, principal)
 

@@ -47,7 +47,8 @@ def _details_allowed(services: AppServices, authorization: str | None) -> bool:
 AuthorizationHeader = Annotated[str | None, Header()]
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: {"description": "not ready: no healthy worker, "
+                                        "the store or the telemetry writer is down"}})
 async def readyz(services: ServicesDep, response: Response,
                  authorization: AuthorizationHeader = None) -> dict[str, object]:
     try:

@@ -23,6 +23,7 @@ import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 
@@ -112,11 +113,14 @@ class CacheStage:
         """The key's namespace; answers to lossily compressed prompts (token policy
         ``budget=N``/``ratio=R``) live apart from full-prompt answers and per policy."""
         requested = ctx.request_headers.get("x-cache-namespace")
+        # parts are quoted: tenant "a/b" must not share tenant "a"'s namespace "b", and a
+        # header cannot forge the policy suffix
         if requested and requested in self._shared:
-            namespace = f"shared/{requested}"
+            namespace = f"shared/{quote(requested, safe='')}"
         else:
-            tenant = ctx.principal.tenant
-            namespace = f"tenant/{tenant}/{requested}" if requested else f"tenant/{tenant}"
+            tenant = quote(ctx.principal.tenant, safe="")
+            namespace = (f"tenant/{tenant}/{quote(requested, safe='')}" if requested
+                         else f"tenant/{tenant}")
         policy = ctx.token_policy
         if policy is not None and policy.lossy:
             namespace += f"#tokens={policy}"
