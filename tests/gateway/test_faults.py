@@ -47,6 +47,7 @@ def fake() -> Iterator[FakeOpenAI]:
     server.stop()
 
 
+@pytest.mark.postgres
 def test_redis_and_postgres_outages_under_load_fail_nothing_and_lose_no_row(
     cluster: ThrowawayPostgres, fault_redis: ThrowawayRedis, fake: FakeOpenAI,
     make_settings, start_gateway,
