@@ -3,11 +3,13 @@
 The gateway-overhead benchmark subtracts "direct to the upstream" from "through a
 proxy", so the upstream must cost as little as possible and never be the bottleneck:
 it is a raw asyncio protocol on uvloop with the ``httptools`` parser (the one uvicorn
-uses), answering every ``POST /v1/chat/completions`` and ``/v1/completions`` with the
-same prebuilt chat.completion JSON (usage included, so proxies can count and price it)
-and ``GET /v1/models`` with one model. No JSON is parsed or built per request. Several
-processes can share the port (``SO_REUSEPORT``) so one slow scheduling slot of one
-process does not stall every connection.
+uses), answering every ``POST /v1/chat/completions`` (``/v1/completions``) with the
+same prebuilt chat.completion (text_completion) JSON (usage included, so proxies can
+count and price it) and ``GET /v1/models`` with one model. A body with
+``"stream":true`` (as the gateway sends it) gets a prebuilt SSE stream instead: two
+content chunks, a usage chunk and ``[DONE]``. No JSON is parsed or built per request.
+Several processes can share the port (``SO_REUSEPORT``) so one slow scheduling slot of
+one process does not stall every connection.
 
 With ``--usage-from-request`` (the cost replay) it parses each completion request
 instead and answers with the usage that request implies: ``prompt_tokens`` one per 4
@@ -65,15 +67,46 @@ def chat_completion_body(model: str, completion_tokens: int = 8) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
+def completion_body(model: str, completion_tokens: int = 8) -> bytes:
+    """The fixed answer of ``/v1/completions``: a text_completion with usage."""
+    body = {
+        "id": "cmpl-bench0000000000000000", "object": "text_completion",
+        "created": int(time.time()), "model": model,
+        "choices": [{"index": 0, "text": " This is a benchmark reply.", "logprobs": None,
+                     "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 12, "completion_tokens": completion_tokens,
+                  "total_tokens": 12 + completion_tokens},
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
 def models_body(model: str) -> bytes:
     card = {"id": model, "object": "model", "created": 0, "owned_by": "bench"}
     return json.dumps({"object": "list", "data": [card]}, separators=(",", ":")).encode()
 
 
-def _response(status: bytes, body: bytes, *, keep_alive: bool) -> bytes:
+def chat_stream_body(model: str, completion_tokens: int = 8) -> bytes:
+    """The fixed answer as SSE: content chunks, the usage chunk, ``[DONE]``."""
+    common = {"id": "chatcmpl-bench0000000000000000", "object": "chat.completion.chunk",
+              "created": int(time.time()), "model": model}
+    events = [
+        {**common, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "This"},
+                                "finish_reason": None}]},
+        {**common, "choices": [{"index": 0, "delta": {"content": " is a benchmark reply."},
+                                "finish_reason": "stop"}]},
+        {**common, "choices": [], "usage": {"prompt_tokens": 12,
+                                            "completion_tokens": completion_tokens,
+                                            "total_tokens": 12 + completion_tokens}},
+    ]
+    lines = [b"data: " + json.dumps(e, separators=(",", ":")).encode() for e in events]
+    return b"\n\n".join([*lines, b"data: [DONE]"]) + b"\n\n"
+
+
+def _response(status: bytes, body: bytes, *, keep_alive: bool,
+              content_type: bytes = b"application/json") -> bytes:
     connection = b"keep-alive" if keep_alive else b"close"
     return (
-        b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\ncontent-length: "
+        b"HTTP/1.1 " + status + b"\r\ncontent-type: " + content_type + b"\r\ncontent-length: "
         + str(len(body)).encode() + b"\r\nconnection: " + connection + b"\r\n\r\n" + body
     )
 
@@ -88,7 +121,7 @@ class _Responses:
         self.table: dict[tuple[bytes, bytes], tuple[bytes, bytes]] = {}
         for method, path, status, body in (
             (b"POST", b"/v1/chat/completions", b"200 OK", chat),
-            (b"POST", b"/v1/completions", b"200 OK", chat),
+            (b"POST", b"/v1/completions", b"200 OK", completion_body(model)),
             (b"GET", b"/v1/models", b"200 OK", models),
             (b"GET", b"/health", b"200 OK", b"{}"),
         ):
@@ -96,6 +129,11 @@ class _Responses:
                 _response(status, body, keep_alive=True),
                 _response(status, body, keep_alive=False),
             )
+        stream = chat_stream_body(model)
+        self.stream = (
+            _response(b"200 OK", stream, keep_alive=True, content_type=b"text/event-stream"),
+            _response(b"200 OK", stream, keep_alive=False, content_type=b"text/event-stream"),
+        )
         self.not_found = (
             _response(b"404 Not Found", missing, keep_alive=True),
             _response(b"404 Not Found", missing, keep_alive=False),
@@ -136,7 +174,8 @@ def usage_answer(raw: bytes) -> bytes:
 class _HttpProtocol(asyncio.Protocol):
     """One connection: parse with httptools, answer each complete request at once."""
 
-    __slots__ = ("_responses", "_transport", "_parser", "_url", "_close", "_body", "_echo")
+    __slots__ = ("_responses", "_transport", "_parser", "_url", "_close", "_body", "_echo",
+                 "_stream")
 
     def __init__(self, responses: _Responses, echo: bool = False) -> None:
         self._responses = responses
@@ -146,6 +185,7 @@ class _HttpProtocol(asyncio.Protocol):
         self._close = False
         self._body = bytearray()
         self._echo = echo
+        self._stream = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
@@ -162,10 +202,13 @@ class _HttpProtocol(asyncio.Protocol):
         self._url = b""
         self._close = False
         self._body.clear()
+        self._stream = False
 
     def on_body(self, body: bytes) -> None:
         if self._echo:
             self._body += body
+        if b'"stream":true' in body:
+            self._stream = True
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -181,6 +224,8 @@ class _HttpProtocol(asyncio.Protocol):
         path = self._url.split(b"?", 1)[0]
         method = self._parser.get_method()
         answers = self._responses.table.get((method, path), self._responses.not_found)
+        if self._stream and method == b"POST" and answers is not self._responses.not_found:
+            answers = self._responses.stream
         close = self._close or not self._parser.should_keep_alive()
         if self._echo and method == b"POST" and path in _COMPLETION_PATHS:
             body = usage_answer(bytes(self._body))
