@@ -24,7 +24,9 @@ import yaml
 
 from flows.cache_optimization import cache_optimization
 from flows.cost_management import cost_management
+from flows.demand_forecasting import demand_forecasting
 from flows.experiments import experiments
+from flows.forecast_backtest import forecast_backtest
 from flows.model_routing import model_routing
 from flows.parallel_execution import parallel_execution
 from flows.token_optimization import token_optimization
@@ -36,6 +38,8 @@ FLOWS: dict[str, Any] = {
     "experiments": experiments,
     "parallel_execution": parallel_execution,
     "cost_management": cost_management,
+    "demand_forecasting": demand_forecasting,
+    "forecast_backtest": forecast_backtest,
 }
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,6 +79,10 @@ DEPLOYMENTS = [
                parameters={"mode": "monthly"}, description="Last month's cost summary"),
     Deployment("parallel_execution", "on-demand",
                description="Runs one batch (POST /v1/batches starts it with batch_id)"),
+    Deployment("demand_forecasting", "every-minute", 60,
+               description="Forecasts demand per model, decides and actuates the worker count"),
+    Deployment("forecast_backtest", "daily", 86400,
+               description="Backtests the forecasters per model; picks one per model"),
 ]
 
 

@@ -22,12 +22,15 @@ from models.tables import (
     Experiment,
     ExperimentArm,
     ExperimentResult,
+    ForecastScore,
     QuarantinedEvent,
     RequestLog,
+    ScalingDecision,
     SemanticEntry,
     StoredFile,
     TokenReport,
     Worker,
+    WorkerLaunch,
 )
 
 __all__ = [
@@ -49,6 +52,9 @@ __all__ = [
     "Base",
     "QuarantinedEvent",
     "RequestLog",
+    "ScalingDecision",
+    "ForecastScore",
+    "WorkerLaunch",
     "SemanticEntry",
     "TokenReport",
     "StoredFile",

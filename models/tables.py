@@ -563,3 +563,64 @@ class CostReport(Base):
     summary: Mapped[dict] = mapped_column(JSON, doc="the headline figures, for the dashboard")
 
     __table_args__ = (Index("ix_cost_reports_period_start", "period_start"),)
+class ScalingDecision(Base):
+    """One autoscaling decision for one model (``demand_forecasting`` flow): the fleet it
+    found, what it asked for, what the forecast and the measurements said, and why.
+    ``actuated`` records whether the actuator carried it out (error text when not)."""
+
+    __tablename__ = "scaling_decisions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    decided_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    model: Mapped[str] = mapped_column(String(256))
+    current_replicas: Mapped[int] = mapped_column(Integer)
+    desired_replicas: Mapped[int] = mapped_column(Integer)
+    reactive_replicas: Mapped[int] = mapped_column(Integer)
+    predictive_replicas: Mapped[int | None] = mapped_column(Integer)
+    forecaster: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(Text)
+    inputs: Mapped[dict] = mapped_column(JSON, default=dict)
+    actuated: Mapped[bool] = mapped_column(Boolean, default=False)
+    actuator_error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_scaling_decisions_model_decided_at", "model", "decided_at"),)
+
+
+class ForecastScore(Base):
+    """A forecaster's backtest error on one model's demand series at one horizon
+    (``forecast_backtest`` flow); ``chosen`` marks the one the policy uses."""
+
+    __tablename__ = "forecast_scores"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    evaluated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    model: Mapped[str] = mapped_column(String(256))
+    series: Mapped[str] = mapped_column(String(64), doc="e.g. tokens_10s")
+    forecaster: Mapped[str] = mapped_column(String(64))
+    horizon_s: Mapped[int] = mapped_column(Integer)
+    wape: Mapped[float | None] = mapped_column(Double)
+    smape: Mapped[float | None] = mapped_column(Double)
+    coverage: Mapped[float | None] = mapped_column(Double, doc="share inside the 90% interval")
+    origins: Mapped[int] = mapped_column(Integer)
+    chosen: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    __table_args__ = (Index("ix_forecast_scores_model_evaluated_at", "model", "evaluated_at"),)
+
+
+class WorkerLaunch(Base):
+    """A worker an actuator started: when it was asked for and when it became healthy
+    (or failed). The cold-start estimate is measured from these rows; a launch that never
+    became healthy counts against it."""
+
+    __tablename__ = "worker_launches"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model: Mapped[str] = mapped_column(String(256))
+    url: Mapped[str] = mapped_column(String(512))
+    pid: Mapped[int | None] = mapped_column(Integer)
+    requested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    healthy_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    failed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_worker_launches_model_requested_at", "model", "requested_at"),)

@@ -393,8 +393,33 @@ class Settings(BaseSettings):
         description="more vLLM arguments, shell-quoted in one string; they override ours",
     )
 
+    # demand forecasting and autoscaling (services/forecasting, flow demand_forecasting)
+    scaling_enabled: bool = Field(
+        default=False, description="act on scaling decisions (off: decide and record only)")
+    scaling_interval_s: float = Field(default=30.0, gt=0,
+                                      description="seconds between scaling decisions")
+    scaling_actuator: Literal["none", "local", "kubernetes"] = "none"
+    scaling_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="models to scale (comma-separated)")
+    scaling_model_dirs: dict[str, Path] = Field(
+        default_factory=dict, description="local actuator: model name -> folder vLLM serves")
+    scaling_min_replicas: int = Field(default=1, ge=0)
+    scaling_max_replicas: int = Field(default=4, ge=1)
+    scaling_scale_to_zero: bool = Field(
+        default=False, description="allow 0 workers; the next request waits a cold start")
+    scaling_worker_capacity_tokens_s: float = Field(
+        default=1000.0, gt=0,
+        description="tokens/s one worker serves at the SLO until the store has measured it")
+    scaling_latency_slo_ms: float = Field(default=200.0, gt=0)
+    scaling_cold_start_s: float = Field(
+        default=60.0, gt=0, description="until measured from the workers this actuator started")
+    scaling_k8s_namespace: str = "default"
+    scaling_k8s_deployments: dict[str, str] = Field(
+        default_factory=dict, description="kubernetes actuator: model name -> Deployment")
+
     @field_validator(
-        "api_keys", "workers", "cache_shared_namespaces", "cache_semantic_tenants", mode="before"
+        "api_keys", "workers", "cache_shared_namespaces", "cache_semantic_tenants",
+        "scaling_models", mode="before"
     )
     @classmethod
     def _csv(cls, value: Any) -> Any:

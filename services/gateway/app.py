@@ -35,6 +35,7 @@ from services.execution import (
     store_sync,
 )
 from services.experiments import load_live
+from services.forecasting.metrics import DesiredReplicasCollector
 from services.gateway.auth import KeyRing
 from services.gateway.deps import AppServices
 from services.gateway.errors import HeaderLimit, install_error_handlers
@@ -166,6 +167,8 @@ def build_services(settings: Settings) -> AppServices:
     )
     catalog = PriceCatalog.from_settings(settings)
     metrics = GatewayMetrics()
+    # the autoscaling decision, for KEDA / an HPA external metric (services/forecasting)
+    metrics.registry.register(DesiredReplicasCollector(engine))
     pool = WorkerPool(
         client,
         health_interval_s=settings.health_interval_s,

@@ -18,6 +18,7 @@ TABLES = {
     "files", "batches", "batch_results", "telemetry_quarantine",
     "config_versions", "config_audit", "experiments", "experiment_arms", "experiment_results",
     "cost_rollups", "cost_rollup_state", "cost_reports",
+    "scaling_decisions", "forecast_scores", "worker_launches",
 }
 
 
