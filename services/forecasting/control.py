@@ -151,13 +151,13 @@ def restore(policy: HybridPolicy, engine: Engine, model: str, now: datetime,
     WAPE (its next-bin forecasts against the series)."""
     window = max(policy.config.stabilisation_s, policy.config.scale_down_after_s,
                  policy.config.cooldown_down_s) + 60
-    with engine.connect() as conn:
-        rows = conn.execute(
+    with Session(engine) as session:
+        rows = session.scalars(
             select(ScalingDecision).where(ScalingDecision.model == model,
                                           ScalingDecision.decided_at >= now - timedelta(
                                               seconds=window))
             .order_by(ScalingDecision.decided_at)
-        ).scalars().all()
+        ).all()
     epoch = now.timestamp()
     pairs = []
     for row in rows:
@@ -233,7 +233,7 @@ def record(session: Session, decision: Decision, *, actuated: bool,
         inputs=decision.inputs, actuated=actuated, actuator_error=error))
 
 
-def run_backtest(engine: Engine, model: str, *, hours: float = 24.0,
+def run_backtest(engine: Engine, model: str, *, hours: float = 24.0, origins: int = 60,
                  now: datetime | None = None) -> list[ForecastScore]:
     """Backtest every forecaster on the model's recent 10-s token series at 10 s and
     5 minutes, store the scores, and mark the best at 5 minutes as chosen."""
@@ -245,7 +245,7 @@ def run_backtest(engine: Engine, model: str, *, hours: float = 24.0,
     horizons = [1, 30]
     if len(series) < 60 + max(horizons):
         return []
-    stride = max(1, (len(series) - 90) // 60)  # about 60 origins whatever the history
+    stride = max(1, (len(series) - 90) // origins)  # about that many, whatever the history
     result = backtest(series.iloc[-4 * HISTORY_BINS:].astype(float), all_forecasters(),
                       horizons, min_train=60, stride=stride)
     best = result.best(30)
@@ -255,7 +255,7 @@ def run_backtest(engine: Engine, model: str, *, hours: float = 24.0,
         coverage=_finite(s.coverage), origins=s.origins,
         chosen=best is not None and s.horizon == 30 and s.forecaster == best.forecaster)
         for s in result.scores]
-    with Session(engine) as session, session.begin():
+    with Session(engine, expire_on_commit=False) as session, session.begin():
         session.add_all(rows)
     return rows
 

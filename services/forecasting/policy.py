@@ -218,10 +218,10 @@ class HybridPolicy:
         self.targets = [(at, t) for at, t in self.targets if now - at < config.stabilisation_s]
         self.targets.append((now, target))
         stable = max(t for _, t in self.targets)
-        if stable > target and stable < current:
-            reason += f"; held at {stable}, the highest target of the last " \
-                      f"{config.stabilisation_s:.0f} s"
-        target = max(target, min(stable, current))
+        if min(stable, current) > target:
+            target = min(stable, current)
+            reason += (f"; held at {target}, the highest target of the last "
+                       f"{config.stabilisation_s:.0f} s")
         desired = _clip(target, config)
         if desired > current + config.max_step_up:
             desired = current + config.max_step_up
