@@ -142,10 +142,11 @@ def test_capacity_and_cold_start_are_measured_from_the_store(store) -> None:
 
     assert cold_start_s(store, "m", default=60.0, timeout_s=300.0) == 60.0
     with session_factory(store).begin() as session:
+        after = [NOW + timedelta(seconds=s) for s in (30, 40, 5)]
         session.add_all([
-            WorkerLaunch(model="m", url="u1", requested_at=NOW, healthy_at=NOW + timedelta(seconds=30)),
-            WorkerLaunch(model="m", url="u2", requested_at=NOW, healthy_at=NOW + timedelta(seconds=40)),
-            WorkerLaunch(model="m", url="u3", requested_at=NOW, failed_at=NOW + timedelta(seconds=5)),
+            WorkerLaunch(model="m", url="u1", requested_at=NOW, healthy_at=after[0]),
+            WorkerLaunch(model="m", url="u2", requested_at=NOW, healthy_at=after[1]),
+            WorkerLaunch(model="m", url="u3", requested_at=NOW, failed_at=after[2]),
             WorkerLaunch(model="m", url="u4", requested_at=NOW),  # still starting: not counted
         ])
     # median of 30, 40 and the failed one's full 300 s timeout
