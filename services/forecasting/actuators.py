@@ -42,7 +42,11 @@ def _pid_alive(pid: int | None) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # our own child that exited is a zombie until reaped: not alive
+        reaped, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:  # not our child (started by an earlier flow run)
+        return True
+    return reaped == 0
 
 
 class LocalActuator:
