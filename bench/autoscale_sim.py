@@ -17,6 +17,7 @@ ms, ``input_length``, ``output_length``). Load = prompt + output tokens.
    - ``ours``: the shipped ``HybridPolicy`` with its default ``PolicyConfig`` every
      ``--period`` s (the ``demand_forecasting`` flow's interval), fed the forecaster the
      backtest picked at the 5-minute horizon, refit at every decision.
+   ``static_N`` (context): a fixed fleet of ours' average size, i.e. the same cost.
    Reactive and ours start from the static fleet (a fleet handed over, not a cold start
    from one worker: both would otherwise pay the same warm-up violations).
 
@@ -104,6 +105,11 @@ def main() -> None:
                             capacity_tokens_s=capacity_s, period_s=args.period,
                             initial=static_n)
     ours_s = time.perf_counter() - started
+    # context, not a baseline of the issue: a fixed fleet costing what ours cost
+    same_cost = max(1, round(runs["ours"].replica_seconds / len(tokens)))
+    runs[f"static_{same_cost}"] = simulate(tokens, requests, static_controller(same_cost),
+                                           capacity_tokens_s=capacity_s, period_s=30,
+                                           initial=same_cost)
     print(markdown_table(
         ["policy", "replica-seconds", "violation-seconds", "max replicas"],
         [[name, f"{r.replica_seconds:,}", r.violation_seconds, r.max_replicas]

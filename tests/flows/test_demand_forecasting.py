@@ -13,8 +13,8 @@ from models import ForecastScore, RequestLog, ScalingDecision, session_factory
 
 
 def test_flows_record_decisions_and_are_deployed(store, prefect_harness, monkeypatch) -> None:
-    from flows.deployments import deployments
     from flows.demand_forecasting import demand_forecasting
+    from flows.deployments import deployments
     from flows.forecast_backtest import forecast_backtest
 
     monkeypatch.setenv("OPTENGINE_SCALING_MODELS", "busy,quiet")
