@@ -223,6 +223,10 @@ class HybridPolicy:
             reason += (f"; held at {target}, the highest target of the last "
                        f"{config.stabilisation_s:.0f} s")
         desired = _clip(target, config)
+        if desired > target:
+            reason += f"; raised to the floor of {config.floor}"
+        elif desired < target:
+            reason += f"; capped at max_replicas {config.max_replicas}"
         if desired > current + config.max_step_up:
             desired = current + config.max_step_up
             reason += f"; step capped at +{config.max_step_up}"
