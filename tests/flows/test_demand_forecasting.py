@@ -36,6 +36,6 @@ def test_flows_record_decisions_and_are_deployed(store, prefect_harness, monkeyp
     assert forecast_backtest(models=["quiet"]) == {"quiet": []}
     with session_factory(store)() as session:
         assert session.scalars(select(ForecastScore)).all() == []
-    names = {d.name: d for d in deployments()}
-    assert names["every-minute"].flow_name == "demand_forecasting"
-    assert any(d.flow_name == "forecast_backtest" for d in deployments())
+    scheduled = {d.flow_name: d.name for d in deployments()}
+    assert scheduled["demand_forecasting"] == "every-minute"
+    assert scheduled["forecast_backtest"] == "daily"

@@ -1,8 +1,8 @@
 """scaling_decisions, forecast_scores, worker_launches
 
-Revision ID: 05f913663365
-Revises: 2326b790f606
-Create Date: 2026-12-06 14:31:38.299193
+Revision ID: b1043deba9ab
+Revises: fa37fb70ba3a
+Create Date: 2026-12-06 15:38:35.135697
 
 """
 from collections.abc import Sequence
@@ -10,9 +10,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-
-revision: str = '05f913663365'
-down_revision: str | None = '2326b790f606'
+revision: str = 'b1043deba9ab'
+down_revision: str | None = 'fa37fb70ba3a'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
