@@ -1,4 +1,4 @@
-"""Flow ``demand_forecasting``: every ``scaling_interval_s`` (a minute), for each model in
+"""Flow ``demand_forecasting``: every minute, for each model in
 ``scaling_models``: read its demand series and measurements from the store, forecast,
 decide with the hybrid policy, actuate (local processes or Kubernetes, when
 ``scaling_enabled``), record the decision (``scaling_decisions``; the gateway exports

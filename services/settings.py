@@ -396,8 +396,8 @@ class Settings(BaseSettings):
     # demand forecasting and autoscaling (services/forecasting, flow demand_forecasting)
     scaling_enabled: bool = Field(
         default=False, description="act on scaling decisions (off: decide and record only)")
-    scaling_interval_s: float = Field(default=60.0, gt=0,
-                                      description="seconds between scaling decisions")
+    scaling_interval_s: float = Field(
+        default=60.0, gt=0, description="window of measured demand; the flow runs every minute")
     scaling_actuator: Literal["none", "local", "kubernetes"] = "none"
     scaling_models: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="models to scale (comma-separated)")
