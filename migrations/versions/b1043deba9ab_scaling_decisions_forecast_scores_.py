@@ -1,7 +1,7 @@
 """scaling_decisions, forecast_scores, worker_launches
 
 Revision ID: b1043deba9ab
-Revises: fa37fb70ba3a
+Revises: 7cdec7a53545
 Create Date: 2026-12-06 15:38:35.135697
 
 """
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = 'b1043deba9ab'
-down_revision: str | None = 'fa37fb70ba3a'
+down_revision: str | None = '7cdec7a53545'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
