@@ -96,6 +96,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--gateway-cache", choices=("off", "on"), default="off",
                         help="the gateway's response cache: off measures the proxy path; on "
                              "(with --unique) measures the cache-miss path")
+    parser.add_argument("--semantic-gateway", action="store_true",
+                        help="with --gateway-cache on: also measure a gateway with the "
+                             "semantic cache on for every tenant (target 'gateway-semantic')")
     parser.add_argument("--unique", action="store_true",
                         help="make every request body unique (a cache never hits)")
     parser.add_argument("--upstream-processes", type=int, default=2,
@@ -143,6 +146,7 @@ def start_upstream(workdir: Path, model: str, processes: int) -> tuple[Service, 
 def start_gateway(
     workdir: Path, upstream_url: str, model: str, *, name: str = "gateway",
     src: Path | None = None, python: Path | None = None, cache: bool = False,
+    semantic_tenants: str | None = None,
 ) -> tuple[Service, str]:
     """``optengine serve`` as an operator runs it: auth on, telemetry into SQLite.
 
@@ -161,6 +165,8 @@ def start_gateway(
         # The benchmark repeats one body: with the cache on it would measure cache hits.
         "OPTENGINE_CACHE_ENABLED": "true" if cache else "false",
     }
+    if semantic_tenants is not None:
+        env["OPTENGINE_CACHE_SEMANTIC_TENANTS"] = semantic_tenants
     if src is None:
         cmd = [str(REPO_ROOT / ".venv" / "bin" / "optengine"), *serve]
     else:
@@ -282,7 +288,7 @@ def unique_body(body: dict[str, Any]) -> dict[str, Any]:
 def parse_variant(spec: str) -> tuple[str, Path, Path | None]:
     """``NAME=SRC[,PYTHON]`` -> (name, source tree, interpreter or None for the app's)."""
     name, sep, rest = spec.partition("=")
-    if not sep or not name or name in ("direct", "gateway", "litellm"):
+    if not sep or not name or name in ("direct", "gateway", "gateway-semantic", "litellm"):
         raise SystemExit(f"--variant {spec!r}: expected NAME=SRC[,PYTHON] with a new NAME")
     src_text, _, python_text = rest.partition(",")
     src = Path(src_text)
@@ -374,6 +380,10 @@ def main(argv: list[str] | None = None) -> int:
     targets = ["direct", "gateway", *(v[0] for v in variants)]
     if args.experiment:
         targets.append("experiment")
+    if args.semantic_gateway:
+        if args.gateway_cache != "on":
+            raise SystemExit("--semantic-gateway needs --gateway-cache on")
+        targets.append("gateway-semantic")
     if not args.skip_litellm:
         targets.append("litellm")
     workdir = bench_tempdir("bench-overhead-")
@@ -403,6 +413,11 @@ def main(argv: list[str] | None = None) -> int:
                                     "content-type": "application/json"}, timeout=30)
         if "x-experiment" not in probe.headers:
             raise SystemExit("the experiment gateway did not apply the seeded experiment")
+    if args.semantic_gateway:
+        services["gateway-semantic"], urls["gateway-semantic"] = start_gateway(
+            workdir, upstream_url, model, name="gateway-semantic", cache=cache,
+            semantic_tenants="*")
+        keys["gateway-semantic"] = GATEWAY_KEY
     if "litellm" in targets:
         services["litellm"], urls["litellm"] = start_litellm(
             workdir, args.litellm_python, upstream_url, model

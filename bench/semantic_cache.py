@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 from harness import machine_info, markdown_table, print_json_line
 
-from services.caching.semantic import SemanticCache, VectorIndex
+from services.caching.semantic import VERIFIER_KINDS, SemanticCache, VectorIndex
 from services.caching.semantic.corpus import Pair, encode_cached, load_pairs
 from services.caching.semantic.train import (
     MANIFEST_NAME,
@@ -146,7 +146,8 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
     embed_s = time.perf_counter() - t0
     row = {t: i for i, t in enumerate(texts)}
 
-    cache = SemanticCache(encoder=encoder, min_probability=args.threshold)
+    cache = SemanticCache(encoder=encoder, min_probability=args.threshold,
+                          verifier_kind=args.verifier)
     for text in entries:
         cache.add(SCOPE, _digest(text), text, embedding=vectors[row[text]])
     ours: list[Outcome | None] = []
@@ -345,8 +346,9 @@ def latency(args: argparse.Namespace) -> dict[str, Any]:
         np.save(args.export / "entries.npy", vectors)
         np.save(args.export / "queries.npy", query_vectors)
         print(f"exported vectors to {args.export}")
-    cache = SemanticCache(encoder=encoder)
-    results: dict[str, Any] = {"mode": "latency", "sizes": {}, "machine": machine_info()}
+    cache = SemanticCache(encoder=encoder, verifier_kind=args.verifier)
+    results: dict[str, Any] = {"mode": "latency", "sizes": {}, "machine": machine_info(),
+                               "verifier": cache.verifier.kind}
     rows, design_rows = [], []
     for size in sizes:
         cache.index.clear()
@@ -360,6 +362,7 @@ def latency(args: argparse.Namespace) -> dict[str, Any]:
         embed: dict[str, list[float]] = {e.kind: [] for e in encoders}
         search, verify = [], []
         hits = 0
+        scored_before = getattr(cache.verifier, "pairs_scored", 0)
         for text in query_texts:
             for other in encoders[1:]:
                 a = time.perf_counter()
@@ -377,6 +380,8 @@ def latency(args: argparse.Namespace) -> dict[str, Any]:
             search.append((c - b) * 1e3)
             verify.append((d - c) * 1e3)
         load_after = os.getloadavg()[0]
+        # pairs the cross-encoder scored (the guards refuse the rest before it)
+        scored = getattr(cache.verifier, "pairs_scored", 0) - scored_before
         stats = cache.stats()
         parts = {f"embed ({kind})": times for kind, times in embed.items()}
         parts |= {"search": search, "verify": verify}
@@ -387,8 +392,13 @@ def latency(args: argparse.Namespace) -> dict[str, Any]:
             "parts_ms": {name: {"p50": _pct(v, 50), "p95": _pct(v, 95)}
                          for name, v in parts.items()},
             "index_bytes": stats.vector_bytes, "load_before": load_before,
-            "load_after": load_after,
+            "load_after": load_after, "model_pairs": scored,
+            "verify_ms_per_model_pair": sum(verify) / scored if scored else None,
         }
+        if scored:
+            print(f"{size:,} entries: the verifier's model scored {scored} pairs for "
+                  f"{len(query_texts)} lookups, {sum(verify) / scored:.2f} ms of verification "
+                  "per scored pair")
         results["sizes"][str(size)] = point
         for name, figures in point["parts_ms"].items():
             rows.append([f"{size:,}", name, figures["p50"], figures["p95"],
@@ -465,6 +475,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         type=lambda v: [k for k in v.split(",") if k],
                         help=f"comma-separated, of {', '.join(ENCODER_KINDS)}: the first embeds "
                              "(both modes); --latency also times the others on every query")
+    parser.add_argument("--verifier", choices=VERIFIER_KINDS, default="cross-encoder",
+                        help="which verifier accepts candidates (setting cache_semantic_verifier)")
     parser.add_argument("--latency", action="store_true", help="measure lookup latency")
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--queries", type=int, default=300)

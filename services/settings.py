@@ -302,6 +302,12 @@ class Settings(BaseSettings):
               description="per-tenant verifier threshold, e.g. {support-bot: 0.5}; other "
               "tenants use cache_semantic_min_probability")
     )
+    cache_semantic_verifier: Literal["cross-encoder", "features"] = Field(
+        default="cross-encoder",
+        description="what accepts a semantic candidate: the shipped cross-encoder (reads "
+        "both questions; two-stage lookup) or the feature model over the cosine (cheaper, "
+        "about a tenth of the recall at the same precision)",
+    )
     embedding_encoder: Literal["onnx-int8", "onnx-fp32", "numpy"] = Field(
         default="onnx-int8",
         description="all-MiniLM-L6-v2 runtime (services.embeddings.ENCODER_KINDS): ONNX "

@@ -97,3 +97,4 @@ class SemanticSync:
     async def stop(self) -> None:
         await cancel_and_wait(self._task)
         self._task = None
+        self.cache.close()  # the embedding batcher's thread

@@ -76,17 +76,95 @@ def build_minilm(model_dir: Path, *, int8: bool) -> onnx.ModelProto:
     """Inputs ``input_ids`` (int64, batch x length) and ``attention_bias`` (float32,
     batch x 1 x 1 x length: 0 for tokens, -1e9 for padding); output ``hidden``."""
     config = json.loads((model_dir / "config.json").read_text())
-    hidden, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
-    eps = float(config["layer_norm_eps"])
+    hidden = int(config["hidden_size"])
     w = load_file(str(model_dir / "model.safetensors"))
     g = _Graph(int8=int8)
+    word = g.op("Gather", g.const("word", w["embeddings.word_embeddings.weight"]), "input_ids")
+    segment = g.const("token_type", w["embeddings.token_type_embeddings.weight"][0])
+    x = _encoder(g, w, config, word, segment)
+    g.nodes.append(helper.make_node("Identity", [x], ["hidden"]))
+    graph = helper.make_graph(
+        g.nodes, "all-MiniLM-L6-v2",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "length"]),
+         helper.make_tensor_value_info("attention_bias", TensorProto.FLOAT,
+                                       ["batch", 1, 1, "length"])],
+        [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["batch", "length", hidden])],
+        g.initializers,
+    )
+    return _model(graph)
+
+
+def build_pair_classifier(model_dir: Path, *, max_positions: int = 128) -> onnx.ModelProto:
+    """A fine-tuned BERT pair classifier (``BertForSequenceClassification``, one logit)
+    as an int8 graph small enough to ship: projections as ``MatMulNBits``, the word
+    embedding table as uint8 rows with one scale per row (gathered, then dequantised),
+    positions, segments and the head in float32.
+
+    Inputs ``input_ids`` and ``token_type_ids`` (int64, batch x length) and
+    ``attention_bias`` (as ``build_minilm``); output ``logits`` (batch): the logit of
+    "same question" from the [CLS] token through the pooler and the classifier.
+    Only the first ``max_positions`` position embeddings are kept (inputs are no longer).
+    """
+    config = json.loads((model_dir / "config.json").read_text())
+    w = load_file(str(model_dir / "model.safetensors"))
+    w = {k.removeprefix("bert."): v for k, v in w.items()}
+    positions = "embeddings.position_embeddings.weight"
+    w[positions] = np.ascontiguousarray(w[positions][:max_positions])
+    g = _Graph(int8=True)
+    table = w["embeddings.word_embeddings.weight"].astype(np.float32)
+    absmax = np.abs(table).max(1)
+    row_scale = np.where(absmax > 0, absmax / 127.0, 1.0).astype(np.float32)
+    codes = (np.clip(np.rint(table / row_scale[:, None]), -127, 127) + 128).astype(np.uint8)
+    gathered = g.op("Cast", g.op("Gather", g.const("word.codes", codes), "input_ids"),
+                    to=TensorProto.FLOAT)
+    scales = g.op("Unsqueeze", g.op("Gather", g.const("word.scales", row_scale), "input_ids"),
+                  g.const("last", np.array([-1], np.int64)))
+    word = g.op("Mul", g.op("Sub", gathered, g.const("word.zero", np.array(128, np.float32))),
+                scales)
+    segment = g.op("Gather", g.const("token_type", w["embeddings.token_type_embeddings.weight"]),
+                   "token_type_ids")
+    x = _encoder(g, w, config, word, segment)
+    cls = g.op("Gather", x, "zero", axis=1)  # the [CLS] row
+    pooler = g.const("pooler.w", np.ascontiguousarray(w["pooler.dense.weight"].T))
+    pooled = g.op("Tanh", g.op("Add", g.op("MatMul", cls, pooler),
+                               g.const("pooler.b", w["pooler.dense.bias"])))
+    head = g.const("classifier.w", np.ascontiguousarray(w["classifier.weight"].T))
+    logit = g.op("Add", g.op("MatMul", pooled, head), g.const("classifier.b", w["classifier.bias"]))
+    squeeze = g.const("squeeze", np.array([1], np.int64))
+    g.nodes.append(helper.make_node("Squeeze", [logit, squeeze], ["logits"]))
+    graph = helper.make_graph(
+        g.nodes, "minilm-pair-classifier",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "length"]),
+         helper.make_tensor_value_info("token_type_ids", TensorProto.INT64, ["batch", "length"]),
+         helper.make_tensor_value_info("attention_bias", TensorProto.FLOAT,
+                                       ["batch", 1, 1, "length"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch"])],
+        g.initializers,
+    )
+    return _model(graph)
+
+
+def _model(graph: onnx.GraphProto) -> onnx.ModelProto:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
+                                                    helper.make_opsetid(MS, 1)])
+    model.ir_version = 9
+    return model
+
+
+def _encoder(g: _Graph, w: dict[str, np.ndarray], config: dict[str, object], word: str,
+             segment: str) -> str:
+    """Embeddings (word + position + segment, LayerNorm) and the transformer layers;
+    returns the last hidden state's name. ``word`` and ``segment`` are the looked-up
+    (or constant) embedding rows."""
+    hidden, heads = int(str(config["hidden_size"])), int(str(config["num_attention_heads"]))
+    eps = float(str(config["layer_norm_eps"]))
     e = "embeddings."
     one = g.const("one", np.array(1, np.int64))
     length = g.op("Gather", g.op("Shape", "input_ids"), one)
     positions = g.op("Range", g.const("zero", np.array(0, np.int64)), length, one)
-    x = g.op("Add", g.op("Gather", g.const("word", w[e + "word_embeddings.weight"]), "input_ids"),
+    x = g.op("Add", word,
              g.op("Gather", g.const("position", w[e + "position_embeddings.weight"]), positions))
-    x = g.op("Add", x, g.const("token_type", w[e + "token_type_embeddings.weight"][0]))
+    x = g.op("Add", x, segment)
     x = g.op("LayerNormalization", x, g.const("ln.g", w[e + "LayerNorm.weight"]),
              g.const("ln.b", w[e + "LayerNorm.bias"]), axis=-1, epsilon=eps)
     head_dim = hidden // heads
@@ -101,7 +179,7 @@ def build_minilm(model_dir: Path, *, int8: bool) -> onnx.ModelProto:
                     g.const(prefix + "b", w[prefix + "LayerNorm.bias"]),
                     g.const(bias, w[bias]), domain=MS, epsilon=eps)
 
-    for i in range(int(config["num_hidden_layers"])):
+    for i in range(int(str(config["num_hidden_layers"]))):
         p = f"encoder.layer.{i}."
         a = p + "attention."
         names = ("query", "key", "value")
@@ -124,16 +202,4 @@ def build_minilm(model_dir: Path, *, int8: bool) -> onnx.ModelProto:
                      g.const(p + "intermediate.bias", w[p + "intermediate.dense.bias"]), domain=MS)
         out = g.project(inner, p + "output.dense", w[p + "output.dense.weight"].T)
         x = skip_norm(out, x, p + "output.", p + "output.dense.bias")
-    g.nodes.append(helper.make_node("Identity", [x], ["hidden"]))
-    graph = helper.make_graph(
-        g.nodes, "all-MiniLM-L6-v2",
-        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "length"]),
-         helper.make_tensor_value_info("attention_bias", TensorProto.FLOAT,
-                                       ["batch", 1, 1, "length"])],
-        [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["batch", "length", hidden])],
-        g.initializers,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
-                                                    helper.make_opsetid(MS, 1)])
-    model.ir_version = 9
-    return model
+    return x

@@ -226,7 +226,8 @@ def build_services(settings: Settings) -> AppServices:
             from services.embeddings import default_encoder
 
             semantic = SemanticCache(encoder=default_encoder(settings.embedding_encoder),
-                                     min_probability=settings.cache_semantic_min_probability)
+                                     min_probability=settings.cache_semantic_min_probability,
+                                     verifier_kind=settings.cache_semantic_verifier)
             semantic_store = SemanticStore(engine)
             semantic_sync = SemanticSync(semantic, semantic_store)
         stages.append(

@@ -247,7 +247,7 @@ def test_a_tenant_may_trade_precision_for_recall(vllm_worker, make_settings, sta
                                                 ) -> None:
     gateway = start_gateway(make_settings(
         workers=[vllm_worker.base_url], api_keys=["key-a:tenant-a", "key-b:tenant-b"],
-        cache_semantic_tenants=["*"],
+        cache_semantic_tenants=["*"], cache_semantic_verifier="features",
         cache_semantic_tenant_min_probability={"tenant-a": 0.6}))
     for key in ("key-a", "key-b"):
         assert ask(gateway, "How do I reset my password?", key) == "MISS"
@@ -265,6 +265,26 @@ def test_semantic_refuses_a_different_number(vllm_worker, make_settings, start_g
     )
     assert ask(gateway, "How do I convert 15 miles to kilometres?") == "MISS"
     assert ask(gateway, "How do I convert 25 miles to kilometres?") == "MISS"
+
+
+def test_the_cross_encoder_serves_a_paraphrase_and_refuses_a_changed_question(
+        vllm_worker, make_settings, start_gateway) -> None:
+    gateway = start_gateway(
+        make_settings(workers=[vllm_worker.base_url], cache_semantic_tenants=["*"])
+    )
+    stage = next(s for s in gateway.services.serving._pipeline.stages if s.name == "cache")
+    verifier = stage._semantic.verifier
+    assert verifier.kind == "cross-encoder"  # the default
+    assert ask(gateway, "What is the best way to learn Python?") == "MISS"
+    scored = verifier.pairs_scored
+    assert ask(gateway, "What is the best way to learn Python programming?") == "HIT-SEMANTIC"
+    assert verifier.pairs_scored == scored + 1  # the model judged it, not a rule
+    assert ask(gateway, "What is the best way to learn Python in 2 weeks?") == "MISS"  # number
+    assert ask(gateway, "Why is it not the best way to learn Python?") == "MISS"  # negation
+    # too long for the model's window: not looked up, not indexed, answered upstream
+    long = " ".join(["Here is a long description of what I need to learn."] * 12)
+    assert ask(gateway, long) == "MISS"
+    assert ask(gateway, long.lower()) == "MISS"
 
 
 def test_semantic_is_opt_in(vllm_gateway) -> None:

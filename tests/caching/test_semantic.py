@@ -1,5 +1,5 @@
 """The semantic cache: hits on paraphrases, refusals of the known false hits, scoping,
-the index against brute force, and the shipped verifier model."""
+the index against brute force, and the shipped feature verifier model."""
 
 from __future__ import annotations
 
@@ -26,15 +26,16 @@ def digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+# the feature verifier's behaviour (the cross-encoder's: test_cross_encoder.py)
 @pytest.fixture(scope="module")
 def cache() -> SemanticCache:
-    return SemanticCache()
+    return SemanticCache(verifier_kind="features")
 
 
 @pytest.fixture(scope="module")
 def permissive() -> SemanticCache:
     """A threshold far below the calibrated one: the guards must hold on their own."""
-    return SemanticCache(min_probability=0.5)
+    return SemanticCache(min_probability=0.5, verifier_kind="features")
 
 
 def store_and_lookup(cache: SemanticCache, stored: str, asked: str,

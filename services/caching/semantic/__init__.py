@@ -4,10 +4,12 @@ asked in other words, when that is as safe as an exact hit.
 Safety comes from two places. Scope: an entry is only ever compared with questions of
 the same scope, ``(namespace, context hash)``, where the context hash (computed by the
 gateway stage) covers the whole request except the text of the last user message:
-model, sampling parameters, system prompt, earlier turns, tools. Verification: the
-nearest stored questions are scored by ``SemanticVerifier``, a small model that knows
-what cosine similarity misses (a different number, entity or negation) and accepts only
-above a threshold calibrated on data for a target precision.
+model, sampling parameters, system prompt, earlier turns, tools. Verification, the
+second stage: the nearest stored questions of the scope are judged by the verifier,
+which accepts only above a threshold calibrated on data for a target precision. The
+default, ``CrossEncoderVerifier``, refuses by rule what cosine similarity misses (a
+different number, negation or entity) and lets a cross-encoder that reads both
+questions together score the rest; ``SemanticVerifier`` is the earlier feature model.
 
 Use::
 
@@ -27,15 +29,21 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 
 from services.caching.semantic.index import IndexStats, Neighbor, Scope, VectorIndex
 from services.caching.semantic.verifier import SemanticVerifier
 
+if TYPE_CHECKING:
+    from services.caching.semantic.cross_encoder import CrossEncoderVerifier
+    from services.embeddings.batcher import EmbeddingBatcher
+
 EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 DEFAULT_SEARCH_K = 4
+VerifierKind = Literal["cross-encoder", "features"]
+VERIFIER_KINDS: tuple[VerifierKind, ...] = ("cross-encoder", "features")
 
 __all__ = [
     "EMBEDDING_MODEL",
@@ -47,7 +55,10 @@ __all__ = [
     "SemanticMatch",
     "SemanticRow",
     "SemanticVerifier",
+    "VERIFIER_KINDS",
     "VectorIndex",
+    "VerifierKind",
+    "load_verifier",
 ]
 
 
@@ -94,22 +105,41 @@ class SemanticRow:
         return np.frombuffer(self.embedding, dtype="<f4").astype(np.float32)
 
 
+def load_verifier(kind: VerifierKind = "cross-encoder", *, threshold: float | None = None
+                  ) -> SemanticVerifier | CrossEncoderVerifier:
+    """The shipped verifier of ``kind``: the cross-encoder (two-stage lookup, the
+    default) or the feature model over the bi-encoder's cosine (no second model)."""
+    if kind == "cross-encoder":
+        from services.caching.semantic.cross_encoder import CrossEncoderVerifier
+
+        return CrossEncoderVerifier.load(threshold=threshold)
+    if kind == "features":
+        return SemanticVerifier.load(threshold=threshold)
+    raise ValueError(f"unknown semantic verifier {kind!r}; expected one of {VERIFIER_KINDS}")
+
+
 class SemanticCache:
     """Scoped vector index + verifier + expiry; the gateway stage's one entry point."""
 
     def __init__(self, *, encoder: Encoder | None = None,
-                 verifier: SemanticVerifier | None = None,
+                 verifier: SemanticVerifier | CrossEncoderVerifier | None = None,
                  index: VectorIndex | None = None, min_probability: float | None = None,
-                 search_k: int | None = None) -> None:
+                 search_k: int | None = None, verifier_kind: VerifierKind = "cross-encoder"
+                 ) -> None:
         if encoder is None:
             from services.embeddings import default_encoder
 
             encoder = default_encoder()
         self._encoder = encoder
-        self.verifier = verifier or SemanticVerifier.load(threshold=min_probability)
-        if verifier is not None and min_probability is not None:
-            self.verifier = SemanticVerifier(verifier.spec, threshold=min_probability)
-        self.index = index or VectorIndex(encoder.dimension)
+        if verifier is None:
+            verifier = load_verifier(verifier_kind, threshold=min_probability)
+        elif min_probability is not None:
+            verifier = verifier.with_threshold(min_probability)
+        self.verifier = verifier
+        self._batcher: EmbeddingBatcher | None = None
+        self._batcher_lock = threading.Lock()
+        # not `index or ...`: an empty index is falsy (it has a length)
+        self.index = index if index is not None else VectorIndex(encoder.dimension)
         self.search_k = search_k or int(self.verifier.spec.get("search_k", DEFAULT_SEARCH_K))
         self._meta: dict[str, tuple[float, float | None]] = {}  # digest -> created, expires
         self._lock = threading.Lock()
@@ -120,6 +150,32 @@ class SemanticCache:
 
     def embed(self, text: str) -> np.ndarray:
         return self._encoder.encode_one(text)
+
+    async def embed_batched(self, text: str) -> np.ndarray:
+        """``embed`` for the event loop: joins the texts other requests are waiting to
+        embed and runs them in one pass on the batcher's thread (see ``EmbeddingBatcher``)."""
+        with self._batcher_lock:
+            if self._batcher is None:
+                from services.embeddings.batcher import EmbeddingBatcher
+
+                encode = getattr(self._encoder, "encode", None)
+                self._batcher = EmbeddingBatcher(
+                    encode or (lambda texts: np.stack([self.embed(t) for t in texts])))
+            batcher = self._batcher
+        return await batcher.embed(text)
+
+    def serves(self, text: str) -> bool:
+        """Whether ``text`` can be looked up or stored at all: a question too long for
+        the verifier's window skips the semantic stage (never embedded, never indexed)."""
+        serves = getattr(self.verifier, "serves", None)
+        return True if serves is None else bool(serves(text))
+
+    def close(self) -> None:
+        """Stop the embedding batcher's thread (it restarts on the next use)."""
+        with self._batcher_lock:
+            batcher, self._batcher = self._batcher, None
+        if batcher is not None:
+            batcher.close()
 
     # --- lookups ------------------------------------------------------------------------
 

@@ -120,6 +120,9 @@ class SemanticVerifier:
         spec = json.loads(Path(path or MODEL_PATH).read_text())
         return cls(spec, threshold=threshold)
 
+    def with_threshold(self, threshold: float) -> SemanticVerifier:
+        return SemanticVerifier(self.spec, threshold=threshold)
+
     def probabilities(self, query: str, candidates: list[tuple[str, float]]) -> list[float]:
         """P(same question) for each (candidate text, cosine), in one vectorised pass.
 

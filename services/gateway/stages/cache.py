@@ -14,6 +14,11 @@ missed, only among entries of the same namespace and the same context (model,
 parameters, system prompt, tools, earlier turns: everything but the last user message),
 and served only when the verifier accepts it: at the calibrated threshold, or at the
 tenant's own (``cache_semantic_tenant_min_probability``).
+
+The semantic stage costs an embedding per question, so it is skipped for questions the
+verifier cannot judge (too long for its window); concurrent questions are embedded
+together off the event loop (``SemanticCache.embed_batched``), and the vector of a
+miss is kept to index its answer, never computed twice.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+import numpy as np
 import orjson
 
 from services.caching import (
@@ -46,6 +52,15 @@ from services.gateway.pipeline import Next, Reply, RequestContext
 from services.protocol import Usage
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class SemanticQuery:
+    """The request's question in its scope, and its embedding once computed."""
+
+    scope: tuple[str, str]
+    text: str
+    vector: np.ndarray | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,8 +160,7 @@ class CacheStage:
             return await call_next(ctx)
         namespace = self.namespace(ctx)
         key = cache_key(namespace, ctx.endpoint, request)
-        scoped = semantic_scope(namespace, ctx.endpoint, request) if self.wants_semantic(
-            ctx) else None
+        scoped = self._semantic_query(namespace, ctx, request)
         if directives.read:
             hit = await self._cache.lookup(key, max_age_s=directives.max_age_s)
             if hit is None and scoped is not None:
@@ -202,13 +216,26 @@ class CacheStage:
             return None
         return CachedResponse(endpoint=ctx.endpoint, body=orjson.loads(reply.body))
 
+    def _semantic_query(self, namespace: str, ctx: RequestContext, request: dict[str, Any]
+                        ) -> SemanticQuery | None:
+        if not self.wants_semantic(ctx):
+            return None
+        scoped = semantic_scope(namespace, ctx.endpoint, request)
+        if scoped is None:
+            return None
+        assert self._semantic is not None
+        if not self._semantic.serves(scoped[1]):  # too long to judge: neither look up nor index
+            return None
+        return SemanticQuery(*scoped)
+
     async def _semantic_lookup(
-        self, namespace: str, scoped: tuple[tuple[str, str], str], directives: CacheDirectives,
+        self, namespace: str, query: SemanticQuery, directives: CacheDirectives,
         min_probability: float | None,
     ) -> Hit | None:
         assert self._semantic is not None
-        scope, text = scoped
-        match = await asyncio.to_thread(self._semantic.lookup, scope, text,
+        query.vector = await self._semantic.embed_batched(query.text)
+        match = await asyncio.to_thread(self._semantic.lookup, query.scope, query.text,
+                                        embedding=query.vector,
                                         min_probability=min_probability)
         if match is None:
             return None
@@ -220,20 +247,23 @@ class CacheStage:
         return Hit("SEMANTIC", hit.entry)
 
     async def _store(self, key: CacheKey, entry: CachedResponse,
-                     scoped: tuple[tuple[str, str], str] | None) -> None:
+                     scoped: SemanticQuery | None) -> None:
         await self._cache.store(key, entry)
         if scoped is not None and self._semantic is not None:
             task = asyncio.create_task(self._index(key.digest, scoped))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
-    async def _index(self, digest: str, scoped: tuple[tuple[str, str], str]) -> None:
-        """Embed and index a newly cached question, off the request's path."""
+    async def _index(self, digest: str, query: SemanticQuery) -> None:
+        """Index a newly cached question (embedded by its lookup, or now), off the
+        request's path."""
         assert self._semantic is not None
-        scope, text = scoped
         try:
-            row = await asyncio.to_thread(self._semantic.add, scope, digest, text,
-                                          ttl_s=self._semantic_ttl_s)
+            vector = query.vector
+            if vector is None:  # the request did not read the cache (no-cache)
+                vector = await self._semantic.embed_batched(query.text)
+            row = await asyncio.to_thread(self._semantic.add, query.scope, digest, query.text,
+                                          embedding=vector, ttl_s=self._semantic_ttl_s)
             if self._semantic_store is not None:
                 await asyncio.to_thread(self._semantic_store.save, row)
         except Exception:  # indexing is best effort: the exact entry is already stored
@@ -244,7 +274,7 @@ class CacheStage:
             await asyncio.gather(*list(self._background), return_exceptions=True)
 
     async def _recording(self, ctx: RequestContext, chunks: AsyncIterator[bytes], key: Any,
-                         flight: Any, scoped: tuple[tuple[str, str], str] | None
+                         flight: Any, scoped: SemanticQuery | None
                          ) -> AsyncIterator[bytes]:
         """Pass the stream through untouched, keeping a copy to cache once it completes."""
         seen: list[dict[str, Any]] = []
