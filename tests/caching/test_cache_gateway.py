@@ -270,11 +270,12 @@ def test_semantic_refuses_a_different_number(vllm_worker, make_settings, start_g
 def test_the_cross_encoder_serves_a_paraphrase_and_refuses_a_changed_question(
         vllm_worker, make_settings, start_gateway) -> None:
     gateway = start_gateway(
-        make_settings(workers=[vllm_worker.base_url], cache_semantic_tenants=["*"])
+        make_settings(workers=[vllm_worker.base_url], cache_semantic_tenants=["*"],
+                      cache_semantic_verifier="cross-encoder")
     )
     stage = next(s for s in gateway.services.serving._pipeline.stages if s.name == "cache")
     verifier = stage._semantic.verifier
-    assert verifier.kind == "cross-encoder"  # the default
+    assert verifier.kind == "cross-encoder"
     assert ask(gateway, "What is the best way to learn Python?") == "MISS"
     scored = verifier.pairs_scored
     assert ask(gateway, "What is the best way to learn Python programming?") == "HIT-SEMANTIC"
