@@ -65,6 +65,59 @@ class SelfHostedPricing(BaseModel):
     )
 
 
+class WebhookChannel(BaseModel):
+    """One webhook that notifications (alerts, cost reports) are posted to."""
+
+    url: str = Field(description="http(s) URL the notification is POSTed to")
+    format: Literal["slack", "json"] = Field(
+        default="json",
+        description='slack: {"text": ...} (Slack, Mattermost, Teams-compatible); '
+        "json: the whole notification as a JSON object",
+    )
+    headers: dict[str, str] = Field(default_factory=dict, description="e.g. an auth header")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"webhook URL {value!r} must start with http:// or https://")
+        return value
+
+
+class SmtpSettings(BaseModel):
+    """The SMTP server notifications are mailed through; no host = no email."""
+
+    host: str = ""
+    port: int = Field(default=587, gt=0, lt=65536)
+    user: str = ""
+    password: SecretStr = SecretStr("")
+    sender: str = Field(default="optengine@localhost", description="the From address")
+    to: list[str] = Field(default_factory=list, description="recipients")
+    starttls: bool = Field(default=True, description="upgrade the connection with STARTTLS")
+    ca_file: Path | None = Field(
+        default=None, description="CA bundle to verify the server (None = the system's)"
+    )
+
+
+class DeliverySettings(BaseModel):
+    """Where notifications go and how hard delivery tries (services/delivery).
+
+    A notification is sent to every webhook and, when SMTP is configured, by email.
+    Each attempt is bounded by ``timeout_s``; failed attempts are retried with
+    exponential backoff, and the whole delivery by ``deadline_s``, so a dead receiver
+    costs its caller at most that long.
+    """
+
+    webhooks: dict[str, WebhookChannel] = Field(
+        default_factory=dict, description="name -> webhook"
+    )
+    smtp: SmtpSettings = Field(default_factory=SmtpSettings)
+    timeout_s: float = Field(default=5.0, gt=0, description="one attempt")
+    retries: int = Field(default=2, ge=0, description="attempts after the first")
+    backoff_s: float = Field(default=0.5, ge=0, description="first retry delay (then x2)")
+    deadline_s: float = Field(default=15.0, gt=0, description="all attempts of one channel")
+
+
 class YamlConfigSource(PydanticBaseSettingsSource):
     """Reads the YAML file named by ``OPTENGINE_CONFIG`` (or passed as ``_config_file``)."""
 
@@ -356,6 +409,9 @@ class Settings(BaseSettings):
     experiments_unit_max_chars: int = Field(
         default=256, gt=0, description="longest X-Experiment-Unit header accepted (else 400)"
     )
+
+    # notification delivery (alerts, cost reports): webhooks and SMTP
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
 
     # telemetry
     telemetry_queue_size: int = Field(default=10_000, gt=0)
