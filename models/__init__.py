@@ -8,6 +8,7 @@ from models.base import Base
 from models.db import create_store_engine, insert_ignoring_conflicts, session_factory
 from models.tables import (
     Alert,
+    AlertEvent,
     ApiKey,
     Batch,
     BatchResult,
@@ -35,6 +36,7 @@ from models.tables import (
 
 __all__ = [
     "Alert",
+    "AlertEvent",
     "ApiKey",
     "Batch",
     "BatchResult",

@@ -180,7 +180,14 @@ class CacheEntry(Base):
 
 
 class Alert(Base):
-    """Something a person should look at, raised by a flow (the dashboard lists them)."""
+    """Something a person should look at (the dashboard and /admin/alerts list them).
+
+    An alert of a rule (services/alerts) is one row from the moment its condition
+    first holds to its resolution: ``state`` pending -> firing -> resolved (or
+    ``cleared`` when it stopped holding before ``for:`` was over). The open rows
+    (pending, firing) are the alert engine's state: it resumes from them after a
+    restart. ``alert_events`` keeps each change and its notification.
+    """
 
     __tablename__ = "alerts"
 
@@ -191,8 +198,47 @@ class Alert(Base):
     message: Mapped[str] = mapped_column(Text)
     details: Mapped[dict] = mapped_column(JSON, default=dict)
     resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    rule: Mapped[str | None] = mapped_column(String(128), doc="alert rule name")
+    subject: Mapped[str] = mapped_column(
+        String(512), default="", server_default="",
+        doc="what the rule judged: overall, tenant=..., model=..., gpu=..., worker=...",
+    )
+    state: Mapped[str] = mapped_column(
+        String(16), default="firing", server_default="firing",
+        doc="pending | firing | resolved | cleared",
+    )
+    fired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), doc="last evaluation that judged it"
+    )
+    value: Mapped[float | None] = mapped_column(Double, doc="the metric at the last judgement")
+    threshold: Mapped[float | None] = mapped_column(Double)
 
-    __table_args__ = (Index("ix_alerts_created_at", "created_at"),)
+    __table_args__ = (
+        Index("ix_alerts_created_at", "created_at"),
+        Index("ix_alerts_state", "state"),
+    )
+
+
+class AlertEvent(Base):
+    """One state change of an alert and the notification it owes (an outbox: written
+    with the change, delivered after; an undelivered one is retried by the next
+    evaluations, so a crash or a dead webhook loses no notification)."""
+
+    __tablename__ = "alert_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    alert_id: Mapped[int] = mapped_column(ForeignKey("alerts.id"), index=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    state: Mapped[str] = mapped_column(String(16), doc="the state entered")
+    value: Mapped[float | None] = mapped_column(Double)
+    message: Mapped[str] = mapped_column(Text)
+    notify: Mapped[bool] = mapped_column(Boolean, default=True)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    delivery_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    delivery: Mapped[list | None] = mapped_column(JSON, doc="per channel: ok, attempts, error")
+
+    __table_args__ = (Index("ix_alert_events_delivered_at", "delivered_at"),)
 
 
 class CacheReport(Base):

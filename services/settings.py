@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -116,6 +124,123 @@ class DeliverySettings(BaseModel):
     retries: int = Field(default=2, ge=0, description="attempts after the first")
     backoff_s: float = Field(default=0.5, ge=0, description="first retry delay (then x2)")
     deadline_s: float = Field(default=15.0, gt=0, description="all attempts of one channel")
+
+
+AlertMetric = Literal[
+    "cache_hit_rate", "error_rate", "latency_p95_ms", "ttft_p95_ms", "cost_per_request_usd",
+    "budget_used", "gpu_utilization", "kv_cache_usage", "cost_anomaly", "request_anomaly",
+]
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration_s(value: Any) -> Any:
+    """'90s', '5m', '1h' or a number of seconds."""
+    if isinstance(value, str) and value and value[-1] in _DURATION_UNITS:
+        return float(value[:-1]) * _DURATION_UNITS[value[-1]]
+    return value
+
+
+class AlertRuleConfig(BaseModel):
+    """One alert rule: a metric, a threshold (``below`` or ``above``), how long it must
+    hold (``for``) and how far back it must come to resolve (``hysteresis``).
+
+    ``group_by`` judges request metrics per tenant or per model instead of overall;
+    ``thresholds`` overrides the threshold for one tenant or model
+    (``{"tenant:acme": 0.4}``); ``tenants``/``models`` limit the rule to those. Budget,
+    GPU, KV-cache and anomaly rules have their own subjects (budget scope, GPU, worker,
+    tenant/model/lever series). Names are checked against the known tenants and models
+    when the alert engine loads (services/alerts).
+    """
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str = Field(min_length=1, max_length=128)
+    metric: AlertMetric
+    below: float | None = None
+    above: float | None = None
+    for_s: float = Field(default=0.0, ge=0, alias="for",
+                         description="how long the condition must hold before firing")
+    hysteresis: float = Field(
+        default=0.0, ge=0,
+        description="a firing alert resolves only once the value is this far past the "
+        "threshold, so a value hovering at it does not flap",
+    )
+    severity: Literal["info", "warning", "critical"] = "warning"
+    group_by: Literal["overall", "tenant", "model"] = "overall"
+    tenants: list[str] = Field(default_factory=list, description="only these (empty = all)")
+    models: list[str] = Field(default_factory=list, description="only these (empty = all)")
+    thresholds: dict[str, float] = Field(
+        default_factory=dict, description="'tenant:NAME' or 'model:NAME' -> threshold"
+    )
+    min_requests: int = Field(default=20, ge=1,
+                              description="request metrics: fewer requests = no judgement")
+
+    @field_validator("for_s", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return _duration_s(value)
+
+    @model_validator(mode="after")
+    def _one_direction(self) -> AlertRuleConfig:
+        if (self.below is None) == (self.above is None):
+            raise ValueError(f"alert rule {self.name!r}: give exactly one of below/above")
+        for key in self.thresholds:
+            kind, _, name = key.partition(":")
+            if kind not in {"tenant", "model"} or not name:
+                raise ValueError(f"alert rule {self.name!r}: threshold key {key!r} must be "
+                                 "'tenant:NAME' or 'model:NAME'")
+        return self
+
+
+def _default_alert_rules() -> list[AlertRuleConfig]:
+    """The spec's rules: cache hit rate < 60%, latency p95 > 200 ms, error rate > 1%,
+    GPU utilisation < 85% (only where GPUs exist), budgets at 80% and 100%, and
+    anomalies in hourly cost and requests. Cost per request needs a target: add it."""
+    return [AlertRuleConfig.model_validate(raw) for raw in (
+        {"name": "cache-hit-rate-low", "metric": "cache_hit_rate", "below": 0.60,
+         "for": "10m", "hysteresis": 0.05},
+        {"name": "latency-p95-high", "metric": "latency_p95_ms", "above": 200,
+         "for": "5m", "hysteresis": 20},
+        {"name": "error-rate-high", "metric": "error_rate", "above": 0.01, "for": "5m",
+         "hysteresis": 0.005, "severity": "critical"},
+        {"name": "gpu-utilization-low", "metric": "gpu_utilization", "below": 0.85,
+         "for": "15m", "hysteresis": 0.05, "severity": "info"},
+        {"name": "budget-80", "metric": "budget_used", "above": 0.8, "hysteresis": 0.05},
+        {"name": "budget-100", "metric": "budget_used", "above": 1.0, "hysteresis": 0.05,
+         "severity": "critical"},
+        {"name": "cost-anomaly", "metric": "cost_anomaly", "above": 8.0, "group_by": "model"},
+        {"name": "request-anomaly", "metric": "request_anomaly", "above": 8.0,
+         "group_by": "model"},
+    )]
+
+
+class AlertSettings(BaseModel):
+    """The alert engine (services/alerts, flow ``alerting``)."""
+
+    enabled: bool = True
+    rules: list[AlertRuleConfig] = Field(default_factory=_default_alert_rules)
+    window_minutes: float = Field(
+        default=5.0, gt=0, description="request metrics judge this many recent minutes"
+    )
+    anomaly_history_days: int = Field(
+        default=28, ge=2, description="hourly history the anomaly detector learns from"
+    )
+    notify_pending: bool = Field(
+        default=False, description="also notify when a rule starts pending (else: firing "
+        "and resolved only)",
+    )
+    delivery_attempts: int = Field(
+        default=5, ge=1,
+        description="evaluations that retry an undelivered notification before giving up",
+    )
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> AlertSettings:
+        names = [rule.name for rule in self.rules]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"alert rule names must be unique: {duplicates}")
+        return self
 
 
 class YamlConfigSource(PydanticBaseSettingsSource):
@@ -412,6 +537,9 @@ class Settings(BaseSettings):
 
     # notification delivery (alerts, cost reports): webhooks and SMTP
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+
+    # alert engine (services/alerts, flow alerting)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
 
     # telemetry
     telemetry_queue_size: int = Field(default=10_000, gt=0)

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, func, insert, select
 
-from models import Alert, CacheEntry, CacheReport, RequestLog
+from models import CacheEntry, CacheReport, RequestLog
 from services.caching.entry import CachedResponse
 
 # Targets from the product spec: share of the lookups reaching a tier that it answers.
@@ -161,26 +161,3 @@ def write_report(
     }
     with engine.begin() as conn:
         return int(conn.execute(insert(CacheReport).values(**values)).inserted_primary_key[0])
-
-
-def raise_low_hit_rate_alert(engine: Engine, analysis: CacheAnalysis) -> int | None:
-    if not analysis.below_target:
-        return None
-    rate = analysis.overall_hit_rate or 0.0
-    with engine.begin() as conn:
-        result = conn.execute(
-            insert(Alert).values(
-                source="cache_optimization",
-                severity="warning",
-                message=(
-                    f"cache hit rate {rate:.0%} is under the {OVERALL_TARGET:.0%} target "
-                    f"({analysis.hits} hits in {analysis.lookups} lookups)"
-                ),
-                details={
-                    "window_start": analysis.window_start.isoformat(),
-                    "window_end": analysis.window_end.isoformat(),
-                    "overall_hit_rate": rate,
-                },
-            )
-        )
-        return int(result.inserted_primary_key[0])

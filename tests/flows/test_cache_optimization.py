@@ -61,7 +61,7 @@ def test_ttl_advice_follows_hit_ages() -> None:
     assert recommend_ttls([1.0], {"L1": 300})["L1"]["recommended_s"] == 300
 
 
-def test_flow_reports_alerts_purges_and_warms(store, prefect_harness, monkeypatch) -> None:
+def test_flow_reports_purges_and_warms(store, prefect_harness, monkeypatch) -> None:
     from flows.cache_optimization import cache_optimization
 
     redis_server = ThrowawayRedis(free_port()).start()
@@ -81,6 +81,7 @@ def test_flow_reports_alerts_purges_and_warms(store, prefect_harness, monkeypatc
         result = asyncio.run(cache_optimization(window_minutes=60))
         assert result["purged"] == 1 and result["warmed"] == 1
         assert result["overall_hit_rate"] == pytest.approx(15 / 45)
+        assert result["below_target"]  # alerted on by the alerting flow, not here
         # a generous read timeout: the check must not fail on a loaded machine
         warmed = RedisCache(redis_server.url, ttl_s=60, max_entry_bytes=1 << 20, timeout_s=10)
 
@@ -94,8 +95,8 @@ def test_flow_reports_alerts_purges_and_warms(store, prefect_harness, monkeypatc
         redis_server.kill()
     with store.connect() as conn:
         report = conn.execute(select(CacheReport)).one()
-        alert = conn.execute(select(Alert)).one()
+        alerts = conn.execute(select(Alert)).all()
     assert report.lookups == 45 and report.hits == 15 and report.purged_entries == 1
     assert report.layers["L1"]["target"] == 0.95 and report.layers["L1"]["meets_target"] is False
     assert "L2" in report.ttl_recommendations
-    assert alert.source == "cache_optimization" and "under the 60% target" in alert.message
+    assert alerts == []

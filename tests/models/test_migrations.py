@@ -19,6 +19,7 @@ TABLES = {
     "config_versions", "config_audit", "experiments", "experiment_arms", "experiment_results",
     "cost_rollups", "cost_rollup_state", "cost_reports",
     "scaling_decisions", "forecast_scores", "worker_launches",
+    "alert_events",
 }
 
 

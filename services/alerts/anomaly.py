@@ -1,0 +1,100 @@
+"""Anomalies in an hourly series: seasonal decomposition, then a robust threshold.
+
+An hourly cost or request series has a daily and a weekly rhythm (Monday 9:00 is busy
+every week). STL (statsmodels) with a one-week period splits it into trend, a seasonal
+part (one value per hour of the week, so the daily rhythm is in it too) and a residual.
+The seasonal part is the robust mean of the same hour across weeks (``seasonal_deg=0``
+and a smoother spanning every week: with a few weeks of history, a sloped or narrow
+smoother follows the noise and leaves residuals too small to judge by), with STL's
+robust weights so the outliers we look for do not pull the expected value to
+themselves. A recurring peak is seasonal, not residual, so it is not flagged once two
+weeks of history show it.
+
+Counts and costs are noisier when they are larger (Poisson-like), so the series is
+judged on its square root, where the noise is about even across quiet and busy hours.
+A point is anomalous when its residual is more than ``threshold`` robust standard
+deviations (1.4826 x the median absolute deviation of all residuals) from zero;
+expected values and ranges are reported back in the series' own unit.
+
+History decides what can be learnt: two weeks for the weekly rhythm, two days for the
+daily one alone; with less nothing is judged (no history, no "expected").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from statsmodels.tsa.seasonal import STL
+
+DAY = 24
+WEEK = 7 * DAY
+_MAD_TO_SIGMA = 1.4826
+_ALL_CYCLES = 9999  # STL seasonal smoother wider than any history: a mean over weeks
+
+
+@dataclass(frozen=True)
+class Anomaly:
+    """One hour outside its expected range."""
+
+    at: pd.Timestamp
+    value: float
+    expected: float
+    low: float
+    high: float
+    score: float  # residual in robust standard deviations; negative = below expected
+
+    @property
+    def direction(self) -> str:
+        return "above" if self.score > 0 else "below"
+
+    def describe(self) -> str:
+        return (f"{self.value:.4g} at {self.at:%Y-%m-%d %H:00} is {abs(self.score):.1f} "
+                f"robust sd {self.direction} the expected {self.expected:.4g} "
+                f"(range {self.low:.4g} to {self.high:.4g})")
+
+
+def hourly(series: pd.Series) -> pd.Series:
+    """The series on a complete hourly grid: hours without a row had no traffic (0)."""
+    if series.empty:
+        return series.astype(float)
+    index = pd.DatetimeIndex(series.index).floor("h")
+    summed = pd.Series(series.to_numpy(dtype=float), index=index).groupby(level=0).sum()
+    grid = pd.date_range(summed.index.min(), summed.index.max(), freq="h")
+    return summed.reindex(grid, fill_value=0.0)
+
+
+def detect_anomalies(
+    series: pd.Series, *, threshold: float = 8.0, since: pd.Timestamp | None = None
+) -> list[Anomaly]:
+    """Hours of ``series`` (datetime index, values >= 0) outside its expected range.
+
+    ``since`` limits the answer to recent hours (the whole history still fits the
+    model). The default threshold keeps clean Poisson-noisy seasonal series of four
+    weeks quiet (their largest robust residuals reached 3.7 to 6.6 over 20 draws) while
+    a doubled or vanished busy hour scores 10 to 19 (tests/alerts/test_anomaly.py).
+    """
+    values = hourly(series).clip(lower=0.0)
+    period = WEEK if len(values) >= 2 * WEEK else DAY
+    if len(values) < 2 * period:
+        return []
+    root = np.sqrt(values)
+    fit = STL(root, period=period, seasonal=_ALL_CYCLES, seasonal_deg=0, robust=True).fit()
+    residual = pd.Series(np.asarray(fit.resid, dtype=float), index=values.index)
+    expected_root = root - residual
+    mad = float(np.median(np.abs(residual - np.median(residual))))
+    scale = max(_MAD_TO_SIGMA * mad, 1e-9)
+    scores = residual / scale
+    flagged = scores[np.abs(scores) > threshold]
+    if since is not None:
+        flagged = flagged[flagged.index >= since]
+    band = threshold * scale
+    return [
+        Anomaly(at=at, value=float(values[at]),
+                expected=float(max(expected_root[at], 0.0) ** 2),
+                low=float(max(expected_root[at] - band, 0.0) ** 2),
+                high=float((max(expected_root[at], 0.0) + band) ** 2),
+                score=float(score))
+        for at, score in flagged.items()
+    ]

@@ -1,0 +1,128 @@
+"""Hourly cost and request series per tenant, model and lever, and the anomaly rules'
+readings over them.
+
+The series are read by ``hourly_totals`` alone. Today it sums ``request_log`` over the
+bounded history window (``anomaly_history_days``) in SQL, with the same hour x tenant
+x model x lever grouping (and the same lever names) as the ``cost_rollups`` table of
+the cost management flow; once that table is in the store this function must read it
+instead, so an evaluation costs hours x series rows, not a scan of weeks of requests.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import Engine, case, func, select
+
+from models import RequestLog
+from services.alerts.anomaly import detect_anomalies, hourly
+from services.alerts.sources import Reading, threshold_for
+from services.settings import AlertRuleConfig
+
+COLUMNS = ["hour", "tenant", "model", "lever", "requests", "cost_usd"]
+
+
+def _lever():
+    """The path a request took, named as ``cost_rollups.lever``."""
+    reason = RequestLog.route_reason
+    return case(
+        (RequestLog.cache_layer.in_(("L1", "L2", "L3")), "cache_exact"),
+        (RequestLog.cache_layer == "SEMANTIC", "cache_semantic"),
+        (reason.like("cascade: cheap attempt escalated%"), "cascade_escalated"),
+        (reason.like("batch:%"), "batch"),
+        (reason.is_not(None), "routed"),
+        else_="direct",
+    )
+
+
+def hourly_totals(engine: Engine, *, start: datetime, end: datetime) -> pd.DataFrame:
+    """Requests and cost per hour x tenant x model x lever in [start, end)."""
+    if engine.dialect.name == "postgresql":
+        hour = func.date_trunc("hour", RequestLog.created_at)
+    else:
+        hour = func.strftime("%Y-%m-%d %H:00:00", RequestLog.created_at)
+    model = func.coalesce(RequestLog.model_served, RequestLog.model_requested, "")
+    lever = _lever()
+    query = (
+        select(hour.label("hour"), RequestLog.tenant, model.label("model"),
+               lever.label("lever"), func.count().label("requests"),
+               func.coalesce(func.sum(RequestLog.cost_usd), 0.0).label("cost_usd"))
+        .where(RequestLog.created_at >= start, RequestLog.created_at < end)
+        .group_by(hour, RequestLog.tenant, model, lever)
+    )
+    with engine.connect() as conn:
+        frame = pd.DataFrame(conn.execute(query).all(), columns=COLUMNS)
+    frame["hour"] = pd.to_datetime(frame["hour"], utc=True)
+    return frame
+
+
+_VALUE = {"cost_anomaly": "cost_usd", "request_anomaly": "requests"}
+
+
+def _subject(rule: AlertRuleConfig, tenant: str, model: str) -> tuple[str, dict[str, str]]:
+    if rule.group_by == "model":
+        return f"tenant={tenant},model={model}", {"tenant": tenant, "model": model}
+    if rule.group_by == "tenant":
+        return f"tenant={tenant}", {"tenant": tenant}
+    return "overall", {}
+
+
+def anomaly_readings(
+    rule: AlertRuleConfig, totals: pd.DataFrame, *, now: datetime
+) -> dict[str, Reading]:
+    """For each series with enough history, how far the last complete hour is outside
+    its expected range (robust sd; 0 when inside), with the context a person needs:
+    tenant, model, the lever whose traffic moved most, expected value and range."""
+    column = _VALUE[rule.metric]
+    last_hour = pd.Timestamp(now).floor("h") - pd.Timedelta(hours=1)
+    frame = totals[totals["hour"] <= last_hour]
+    if rule.tenants:
+        frame = frame[frame["tenant"].isin(rule.tenants)]
+    if rule.models:
+        frame = frame[frame["model"].isin(rule.models)]
+    keyed: dict[str, tuple[dict[str, str], list[pd.DataFrame]]] = {}
+    for (tenant, model), part in frame.groupby(["tenant", "model"]):
+        subject, labels = _subject(rule, str(tenant), str(model))
+        keyed.setdefault(subject, (labels, []))[1].append(part)
+    readings = {}
+    for subject, (labels, parts) in sorted(keyed.items()):
+        data = pd.concat(parts)
+        by_hour = data.groupby("hour")[column].sum()
+        series = hourly(by_hour).reindex(
+            pd.date_range(by_hour.index.min(), last_hour, freq="h"), fill_value=0.0)
+        if len(series) < 48:
+            continue  # under two days: nothing to judge by
+        threshold = threshold_for(rule, labels)
+        found = detect_anomalies(series, threshold=threshold, since=last_hour)
+        context: dict[str, Any] = {**labels, "metric": column, "hour": last_hour.isoformat(),
+                                   "value": float(series[last_hour])}
+        if not found:
+            readings[subject] = Reading(0.0, context)
+            continue
+        anomaly = found[-1]
+        context.update(expected=anomaly.expected, low=anomaly.low, high=anomaly.high,
+                       score=round(anomaly.score, 2), description=anomaly.describe(),
+                       **_lever_moved_most(data, column, last_hour))
+        readings[subject] = Reading(abs(anomaly.score), context)
+    return readings
+
+
+def _lever_moved_most(data: pd.DataFrame, column: str, hour: pd.Timestamp) -> dict[str, Any]:
+    """The lever whose value at ``hour`` is furthest from its median at the same hour
+    of the week in earlier weeks (0 where it had none)."""
+    same_hour = data[(data["hour"].dt.day_of_week == hour.day_of_week)
+                     & (data["hour"].dt.hour == hour.hour)]
+    pivot = same_hour.pivot_table(index="hour", columns="lever", values=column,
+                                  aggfunc="sum", fill_value=0.0)
+    if hour not in pivot.index:
+        pivot.loc[hour] = 0.0
+    now_values = pivot.loc[hour]
+    earlier = pivot[pivot.index < hour]
+    typical = earlier.median() if len(earlier) else pd.Series(0.0, index=pivot.columns)
+    moved = (now_values - typical).abs()
+    lever = str(moved.idxmax())
+    return {"lever": lever, "lever_value": float(now_values[lever]),
+            "lever_typical": float(typical[lever])}
+
