@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from flows.alerting import alerting
 from flows.cache_optimization import cache_optimization
 from flows.cost_management import cost_management
 from flows.demand_forecasting import demand_forecasting
@@ -40,6 +41,7 @@ FLOWS: dict[str, Any] = {
     "cost_management": cost_management,
     "demand_forecasting": demand_forecasting,
     "forecast_backtest": forecast_backtest,
+    "alerting": alerting,
 }
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,6 +57,7 @@ class Deployment:
     cron: str | None = None  # a UTC cron schedule instead of an interval
     parameters: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    concurrency_limit: int | None = None  # runs of this deployment at once (None: any)
 
 
 DEPLOYMENTS = [
@@ -77,6 +80,14 @@ DEPLOYMENTS = [
                parameters={"mode": "weekly"}, description="Last week's cost summary"),
     Deployment("cost_management", "monthly-summary", cron="0 1 1 * *",
                parameters={"mode": "monthly"}, description="Last month's cost summary"),
+    # metric rules every minute, anomaly rules hourly; one run at a time each, and the
+    # two judge disjoint rules, so no two runs step the same alert
+    Deployment("alerting", "metrics-every-minute", interval_s=60,
+               parameters={"kinds": "metrics"}, concurrency_limit=1,
+               description="Judges the metric alert rules; notifies state changes"),
+    Deployment("alerting", "anomalies-hourly", interval_s=3600,
+               parameters={"kinds": "anomalies"}, concurrency_limit=1,
+               description="Judges the hourly anomaly rules (cost, requests)"),
     Deployment("parallel_execution", "on-demand",
                description="Runs one batch (POST /v1/batches starts it with batch_id)"),
     Deployment("demand_forecasting", "every-minute", 60,
@@ -91,7 +102,8 @@ def deployments() -> list[Any]:
     return [
         FLOWS[d.flow].to_deployment(name=d.name, interval=d.interval_s, cron=d.cron,
                                     parameters=d.parameters or None,
-                                    description=d.description or None)
+                                    description=d.description or None,
+                                    concurrency_limit=d.concurrency_limit)
         for d in DEPLOYMENTS
     ]
 
@@ -117,6 +129,8 @@ def prefect_yaml() -> dict[str, Any]:
                 "parameters": dict(d.parameters),
                 "schedules": _schedules(d),
                 "work_pool": {"name": WORK_POOL},
+                **({} if d.concurrency_limit is None
+                   else {"concurrency_limit": d.concurrency_limit}),
             }
             for d in DEPLOYMENTS
         ],

@@ -1,4 +1,4 @@
-"""Admin API: register, drain and remove workers at run time.
+"""Admin API: register, drain and remove workers at run time; list firing alerts.
 
 Registrations go to the shared ``workers`` table and to this replica's pool at once;
 other replicas pick them up on their next health sync. Draining is this replica's:
@@ -15,6 +15,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header
 from pydantic import BaseModel, Field
 
+from services.alerts import open_alerts
 from services.errors import AuthenticationFailed, InvalidRequest, PermissionDenied
 from services.execution import deregister_worker, register_worker
 from services.gateway.deps import ServicesDep
@@ -74,3 +75,11 @@ async def drain_worker(body: DrainIn, services: ServicesDep) -> dict[str, object
     timeout_s = body.timeout_s or services.settings.worker_drain_timeout_s
     worker = await services.pool.drain(body.url, timeout_s=timeout_s)
     return {**worker.summary(), "drained": worker.outstanding == 0}
+
+
+@router.get("/alerts")
+async def list_alerts(services: ServicesDep, pending: bool = False) -> list[dict[str, object]]:
+    """Alerts firing now, newest first (``?pending=true`` adds those still pending);
+    the ``alerting`` flow keeps them up to date."""
+    states = ("firing", "pending") if pending else ("firing",)
+    return await asyncio.to_thread(open_alerts, services.engine, states=states)
