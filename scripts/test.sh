@@ -52,6 +52,18 @@ if ! command -v chromium >/dev/null; then
     fi
 fi
 
+# promtool: the Prometheus rules under infra/prometheus are checked and unit-tested.
+if ! command -v promtool >/dev/null; then
+    if [[ $(id -u) -eq 0 ]]; then
+        echo "[test] installing prometheus (promtool) for the alert rules tests"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+            --no-install-recommends prometheus >/dev/null
+    else
+        echo "[test] promtool is not installed: install it (apt-get install prometheus)" >&2
+        exit 1
+    fi
+fi
+
 echo "[test] ruff"
 .venv/bin/ruff check .
 echo "[test] pytest"
