@@ -53,7 +53,7 @@ class AlertConfigError(ValueError):
 
 @dataclass
 class EvaluationResult:
-    judged: int = 0
+    judged: int = 0  # (rule, subject) readings judged
     changes: list[dict[str, Any]] = field(default_factory=list)
     notified: int = 0
     undelivered: int = 0
@@ -151,7 +151,7 @@ class AlertEngine:
             if rule.name not in readings:
                 continue  # its source failed: state left as it was
             judgements += self._judge(rule, readings[rule.name], open_states, now)
-        result.judged = len(judgements)
+        result.judged = sum(len(readings[rule.name]) for rule in rules if rule.name in readings)
         save(self.store, judgements, now=now,
              notify_pending=self.settings.alerts.notify_pending)
         result.changes = [
