@@ -1,8 +1,10 @@
 """Flow ``alerting``: every minute, judge every alert rule and notify the changes.
 
 The metric rules read the last few minutes of ``request_log``, the budgets, the
-workers' ``/metrics`` and ``nvidia-smi``; the anomaly rules (hourly series, the
-seasonal detector) run with ``anomalies=True``, once an hour. State lives in the store
+workers' ``/metrics`` and ``nvidia-smi`` (``kinds="metrics"``); the anomaly rules
+(hourly series, the seasonal detector) run once an hour (``kinds="anomalies"``). Each
+deployment runs one at a time, and the two judge disjoint rules, so no two runs step
+the same alert. State lives in the store
 (``alerts``, ``alert_events``), so a run that died, or a new machine, resumes it. A
 rule naming an unknown tenant or model is logged as an error and skipped; a dead
 webhook costs at most the delivery deadline and its notification is retried by the
@@ -17,18 +19,18 @@ from prefect import flow, get_run_logger, task
 from prefect.tasks import exponential_backoff
 
 from models import create_store_engine
-from services.alerts import AlertEngine
+from services.alerts import AlertEngine, RuleKinds
 from services.settings import load_settings
 
 STORE_RETRIES = {"retries": 3, "retry_delay_seconds": exponential_backoff(backoff_factor=2)}
 
 
 @task(**STORE_RETRIES)
-async def evaluate_rules(anomalies: bool) -> dict[str, Any]:
+async def evaluate_rules(kinds: RuleKinds) -> dict[str, Any]:
     settings = load_settings()
     engine = create_store_engine(settings.database_url)
     try:
-        result = await AlertEngine(settings, engine).evaluate(anomalies=anomalies)
+        result = await AlertEngine(settings, engine).evaluate(kinds=kinds)
     finally:
         engine.dispose()
     return {"judged": result.judged, "changes": result.changes,
@@ -37,9 +39,9 @@ async def evaluate_rules(anomalies: bool) -> dict[str, Any]:
 
 
 @flow(name="alerting")
-async def alerting(anomalies: bool = True) -> dict[str, Any]:
+async def alerting(kinds: RuleKinds = "all") -> dict[str, Any]:
     logger = get_run_logger()
-    result = await evaluate_rules(anomalies)
+    result = await evaluate_rules(kinds)
     for error in result["errors"]:
         logger.error("alerting: %s", error)
     logger.info("alerting: %d judged, %d changes, %d notified, %d undelivered",

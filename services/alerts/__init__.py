@@ -9,7 +9,7 @@ Rules are configured in ``settings.alerts`` (services/settings.py).
 """
 
 from services.alerts.anomaly import Anomaly, detect_anomalies
-from services.alerts.engine import AlertConfigError, AlertEngine, EvaluationResult
+from services.alerts.engine import AlertConfigError, AlertEngine, EvaluationResult, RuleKinds
 from services.alerts.store import open_alerts
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "AlertEngine",
     "Anomaly",
     "EvaluationResult",
+    "RuleKinds",
     "detect_anomalies",
     "open_alerts",
 ]

@@ -17,7 +17,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 from sqlalchemy import Engine, select
@@ -43,6 +43,7 @@ from services.settings import AlertRuleConfig, Settings
 log = logging.getLogger(__name__)
 
 ANOMALY_METRICS = ("cost_anomaly", "request_anomaly")
+RuleKinds = Literal["all", "metrics", "anomalies"]
 _CONCURRENT_DELIVERIES = 8  # notifications in flight at once (each bounded by its deadline)
 DEFAULT_TENANT = "default"  # the gateway's tenant for requests without a key (dev)
 
@@ -136,14 +137,16 @@ class AlertEngine:
         if self.problems:
             raise AlertConfigError("; ".join(self.problems.values()))
 
-    async def evaluate(self, *, anomalies: bool = True) -> EvaluationResult:
+    async def evaluate(self, *, kinds: RuleKinds = "all") -> EvaluationResult:
+        """Judge the rules of ``kinds``: ``metrics`` (every minute), ``anomalies``
+        (hourly series, once an hour) or ``all``. Runs judging the same rules must not
+        overlap (the deployments allow one run at a time)."""
         now = self.clock()
         result = EvaluationResult(errors=list(self.problems.values()))
         if not self.settings.alerts.enabled:
             return result
-        rules = [r for r in self.settings.alerts.rules if r.name not in self.problems]
-        if not anomalies:
-            rules = [r for r in rules if r.metric not in ANOMALY_METRICS]
+        rules = [r for r in self.settings.alerts.rules if r.name not in self.problems
+                 and (kinds == "all" or (r.metric in ANOMALY_METRICS) == (kinds == "anomalies"))]
         readings = await self._read(rules, now, result)
         open_states = load_open(self.store)
         judgements = []

@@ -95,5 +95,5 @@ async def test_the_weekly_monday_peak_is_not_an_anomaly(make_settings, any_store
 
 async def test_metric_runs_leave_the_anomaly_rules_alone(make_settings, store) -> None:
     history(store, surge=True)
-    result = await engine(make_settings, store).evaluate(anomalies=False)
+    result = await engine(make_settings, store).evaluate(kinds="metrics")
     assert result.judged == 0 and result.changes == []

@@ -29,8 +29,8 @@ def test_flow_fires_once_notifies_and_reports_bad_rules(store, prefect_harness,
         monkeypatch.setenv("OPTENGINE_ALERTS", json.dumps({"rules": rules}))
         monkeypatch.setenv("OPTENGINE_DELIVERY", json.dumps({
             "webhooks": {"ops": {"url": f"{receiver.url}/ok", "format": "json"}}}))
-        first = asyncio.run(alerting(anomalies=False))
-        second = asyncio.run(alerting(anomalies=False))
+        first = asyncio.run(alerting(kinds="metrics"))
+        second = asyncio.run(alerting(kinds="metrics"))
     assert [(c["rule"], c["change"]) for c in first["changes"]] == [("errors", "firing")]
     assert first["notified"] == 1 and second["changes"] == [] and second["notified"] == 0
     assert any("'typo' names unknown tenant 'nobody'" in e for e in first["errors"])
