@@ -30,6 +30,8 @@ app.add_typer(batch_app, name="batch")
 app.add_typer(experiments_app, name="experiments")
 report_app = typer.Typer(help="Reports over the metrics store")
 app.add_typer(report_app, name="report")
+alerts_app = typer.Typer(help="Alert rules (settings.alerts) and the alerts they raised")
+app.add_typer(alerts_app, name="alerts")
 
 def _settings(**overrides: object) -> Settings:
     return load_settings(**{k: v for k, v in overrides.items() if v is not None})
@@ -481,6 +483,45 @@ def optimize(
                    f"(${e.window_saving_usd:,.6f} in the window): {e.method}")
     output.write_text(yaml.safe_dump(proposed_settings(estimates), sort_keys=False))
     typer.echo(f"wrote {output}")
+
+
+@alerts_app.command("check")
+def alerts_check() -> None:
+    """Check the alert rules against the tenants and models the config and store know."""
+    from migrations import upgrade_to_head
+    from models import create_store_engine
+    from services.alerts import AlertConfigError, AlertEngine
+
+    settings = _settings()
+    upgrade_to_head(settings.database_url)
+    engine = create_store_engine(settings.database_url)
+    try:
+        AlertEngine(settings, engine).check()
+    except AlertConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        engine.dispose()
+    typer.echo(f"{len(settings.alerts.rules)} alert rules OK")
+
+
+@alerts_app.command("list")
+def alerts_list(
+    pending: Annotated[bool, typer.Option(help="also list pending alerts")] = False,
+) -> None:
+    """Print the alerts firing now (as ``GET /admin/alerts``)."""
+    from models import create_store_engine
+    from services.alerts import open_alerts
+
+    engine = create_store_engine(_settings().database_url)
+    try:
+        rows = open_alerts(engine, states=("firing", "pending") if pending else ("firing",))
+    finally:
+        engine.dispose()
+    for row in rows:
+        typer.echo(f"{row['state']:8} {row['severity']:8} {row['since']}  {row['message']}")
+    if not rows:
+        typer.echo("no alerts")
 
 
 if __name__ == "__main__":
