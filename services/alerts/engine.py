@@ -96,8 +96,13 @@ def check_rules(rules: list[AlertRuleConfig], tenants: set[str], models: set[str
         if unknown:
             problems[rule.name] = (
                 f"alert rule {rule.name!r} names unknown {', '.join(unknown)} "
-                f"(known tenants: {sorted(tenants)}; known models: {sorted(models)})")
+                f"(known tenants: {_some(tenants)}; known models: {_some(models)})")
     return problems
+
+
+def _some(names: set[str], limit: int = 20) -> str:
+    shown = ", ".join(sorted(names)[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def _format(metric: str, value: float | None) -> str:
@@ -154,6 +159,7 @@ class AlertEngine:
             if rule.name not in readings:
                 continue  # its source failed: state left as it was
             judgements += self._judge(rule, readings[rule.name], open_states, now)
+        judgements += self._retired(open_states, now)
         result.judged = sum(len(readings[rule.name]) for rule in rules if rule.name in readings)
         save(self.store, judgements, now=now,
              notify_pending=self.settings.alerts.notify_pending)
@@ -164,6 +170,20 @@ class AlertEngine:
             log.info("alerts: %(rule)s (%(subject)s) -> %(change)s", change)
         await self.notify(result)
         return result
+
+    def _retired(self, open_states: dict[tuple[str, str], AlertState], now: datetime
+                 ) -> list[Judgement]:
+        """Open alerts of rules no longer in the config close (and say so) rather than
+        stay firing forever."""
+        configured = {rule.name for rule in self.settings.alerts.rules}
+        return [
+            Judgement(rule=rule, subject=subject, severity="info",
+                      threshold=None, value=None, context={}, before=state,
+                      after=None, change="resolved" if state.state == "firing" else "cleared",
+                      message=f"rule {rule} is no longer configured: its alert is closed")
+            for (rule, subject), state in sorted(open_states.items())
+            if rule not in configured
+        ]
 
     def _judge(self, rule: AlertRuleConfig, readings: dict[str, Reading],
                open_states: dict[tuple[str, str], AlertState], now: datetime

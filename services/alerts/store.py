@@ -31,7 +31,7 @@ class Judgement:
     rule: str
     subject: str
     severity: str
-    threshold: float
+    threshold: float | None
     value: float | None
     context: dict[str, Any]
     before: AlertState | None
@@ -86,7 +86,9 @@ def save(engine: Engine, judgements: list[Judgement], *, now: datetime,
                 )).inserted_primary_key[0])
             else:
                 values: dict[str, Any] = {"state": j.change, "updated_at": now,
-                                          "message": j.message, "details": details}
+                                          "message": j.message}
+                if j.context:
+                    values["details"] = details
                 if j.value is not None:
                     values["value"] = j.value
                 if j.change == "firing":
