@@ -95,7 +95,10 @@ def anomaly_readings(
         if len(series) < 48:
             continue  # under two days: nothing to judge by
         threshold = threshold_for(rule, labels)
-        found = detect_anomalies(series, threshold=threshold, since=last_hour)
+        requests = data["requests"].sum()
+        unit = 1.0 if column == "requests" else float(data["cost_usd"].sum() / requests
+                                                       if requests else 0.0)
+        found = detect_anomalies(series, threshold=threshold, since=last_hour, unit=unit)
         context: dict[str, Any] = {**labels, "metric": column, "hour": last_hour.isoformat(),
                                    "value": float(series[last_hour])}
         if not found:

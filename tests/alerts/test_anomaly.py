@@ -68,3 +68,17 @@ def test_missing_hours_count_as_zero() -> None:
     index = pd.DatetimeIndex([START, START + pd.Timedelta(hours=3, minutes=20)])
     grid = hourly(pd.Series([5.0, 7.0], index=index))
     assert grid.tolist() == [5.0, 0.0, 0.0, 7.0]
+
+
+def test_a_fixed_rate_series_is_judged_with_at_least_poisson_noise() -> None:
+    index = pd.date_range(START, periods=3 * 168, freq="h")
+    steady = pd.Series(100.0, index=index)  # a job sending 100 requests every hour
+    steady.iloc[-1] = 106  # well within chance for a count of 100
+    assert detect_anomalies(steady, since=index[-1]) == []
+    steady.iloc[-1] = 200
+    [surge] = detect_anomalies(steady, since=index[-1])
+    assert surge.score > 8
+    costs = steady * 0.002  # the same traffic in dollars: same verdict with its unit
+    assert [a.at for a in detect_anomalies(costs, since=index[-1], unit=0.002)] == [surge.at]
+    costs.iloc[-1] = 106 * 0.002
+    assert detect_anomalies(costs, since=index[-1], unit=0.002) == []
