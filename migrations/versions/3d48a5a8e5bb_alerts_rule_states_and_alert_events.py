@@ -1,8 +1,8 @@
 """alerts: rule states (pending/firing/resolved) and alert_events (changes, outbox)
 
-Revision ID: 0a77a55ace13
-Revises: 2326b790f606
-Create Date: 2026-12-06 14:25:54.875092
+Revision ID: 3d48a5a8e5bb
+Revises: b1a8b6be5f8c
+Create Date: 2026-12-06 15:24:47.734703
 
 """
 from collections.abc import Sequence
@@ -11,8 +11,8 @@ import sqlalchemy as sa
 from alembic import op
 
 
-revision: str = '0a77a55ace13'
-down_revision: str | None = '2326b790f606'
+revision: str = '3d48a5a8e5bb'
+down_revision: str | None = 'b1a8b6be5f8c'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
