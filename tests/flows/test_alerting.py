@@ -20,8 +20,10 @@ def test_flow_fires_once_notifies_and_reports_bad_rules(store, prefect_harness,
     from flows.deployments import FLOWS, deployments
 
     assert FLOWS["alerting"] is alerting
-    assert {d.name for d in deployments() if d.flow_name == "alerting"} == {
-        "every-minute", "hourly-anomalies"}
+    scheduled = {d.name: (d.schedules[0].schedule.interval.total_seconds(), d.parameters)
+                 for d in deployments() if d.flow_name == "alerting"}
+    assert scheduled == {"metrics-every-minute": (60, {"kinds": "metrics"}),
+                         "anomalies-hourly": (3600, {"kinds": "anomalies"})}
     rules = [{"name": "errors", "metric": "error_rate", "above": 0.01, "min_requests": 5},
              {"name": "typo", "metric": "error_rate", "above": 0.01, "tenants": ["nobody"]}]
     add_requests(store, datetime.now(UTC), 30, status=502)
