@@ -1,8 +1,8 @@
 """alerts: rule states (pending/firing/resolved) and alert_events (changes, outbox)
 
-Revision ID: 3d48a5a8e5bb
-Revises: b1a8b6be5f8c
-Create Date: 2026-12-06 15:24:47.734703
+Revision ID: 41de340cb834
+Revises: fa37fb70ba3a
+Create Date: 2026-12-06 15:44:02.773303
 
 """
 from collections.abc import Sequence
@@ -11,8 +11,8 @@ import sqlalchemy as sa
 from alembic import op
 
 
-revision: str = '3d48a5a8e5bb'
-down_revision: str | None = 'b1a8b6be5f8c'
+revision: str = '41de340cb834'
+down_revision: str | None = 'fa37fb70ba3a'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
