@@ -473,13 +473,15 @@ class Alerts:
 
 
 def alerts(engine: Engine, filters: Filters, *, limit: int = 200) -> Alerts:
-    """Firing alerts (unresolved, whenever raised) and every alert raised in the range."""
+    """Firing alerts (unresolved and past pending, whenever raised) and every alert
+    raised in the range."""
     columns = (Alert.id, Alert.created_at, Alert.severity, Alert.source, Alert.message,
                Alert.resolved_at)
     start, end = filters.window
     try:
         with engine.connect() as conn:
-            firing = conn.execute(select(*columns).where(Alert.resolved_at.is_(None))
+            firing = conn.execute(select(*columns).where(Alert.resolved_at.is_(None),
+                                                         Alert.state != "pending")
                                   .order_by(Alert.created_at.desc()).limit(limit)).all()
             recent = conn.execute(select(*columns).where(
                 Alert.created_at >= start, Alert.created_at < end)

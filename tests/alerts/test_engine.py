@@ -176,3 +176,18 @@ async def test_alerts_of_a_rule_removed_from_the_config_are_closed(
     [closed] = open_alerts(store, states=("resolved",))
     assert "no longer configured" in closed["message"]
     assert closed["details"]["context"]["lookups"] == 40  # the last judgement is kept
+
+
+async def test_the_dashboard_lists_firing_alerts_not_pending_ones(make_settings, store,
+                                                                  clock) -> None:
+    from dashboards import data
+
+    rules = [{"name": "errors", "metric": "error_rate", "above": 0.01, "min_requests": 5},
+             {**HIT_RATE_RULE, "min_requests": 5}]
+    add_requests(store, clock.now, 20, status=503)
+    await engine_for(make_settings, store, clock, "", rules,
+                     delivery=DeliverySettings()).evaluate()
+    assert sorted(a["state"] for a in open_alerts(store, states=("firing", "pending"))) == [
+        "firing", "pending"]
+    shown = data.alerts(store, data.Filters(end=clock.now))
+    assert [a["message"].split()[0] for a in shown.firing] == ["error_rate"]
