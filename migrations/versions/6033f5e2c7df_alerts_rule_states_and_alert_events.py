@@ -1,8 +1,8 @@
 """alerts: rule states (pending/firing/resolved) and alert_events (changes, outbox)
 
-Revision ID: 41de340cb834
-Revises: fa37fb70ba3a
-Create Date: 2026-12-06 15:44:02.773303
+Revision ID: 6033f5e2c7df
+Revises: 7cdec7a53545
+Create Date: 2026-12-06 15:54:13.253469
 
 """
 from collections.abc import Sequence
@@ -11,8 +11,8 @@ import sqlalchemy as sa
 from alembic import op
 
 
-revision: str = '41de340cb834'
-down_revision: str | None = 'fa37fb70ba3a'
+revision: str = '6033f5e2c7df'
+down_revision: str | None = '7cdec7a53545'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
