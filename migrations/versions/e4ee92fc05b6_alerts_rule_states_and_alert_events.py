@@ -1,8 +1,8 @@
 """alerts: rule states (pending/firing/resolved) and alert_events (changes, outbox)
 
-Revision ID: 6033f5e2c7df
-Revises: 7cdec7a53545
-Create Date: 2026-12-06 15:54:13.253469
+Revision ID: e4ee92fc05b6
+Revises: b1043deba9ab
+Create Date: 2026-12-06 16:04:40.724864
 
 """
 from collections.abc import Sequence
@@ -11,8 +11,8 @@ import sqlalchemy as sa
 from alembic import op
 
 
-revision: str = '6033f5e2c7df'
-down_revision: str | None = '7cdec7a53545'
+revision: str = 'e4ee92fc05b6'
+down_revision: str | None = 'b1043deba9ab'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
