@@ -187,7 +187,7 @@ def dashboard(
     port: Annotated[int | None, typer.Option(help="port")] = None,
 ) -> None:
     """Serve the Streamlit dashboard over the metrics store (read-only)."""
-    import subprocess
+    import os
     import sys
 
     settings = _settings(dashboard_host=host, dashboard_port=port)
@@ -201,10 +201,10 @@ def dashboard(
         "--server.fileWatcherType", "none", "--global.developmentMode", "false",
         "--client.toolbarMode", "viewer",
     ]
-    try:
-        raise typer.Exit(subprocess.call(command, cwd=root))
-    except KeyboardInterrupt:
-        raise typer.Exit(0) from None
+    # become Streamlit (exec, not a child process): a SIGTERM to this process then
+    # stops the server itself instead of leaving it running as an orphan
+    os.chdir(root)
+    os.execv(sys.executable, command)
 
 
 @keys_app.command("create")
