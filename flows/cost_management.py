@@ -4,7 +4,8 @@ Hourly: bring ``cost_rollups`` up to date from the rows ingested since the last 
 (incremental, see ``services.costs.reports.rollup``). Daily, weekly and monthly: the same,
 then a report of the last complete day, ISO week or month for every tenant with traffic
 and for all tenants together, stored in ``cost_reports`` and published as Prefect
-artifacts (Markdown, and the savings by lever as a table). Also runs on demand
+artifacts (Markdown, and the savings by lever as a table); the all-tenants report is also
+sent to the delivery channels (webhooks; email with the CSV attached). Also runs on demand
 (``optengine flows run cost_management``: the hourly rollup).
 """
 
@@ -33,6 +34,7 @@ from services.costs.reports import (
     tenants,
 )
 from services.costs.reports.report import KINDS, period_for
+from services.delivery import Attachment, Deliverer, Notification
 from services.settings import load_settings
 
 STORE_RETRIES = {"retries": 3, "retry_delay_seconds": exponential_backoff(backoff_factor=2)}
@@ -78,6 +80,24 @@ def publish(report: dict[str, Any]) -> None:
                               description=f"savings by lever: {report['title']}")
 
 
+@task
+def deliver(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Send the all-tenants report to the configured channels (webhooks, email with the
+    CSV attached). A receiver that fails is a failed result in the log, not a failed
+    flow: the report is stored and published either way."""
+    settings = load_settings()
+    deliverer = Deliverer(settings.delivery)
+    if not settings.cost_report_delivery or not deliverer.channels:
+        return []
+    notification = Notification(
+        title=report["title"], text=report["markdown"], source="cost_management",
+        details={"summary": report["summary"]},
+        attachments=(Attachment(f"{report['key']}.csv", report["csv"].encode(), "text/csv"),),
+    )
+    results = deliverer.send_blocking(notification)
+    return [{"channel": r.channel, "ok": r.ok} for r in results]
+
+
 @flow(name="cost_management")
 def cost_management(mode: str = "hourly", now: datetime | None = None) -> dict[str, Any]:
     """``mode``: hourly (rollup only), daily, weekly or monthly (rollup, then reports of
@@ -93,6 +113,7 @@ def cost_management(mode: str = "hourly", now: datetime | None = None) -> dict[s
     reports = write_reports(mode, since, until)
     for report in reports:
         publish(report)
+    result["delivered"] = deliver(next(r for r in reports if r["tenant"] is None))
     result["reports"] = [{k: r[k] for k in ("id", "tenant", "summary")} for r in reports]
     logger.info("cost reports (%s, %s to %s): %d written", mode, since.isoformat(),
                 until.isoformat(), len(reports))
@@ -104,6 +125,7 @@ def _published(doc: CostReportDoc) -> dict[str, Any]:
     levers = [{"lever": LEVER_NAMES[lever], "saved_usd": round(saved[lever], 6)}
               for lever in LEVERS] if doc.summary.has_data else []
     return {"tenant": doc.tenant, "title": doc.title, "markdown": doc.markdown(),
+            "csv": doc.csv(),
             "key": _artifact_key(f"cost-{doc.kind}-{doc.tenant or 'all-tenants'}"),
             "levers": levers, "summary": doc.summary.as_dict()}
 

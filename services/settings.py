@@ -434,6 +434,11 @@ class Settings(BaseSettings):
         "own: routing.budgets)",
     )
     cost_report_top_models: int = Field(default=5, ge=1)
+    cost_report_delivery: bool = Field(
+        default=True,
+        description="send each daily/weekly/monthly all-tenants report (Markdown, CSV "
+        "attached) to the delivery channels (webhooks, email) when any is configured",
+    )
 
     # model routing (services/routing/config.py: tiers, models, budgets, cascade); empty = off
     routing: dict[str, Any] = Field(default_factory=dict, description="routing config (YAML)")

@@ -15,6 +15,7 @@ from sqlalchemy import select
 from flows.cost_management import cost_management
 from models import CostReport
 from tests.support.cost_rows import HOSTED, PRICES, T0, every_path, insert, row, usage
+from tests.support.receivers import smtp_server, webhook_receiver
 
 
 @pytest.fixture
@@ -63,3 +64,28 @@ def test_hourly_run_is_the_rollup_alone_and_a_quiet_day_says_no_data(
         assert "no data" in conn.scalar(select(CostReport.markdown))
     with pytest.raises(ValueError, match="unknown mode"):
         cost_management(mode="yearly")
+
+
+def test_the_all_tenants_report_is_delivered_by_webhook_and_email(
+        priced_store, prefect_harness, monkeypatch, tmp_path) -> None:
+    rows = every_path(T0 + timedelta(minutes=5))
+    insert(priced_store, rows)
+    with webhook_receiver() as hooks, smtp_server(tmp_path) as smtp:
+        monkeypatch.setenv("OPTENGINE_DELIVERY", json.dumps({
+            "webhooks": {"finance": {"url": f"{hooks.url}/ok", "format": "json"},
+                         "broken": {"url": f"{hooks.url}/fail", "format": "slack"}},
+            "smtp": {"host": "127.0.0.1", "port": smtp.port, "to": ["finance@example.org"],
+                     "starttls": False},
+            "retries": 0, "deadline_s": 5,
+        }))
+        result = cost_management(mode="daily", now=T0 + timedelta(days=1))
+        [posted] = hooks.posts("/ok")
+        [mail] = smtp.messages
+    # a receiver that answers 500 is a failed result, not a failed flow
+    assert {(d["channel"], d["ok"]) for d in result["delivered"]} == {
+        ("webhook:finance", True), ("webhook:broken", False), ("email", True)}
+    assert posted["source"] == "cost_management" and "## ROI" in posted["text"]
+    # every request but the unpriced model's, which reports count apart
+    assert posted["details"]["summary"]["requests"] == len(rows) - 1
+    csv_parts = [p for p in mail.walk() if p.get_content_type() == "text/csv"]
+    assert len(csv_parts) == 1 and b"lever" in csv_parts[0].get_payload(decode=True)
