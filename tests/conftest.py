@@ -16,6 +16,7 @@ from services.settings import Settings, load_settings
 from services.workers import VllmWorker, free_port, make_test_model
 from tests.support.gateway import RunningGateway
 from tests.support.postgres import (
+    STORE_KINDS,
     ThrowawayPostgres,
     create_database,
     drop_database,
@@ -143,6 +144,20 @@ def store(tmp_path, monkeypatch):
     url = f"sqlite:///{tmp_path / 'store.db'}"
     upgrade_to_head(url)
     monkeypatch.setenv("OPTENGINE_DATABASE_URL", url)
+    engine = create_store_engine(url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(params=STORE_KINDS)
+def any_store(request, tmp_path):
+    """A migrated store, once on SQLite and once on PostgreSQL (marked ``postgres``)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'store.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url").replace(
+            "postgresql://", "postgresql+psycopg://")
+    upgrade_to_head(url)
     engine = create_store_engine(url)
     yield engine
     engine.dispose()

@@ -8,10 +8,8 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
-import pytest
 
-from migrations import upgrade_to_head
-from models import RequestLog, create_store_engine
+from models import RequestLog
 from services.alerts import AlertEngine, open_alerts
 from services.alerts.series import hourly_totals
 from services.settings import DeliverySettings
@@ -22,17 +20,6 @@ RULES = [{"name": "requests", "metric": "request_anomaly", "above": 8.0, "group_
          {"name": "cost", "metric": "cost_anomaly", "above": 8.0, "group_by": "tenant"}]
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def any_store(request, tmp_path):
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'store.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url").replace(
-            "postgresql://", "postgresql+psycopg://")
-    upgrade_to_head(url)
-    engine = create_store_engine(url)
-    yield engine
-    engine.dispose()
 
 
 def history(store, *, surge: bool, weeks: int = 3) -> None:

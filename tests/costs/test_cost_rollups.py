@@ -15,20 +15,12 @@ from services.costs import PriceCatalog
 from services.costs.reports import HostedUpstreams, live_summary, roll_up, summarize
 from services.settings import ModelPrice
 from tests.support.cost_rows import HOSTED, PRICES, T0, every_path, insert, row, usage
-from tests.support.postgres import STORE_KINDS
 
 
-@pytest.fixture(params=STORE_KINDS)
-def engine(request, tmp_path):
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'store.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url").replace(
-            "postgresql://", "postgresql+psycopg://")
-    upgrade_to_head(url)
-    engine = create_store_engine(url)
-    yield engine
-    engine.dispose()
+@pytest.fixture
+def engine(any_store):
+    """A migrated store, SQLite and PostgreSQL in turn (tests/conftest.py)."""
+    return any_store
 
 
 @pytest.fixture

@@ -12,30 +12,21 @@ import orjson
 import pytest
 from sqlalchemy import insert, select
 
-from migrations import upgrade_to_head
-from models import RequestLog, create_store_engine
+from models import RequestLog
 from models.tables import RoutingLabel
 from services.errors import Conflict, NotFound
 from services.routing import RoutingConfig
 from services.routing.feedback import FeedbackRequest, record_feedback
 from services.routing.retrain import collect_labels
 from tests.routing.conftest import EASY, PRICES, post_chat, routing_config
-from tests.support.postgres import STORE_KINDS
 
 CONFIG = RoutingConfig.parse(routing_config())  # cheap tier: small; strong: large
 
 
-@pytest.fixture(params=STORE_KINDS)
-def engine(request, tmp_path):
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'store.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url").replace(
-            "postgresql://", "postgresql+psycopg://")
-    upgrade_to_head(url)
-    engine = create_store_engine(url)
-    yield engine
-    engine.dispose()
+@pytest.fixture
+def engine(any_store):
+    """A migrated store, SQLite and PostgreSQL in turn (tests/conftest.py)."""
+    return any_store
 
 
 def logged(engine, *, model: str = "small", tenant: str = "t", status: int = 200,

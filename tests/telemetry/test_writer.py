@@ -14,7 +14,7 @@ from migrations import upgrade_to_head
 from models import QuarantinedEvent, RequestLog, create_store_engine
 from services.telemetry import GatewayMetrics, RequestEvent, TelemetryWriter
 from services.workers import free_port
-from tests.support.postgres import STORE_KINDS, ThrowawayPostgres
+from tests.support.postgres import ThrowawayPostgres
 
 
 def event(**fields) -> RequestEvent:
@@ -134,17 +134,6 @@ def test_store_outage_during_traffic_loses_nothing(
 # --- one bad row must not stop the store for everyone ---------------------------------
 
 
-@pytest.fixture(params=STORE_KINDS)
-def any_engine(request, tmp_path):
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'store.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url").replace(
-            "postgresql://", "postgresql+psycopg://")
-    upgrade_to_head(url)
-    engine = create_store_engine(url)
-    yield engine
-    engine.dispose()
 
 
 def quarantined(engine) -> list[tuple[str, str, str]]:
@@ -159,18 +148,18 @@ TOO_BIG = 10**20
 
 
 async def test_a_row_the_store_refuses_is_quarantined_and_the_rest_written(
-    any_engine, tmp_path
+    any_store, tmp_path
 ) -> None:
     metrics = GatewayMetrics()
-    writer = TelemetryWriter(any_engine, spill_path=tmp_path / "spill.jsonl", metrics=metrics)
+    writer = TelemetryWriter(any_store, spill_path=tmp_path / "spill.jsonl", metrics=metrics)
     await writer.start()
     good = [event() for _ in range(9)]
     bad = event(max_tokens=TOO_BIG)
     for e in good[:4] + [bad] + good[4:]:
         writer.submit(e)
     await writer.flush()
-    assert count(any_engine) == 9 and not writer.pending_spill and writer.store_up
-    [(event_id, stored, error)] = quarantined(any_engine)
+    assert count(any_store) == 9 and not writer.pending_spill and writer.store_up
+    [(event_id, stored, error)] = quarantined(any_store)
     assert event_id == bad.id and str(TOO_BIG) in stored and error
     assert "INSERT" not in error  # the store's words, not the statement
     assert metrics.telemetry_quarantined._value.get() == 1
@@ -179,18 +168,18 @@ async def test_a_row_the_store_refuses_is_quarantined_and_the_rest_written(
     for e in later:
         writer.submit(e)
     await writer.stop()
-    assert count(any_engine) == 14 and writer.quarantined == 1
+    assert count(any_store) == 14 and writer.quarantined == 1
 
 
-async def test_strings_longer_than_their_column_are_cut_to_fit(any_engine, tmp_path) -> None:
-    writer = TelemetryWriter(any_engine, spill_path=tmp_path / "spill.jsonl",
+async def test_strings_longer_than_their_column_are_cut_to_fit(any_store, tmp_path) -> None:
+    writer = TelemetryWriter(any_store, spill_path=tmp_path / "spill.jsonl",
                              metrics=GatewayMetrics())
     await writer.start()
     long = event(model_requested="m" * 5000, worker="http://" + "w" * 5000,
                  token_policy="budget=" + "9" * 500)
     writer.submit(long)
     await writer.stop()
-    with any_engine.connect() as conn:
+    with any_store.connect() as conn:
         model, worker, policy = conn.execute(
             select(RequestLog.model_requested, RequestLog.worker, RequestLog.token_policy)
         ).one()
@@ -199,22 +188,22 @@ async def test_strings_longer_than_their_column_are_cut_to_fit(any_engine, tmp_p
 
 
 async def test_a_bad_row_in_an_old_spill_file_no_longer_blocks_its_replay(
-    any_engine, tmp_path
+    any_store, tmp_path
 ) -> None:
     """Spill files written before the fix hold the bad row; a restart replays them."""
     spill = tmp_path / "spill.jsonl"
-    writer = TelemetryWriter(any_engine, spill_path=spill, metrics=GatewayMetrics())
+    writer = TelemetryWriter(any_store, spill_path=spill, metrics=GatewayMetrics())
     events = [event(), event(max_tokens=TOO_BIG), event()]
     writer._spill(events)
     assert writer.replay_spill() == 3
     assert not writer.pending_spill
-    with any_engine.connect() as conn:
+    with any_store.connect() as conn:
         stored = set(conn.scalars(select(RequestLog.id)))
     assert {events[0].id, events[2].id} <= stored
     # the spill file's JSON reads the number back as a float: SQLite keeps it in the
     # row, PostgreSQL refuses it and the event is quarantined; either way it is kept
-    if any_engine.dialect.name == "postgresql":
-        assert [q[0] for q in quarantined(any_engine)] == [events[1].id]
+    if any_store.dialect.name == "postgresql":
+        assert [q[0] for q in quarantined(any_store)] == [events[1].id]
     else:
         assert events[1].id in stored
 
