@@ -46,20 +46,38 @@ def test_the_least_loaded_worker_is_chosen(
     gateway = start_gateway(make_settings(
         workers=[vllm_worker.base_url, second_worker.base_url], cache_enabled=False
     ))
-    pool = gateway.services.pool
     for i in range(2):  # one request on each worker first: no cold start in the race below
         assert complete(gateway, f"warm {i}", max_tokens=8).status_code == 200
+    # A race is judged only if the long generation still held its worker when a short
+    # request was dispatched; a loaded machine can (rarely) finish it first, so up to
+    # three races are run and the first that happened is judged.
+    for _attempt in range(3):
+        raced, idle_url, replies, choices = race(gateway)
+        if raced:
+            break
+    assert [r.status_code for r in replies] == [200] * 4
+    assert len(choices) == 4, choices
+    assert raced, ("the long generation ended before any short request was dispatched",
+                   choices)
+    assert raced == [idle_url] * len(raced)
+    assert set(served_by(gateway, replies)) <= {url for url, _ in choices}
+
+
+def race(gateway) -> tuple[list[str], str, list[httpx.Response], list[tuple[str, bool]]]:
+    """A long generation on one worker, then four short requests at once: the workers
+    chosen for them, with whether the long generation still held its worker at the
+    moment of each choice (the gateway's one event loop: nothing runs between the look
+    and the choice, so no clock decides whether the race was fair)."""
+    pool = gateway.services.pool
+    assert wait_for(lambda: not any(w.outstanding for w in pool.workers))  # a fresh start
     holder = LongStream(gateway, max_tokens=1500)  # ~1500 tokens in flight on one worker
+    choose = pool.acquire
+    choices: list[tuple[str, bool]] = []
     try:
         assert wait_for(lambda: holder.chunks > 0)
         busy = next(w for w in pool.workers if w.outstanding)
         idle = next(w for w in pool.workers if w is not busy)
         assert busy.outstanding_tokens > 1000
-        # each choice, with whether the long generation still held its worker at that
-        # moment (the gateway's one event loop: nothing runs between the look and the
-        # choice), so no clock decides whether the race was fair
-        choices: list[tuple[str, bool]] = []
-        choose = pool.acquire
 
         async def recording(model: str, **options: object):
             held = busy.outstanding_tokens > 1000
@@ -73,12 +91,9 @@ def test_the_least_loaded_worker_is_chosen(
                 lambda i: complete(gateway, f"short {i}", max_tokens=8), range(4)
             ))
     finally:
+        pool.acquire = choose
         holder.cancel()
-    assert [r.status_code for r in replies] == [200] * 4
-    raced = [url for url, held in choices if held]
-    assert raced, "the long generation ended before any short request was dispatched"
-    assert raced == [idle.url] * len(raced)
-    assert len(choices) == 4 and set(served_by(gateway, replies)) <= {url for url, _ in choices}
+    return [url for url, held in choices if held], idle.url, replies, choices
 
 
 def test_a_killed_worker_is_ejected_and_taken_back_through_its_breaker(
