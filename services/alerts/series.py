@@ -1,11 +1,11 @@
 """Hourly cost and request series per tenant, model and lever, and the anomaly rules'
 readings over them.
 
-The series are read by ``hourly_totals`` alone. Today it sums ``request_log`` over the
-bounded history window (``anomaly_history_days``) in SQL, with the same hour x tenant
-x model x lever grouping (and the same lever names) as the ``cost_rollups`` table of
-the cost management flow; once that table is in the store this function must read it
-instead, so an evaluation costs hours x series rows, not a scan of weeks of requests.
+The series are read by ``hourly_totals`` alone, over the bounded history window
+(``anomaly_history_days``): from the ``cost_rollups`` table of the cost management flow
+for every hour it holds complete, and from ``request_log`` only for the hours whose rows
+it has not rolled up yet (the current hour, a late replay's). An evaluation costs hours x
+series rows plus the newest requests, not a scan of weeks of requests.
 """
 
 from __future__ import annotations
@@ -14,46 +14,21 @@ from datetime import datetime
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Engine, case, func, select
+from sqlalchemy import Engine
 
-from models import RequestLog
 from services.alerts.anomaly import detect_anomalies, hourly
 from services.alerts.sources import Reading, threshold_for
+from services.costs.reports.rollup import hourly_paths
 from services.settings import AlertRuleConfig
 
 COLUMNS = ["hour", "tenant", "model", "lever", "requests", "cost_usd"]
 
 
-def _lever():
-    """The path a request took, named as ``cost_rollups.lever``."""
-    reason = RequestLog.route_reason
-    return case(
-        (RequestLog.cache_layer.in_(("L1", "L2", "L3")), "cache_exact"),
-        (RequestLog.cache_layer == "SEMANTIC", "cache_semantic"),
-        (reason.like("cascade: cheap attempt escalated%"), "cascade_escalated"),
-        (reason.like("batch:%"), "batch"),
-        (reason.is_not(None), "routed"),
-        else_="direct",
-    )
-
-
 def hourly_totals(engine: Engine, *, start: datetime, end: datetime) -> pd.DataFrame:
-    """Requests and cost per hour x tenant x model x lever in [start, end)."""
-    if engine.dialect.name == "postgresql":
-        hour = func.date_trunc("hour", RequestLog.created_at)
-    else:
-        hour = func.strftime("%Y-%m-%d %H:00:00", RequestLog.created_at)
-    model = func.coalesce(RequestLog.model_served, RequestLog.model_requested, "")
-    lever = _lever()
-    query = (
-        select(hour.label("hour"), RequestLog.tenant, model.label("model"),
-               lever.label("lever"), func.count().label("requests"),
-               func.coalesce(func.sum(RequestLog.cost_usd), 0.0).label("cost_usd"))
-        .where(RequestLog.created_at >= start, RequestLog.created_at < end)
-        .group_by(hour, RequestLog.tenant, model, lever)
-    )
-    with engine.connect() as conn:
-        frame = pd.DataFrame(conn.execute(query).all(), columns=COLUMNS)
+    """Requests and cost per hour x tenant x model x lever, whole hours from ``start`` to
+    ``end``: ``cost_rollups`` for the hours it has complete, ``request_log`` for the rest
+    (``hourly_paths``). Cost is that of the priced rows, as in the cost reports."""
+    frame = pd.DataFrame(hourly_paths(engine, start, end), columns=COLUMNS)
     frame["hour"] = pd.to_datetime(frame["hour"], utc=True)
     return frame
 

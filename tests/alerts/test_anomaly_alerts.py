@@ -8,10 +8,13 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+import pandas as pd
 
 from models import RequestLog
 from services.alerts import AlertEngine, open_alerts
 from services.alerts.series import hourly_totals
+from services.costs import PriceCatalog
+from services.costs.reports import HostedUpstreams, roll_up
 from services.settings import DeliverySettings
 from tests.alerts.conftest import Clock
 
@@ -41,6 +44,7 @@ def history(store, *, surge: bool, weeks: int = 3) -> None:
         for i in range(count):
             rows.append({
                 "id": uuid.uuid4().hex, "created_at": hour + timedelta(minutes=i % 60),
+                "ingested_at": hour + timedelta(minutes=i % 60, seconds=1),
                 "tenant": "acme", "endpoint": "chat.completions", "status_code": 200,
                 "model_requested": "m", "model_served": "m",
                 "cache_layer": "L1" if i < cached else "MISS",
@@ -61,6 +65,9 @@ async def test_a_surge_in_the_last_hour_fires_with_its_context(make_settings, an
     history(any_store, surge=True)
     totals = hourly_totals(any_store, start=NOW - timedelta(days=28), end=NOW)
     assert set(totals["lever"]) == {"cache_exact", "direct"}
+    roll_up(any_store, PriceCatalog(), HostedUpstreams([]))  # now read from cost_rollups
+    pd.testing.assert_frame_equal(
+        hourly_totals(any_store, start=NOW - timedelta(days=28), end=NOW), totals)
     result = await engine(make_settings, any_store).evaluate()
     assert sorted((c["rule"], c["subject"], c["change"]) for c in result.changes) == [
         ("cost", "tenant=acme", "firing"), ("requests", "tenant=acme,model=m", "firing")]

@@ -10,9 +10,15 @@ import pytest
 from sqlalchemy import func, select
 
 from migrations import upgrade_to_head
-from models import CostRollup, create_store_engine
+from models import CostRollup, RequestLog, create_store_engine
 from services.costs import PriceCatalog
-from services.costs.reports import HostedUpstreams, live_summary, roll_up, summarize
+from services.costs.reports import (
+    HostedUpstreams,
+    hourly_paths,
+    live_summary,
+    roll_up,
+    summarize,
+)
 from services.settings import ModelPrice
 from tests.support.cost_rows import HOSTED, PRICES, T0, every_path, insert, row, usage
 
@@ -108,6 +114,44 @@ def test_tenants_are_kept_apart_and_an_empty_store_is_a_no_op(engine, catalog) -
     assert a.saved_by_lever["cache_exact"] == 0 and b.saved_by_lever["cache_exact"] > 0
 
 
+def test_hourly_paths_are_the_same_before_and_after_a_rollup(engine, catalog) -> None:
+    """Rollups for the hours they hold complete, request_log for the hours with rows not
+    rolled up yet (a new hour, a late row's old one): the same figures either way."""
+    hosted = HostedUpstreams([HOSTED])
+    rows = []
+    for h in range(6):
+        at = T0 + timedelta(hours=h, minutes=5)
+        rows += [{**r, "ingested_at": at + timedelta(minutes=1)} for r in every_path(at)]
+    insert(engine, rows)
+    window = (T0, T0 + timedelta(hours=8))
+    from_log = hourly_paths(engine, *window)
+    assert len({r[0] for r in from_log}) == 6
+    assert {r[3] for r in from_log} == {"cache_exact", "cache_semantic", "batch", "routed",
+                                        "cascade_escalated", "direct"}
+    roll_up(engine, catalog, hosted)
+    assert hourly_paths(engine, *window) == from_log
+
+    # a late row for hour 1 and a new row in hour 6, neither rolled up yet
+    late = row(T0 + timedelta(hours=1, minutes=50), model_served="cheap", worker=HOSTED,
+               cost_usd=0.0004, ingested_at=T0 + timedelta(hours=6, minutes=20),
+               **usage(1000, 600, 100))
+    new = {**late, "id": "new-row", "created_at": T0 + timedelta(hours=6, minutes=10)}
+    insert(engine, [late, new])
+    hybrid = hourly_paths(engine, *window)
+    assert sum(r[4] for r in hybrid) == sum(r[4] for r in from_log) + 2
+    roll_up(engine, catalog, hosted)
+    assert hourly_paths(engine, *window) == hybrid
+
+    # hours held complete are read from the rollups, not from request_log
+    with engine.begin() as conn:
+        conn.execute(RequestLog.__table__.delete().where(
+            RequestLog.created_at < T0 + timedelta(hours=4)))
+    assert hourly_paths(engine, *window) == hybrid
+    # a bound inside an hour reads that whole hour, as the rollups hold it
+    inside = hourly_paths(engine, T0 + timedelta(minutes=30), T0 + timedelta(hours=1, minutes=1))
+    assert inside == [r for r in hybrid if r[0] < T0 + timedelta(hours=2)]
+
+
 def test_postgres_reads_new_rows_and_touched_hours_through_indexes(postgres_url) -> None:
     """What keeps a run's cost off history: both reads of request_log have an index."""
     from sqlalchemy import text
@@ -120,9 +164,9 @@ def test_postgres_reads_new_rows_and_touched_hours_through_indexes(postgres_url)
     try:
         with engine.connect() as conn:
             conn.execute(text("SET enable_seqscan = off"))  # empty table: ask what is usable
-            newer = [_LOG.c.ingested_at > T0]
             plans = {}
-            for name, query in (("touched", _touched_hours(conn, newer, T0)),
+            touched = _touched_hours(conn, _LOG.c.ingested_at > T0, _LOG.c.ingested_at <= T0)
+            for name, query in (("touched", touched),
                                 ("aggregate", _aggregate(T0, T0 + timedelta(hours=1)))):
                 compiled = query.compile(conn, compile_kwargs={"literal_binds": True})
                 plans[name] = "\n".join(conn.scalars(text(f"EXPLAIN {compiled}")))

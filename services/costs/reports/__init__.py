@@ -9,6 +9,8 @@ saved the difference. Read API for reports, the dashboard and alerts:
   lever (``saved_by_lever``), per-model costs of a period;
 * ``rollup_rows(engine, since, until, tenant=None)``: the hourly rows themselves;
 * ``tenants(engine, since, until)``: who had traffic;
+* ``hourly_paths(engine, since, until)``: requests and cost per hour x tenant x model x
+  lever, up to the current hour (rollups, plus ``request_log`` for hours not rolled up);
 * ``live_summary(...)``: the same figures straight from ``request_log`` for a short
   window (a demo or benchmark run), to the second;
 * ``build_report(...) -> CostReportDoc`` (``.markdown()``, ``.csv()``, ``.html()``) and
@@ -44,14 +46,20 @@ from services.costs.reports.report import (
     store_report,
 )
 from services.costs.reports.roi import Roi, monthly_rate
-from services.costs.reports.rollup import HostedUpstreams, RollupRun, live_summary, roll_up
+from services.costs.reports.rollup import (
+    HostedUpstreams,
+    RollupRun,
+    hourly_paths,
+    live_summary,
+    roll_up,
+)
 from services.settings import Settings
 
 __all__ = [
     "LEVERS", "LEVER_NAMES", "METHOD", "PATHS", "CostReportDoc", "CostSummary",
     "HostedUpstreams", "Investment", "NaiveDatetime", "Roi", "RollupRun", "build_report",
-    "check_period", "hosted_upstreams", "investment", "latest_reports", "live_summary",
-    "monthly_budgets",
+    "check_period", "hosted_upstreams", "hourly_paths", "investment", "latest_reports",
+    "live_summary", "monthly_budgets",
     "monthly_rate", "report_now", "roi_section", "roll_up", "rollup_rows", "store_report",
     "summarize", "tenants",
 ]

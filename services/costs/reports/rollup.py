@@ -89,7 +89,8 @@ def roll_up(
         newest = conn.scalar(select(func.max(_LOG.c.ingested_at)).where(*newer))
         if newest is None:
             return RollupRun(0, 0, watermark, time.perf_counter() - started)
-        hours = sorted({_utc(h) for h in conn.scalars(_touched_hours(conn, newer, newest))})
+        touched = _touched_hours(conn, *newer, _LOG.c.ingested_at <= newest)
+        hours = sorted({_utc(h) for h in conn.scalars(touched)})
     written = 0
     for start in range(0, len(hours), hours_per_transaction):
         chunk = hours[start : start + hours_per_transaction]
@@ -100,10 +101,10 @@ def roll_up(
     return RollupRun(len(hours), written, _utc(newest), time.perf_counter() - started)
 
 
-def _touched_hours(conn: Connection, newer: list[Any], newest: datetime) -> Any:
-    """The UTC hours of rows ingested in ``(watermark - overlap, newest]``: read through
-    ``ix_request_log_ingested_at``, so the cost follows the new rows."""
-    return select(_hour_bucket(conn)).where(*newer, _LOG.c.ingested_at <= newest).distinct()
+def _touched_hours(conn: Connection, *ingested: Any) -> Any:
+    """The UTC hours of rows ingested in a range (``(watermark - overlap, newest]``): read
+    through ``ix_request_log_ingested_at``, so the cost follows the new rows."""
+    return select(_hour_bucket(conn)).where(*ingested).distinct()
 
 
 def _rewrite_hours(conn: Connection, hours: Sequence[datetime], catalog: PriceCatalog,
@@ -132,7 +133,69 @@ def live_summary(engine: Engine, catalog: PriceCatalog, hosted: HostedUpstreams,
     return summary
 
 
-def _aggregate(start: datetime, end: datetime) -> Any:
+def hourly_paths(engine: Engine, since: datetime, until: datetime, *,
+                 overlap: timedelta = timedelta(minutes=10)) -> list[tuple[Any, ...]]:
+    """``(hour, tenant, model, lever, requests, cost_usd)`` for every hour that overlaps
+    ``[since, until)`` (whole hours, as rollups hold them): the figures ``cost_rollups``
+    holds, or will hold once ``roll_up`` has read every row already in ``request_log``.
+
+    The hours ``roll_up`` would redo next (those of rows ingested after its watermark less
+    the overlap: the current hour, a late replay's old one) are re-aggregated from
+    ``request_log`` the way ``roll_up`` does it; every other hour is read from
+    ``cost_rollups``. So the answer does not depend on when the rollup last ran, and the
+    raw rows read are the new ones and those of their hours, not the window's history.
+    Before the first rollup every hour comes from ``request_log``."""
+    check_period(since, until)
+    first, until = _floor_hour(since), _floor_hour(until - timedelta(microseconds=1)) + HOUR
+    with engine.connect() as conn:
+        watermark = conn.scalar(
+            select(CostRollupState.watermark).where(CostRollupState.name == WATERMARK)
+        )
+        rows: list[tuple[Any, ...]] = []
+        if watermark is None:
+            ranges = [(first, until)]
+        else:
+            touched = _touched_hours(conn, _LOG.c.ingested_at > _utc(watermark) - overlap)
+            tail = sorted(h for h in map(_utc, conn.scalars(touched)) if first <= h < until)
+            ranges = _contiguous(tail)
+            r = _ROLLUPS.c
+            rolled = (select(r.hour, r.tenant, r.model, r.lever, func.sum(r.requests),
+                             func.sum(r.cost_usd))
+                      .where(r.hour >= first, r.hour < until)
+                      .group_by(r.hour, r.tenant, r.model, r.lever))
+            skip = set(tail)
+            rows += [(_utc(h), t, m, lever, int(n), float(cost))
+                     for h, t, m, lever, n, cost in conn.execute(rolled) if _utc(h) not in skip]
+        hour = _hour_bucket(conn).label("hour")
+        for start, end in ranges:
+            by_path: dict[tuple[Any, ...], list[float]] = {}
+            for g in conn.execute(_aggregate(start, end, hour)).mappings():
+                sums = by_path.setdefault((_utc(g["hour"]), g["tenant"], g["model"], g["path"]),
+                                          [0, 0.0])
+                sums[0] += int(g["requests"])
+                sums[1] += float(g["cost_usd"])
+            # one row per path, summed over upstreams, as the rollup rows above are
+            rows += [(*key, int(n), cost) for key, (n, cost) in by_path.items()]
+    return sorted(rows)
+
+
+def _floor_hour(value: datetime) -> datetime:
+    return _utc(value).replace(minute=0, second=0, microsecond=0)
+
+
+def _contiguous(hours: Sequence[datetime]) -> list[tuple[datetime, datetime]]:
+    """Sorted hours as ``[start, end)`` runs of consecutive hours."""
+    runs: list[tuple[datetime, datetime]] = []
+    for h in hours:
+        if runs and runs[-1][1] == h:
+            runs[-1] = (runs[-1][0], h + HOUR)
+        else:
+            runs.append((h, h + HOUR))
+    return runs
+
+
+def _aggregate(start: datetime, end: datetime, *by: Any) -> Any:
+    """Rows of ``[start, end)`` summed per tenant x model x upstream x path (and ``by``)."""
     c = _LOG.c
     priced = and_(c.cost_usd.is_not(None), c.baseline_cost_usd.is_not(None))
     has_usage = and_(c.prompt_tokens.is_not(None), c.completion_tokens.is_not(None))
@@ -155,7 +218,7 @@ def _aggregate(start: datetime, end: datetime) -> Any:
     upstream = func.coalesce(c.worker, "").label("upstream")
     return (
         select(
-            c.tenant, model, upstream, path,
+            *by, c.tenant, model, upstream, path,
             func.count().label("requests"),
             count(c.status_code >= 400).label("errors"),
             count(and_(has_usage, ~priced)).label("unpriced"),
@@ -170,7 +233,7 @@ def _aggregate(start: datetime, end: datetime) -> Any:
             priced_sum(c.baseline_cost_usd).label("baseline_usd"),
         )
         .where(c.created_at >= start, c.created_at < end)
-        .group_by(c.tenant, model, upstream, path)
+        .group_by(*by, c.tenant, model, upstream, path)
     )
 
 
