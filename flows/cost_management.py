@@ -27,8 +27,7 @@ from services.costs.reports import (
     CostReportDoc,
     build_report,
     hosted_upstreams,
-    investment,
-    monthly_budgets,
+    report_options,
     roll_up,
     store_report,
     tenants,
@@ -62,9 +61,7 @@ def write_reports(kind: str, since: datetime, until: datetime) -> list[dict[str,
         written = []
         for tenant in [None, *tenants(engine, since, until)]:
             doc = build_report(engine, since, until, tenant=tenant, kind=kind,
-                               budgets=monthly_budgets(settings),
-                               investment=investment(settings),
-                               top_models=settings.cost_report_top_models)
+                               **report_options(settings))
             written.append({"id": store_report(engine, doc), **_published(doc)})
     finally:
         engine.dispose()

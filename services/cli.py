@@ -462,6 +462,7 @@ def optimize(
     from models import create_store_engine
     from services.costs import PriceCatalog
     from services.costs.reports.planner import plan, proposed_settings
+    from services.routing.config import RoutingConfig
 
     if days <= 0:
         raise typer.BadParameter("must be > 0", param_hint="--days")
@@ -470,8 +471,9 @@ def optimize(
     engine = create_store_engine(settings.database_url)
     until = datetime.now(UTC)
     try:
+        routing = RoutingConfig.model_validate(settings.routing) if settings.routing else None
         estimates = plan(engine, PriceCatalog.from_settings(settings),
-                         until - timedelta(days=days), until)
+                         until - timedelta(days=days), until, routing)
     finally:
         engine.dispose()
     if not estimates:

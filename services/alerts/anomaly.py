@@ -36,6 +36,7 @@ _MAD_TO_SIGMA = 1.4826
 # window just spanning the weeks (9 for 4) lets the robust fit bend to an outlier.
 _ALL_CYCLES = 9999
 _POISSON_ROOT_SD = 0.5  # sd of sqrt(N) for a Poisson count N (Anscombe)
+DEFAULT_THRESHOLD = 8.0  # robust sd; see detect_anomalies for how it was chosen
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ def hourly(series: pd.Series) -> pd.Series:
 
 
 def detect_anomalies(
-    series: pd.Series, *, threshold: float = 8.0, since: pd.Timestamp | None = None,
+    series: pd.Series, *, threshold: float = DEFAULT_THRESHOLD, since: pd.Timestamp | None = None,
     unit: float = 1.0,
 ) -> list[Anomaly]:
     """Hours of ``series`` (datetime index, values >= 0) outside their expected range.

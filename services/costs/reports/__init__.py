@@ -59,9 +59,8 @@ __all__ = [
     "LEVERS", "LEVER_NAMES", "METHOD", "PATHS", "CostReportDoc", "CostSummary",
     "HostedUpstreams", "Investment", "NaiveDatetime", "Roi", "RollupRun", "build_report",
     "check_period", "hosted_upstreams", "hourly_paths", "investment", "latest_reports",
-    "live_summary", "monthly_budgets",
-    "monthly_rate", "report_now", "roi_section", "roll_up", "rollup_rows", "store_report",
-    "summarize", "tenants",
+    "live_summary", "monthly_budgets", "monthly_rate", "report_now", "report_options",
+    "roi_section", "roll_up", "rollup_rows", "store_report", "summarize", "tenants",
 ]
 
 
@@ -113,6 +112,12 @@ def report_now(engine: Engine, settings: Settings, since: datetime, until: datet
     check_period(since, until)
     roll_up(engine, PriceCatalog.from_settings(settings), hosted_upstreams(settings),
             overlap=timedelta(seconds=settings.cost_rollup_overlap_s))
-    return build_report(engine, since, until, tenant=tenant, budgets=monthly_budgets(settings),
-                        investment=investment(settings),
-                        top_models=settings.cost_report_top_models)
+    return build_report(engine, since, until, tenant=tenant, **report_options(settings))
+
+
+def report_options(settings: Settings) -> dict[str, Any]:
+    """``build_report``'s keyword arguments from the settings: budgets, investment, how
+    many models to list, the anomaly detector's history."""
+    return {"budgets": monthly_budgets(settings), "investment": investment(settings),
+            "top_models": settings.cost_report_top_models,
+            "anomaly_history_days": settings.alerts.anomaly_history_days}

@@ -14,10 +14,13 @@ was off in the window:
   tenant's prompt tokens at each served model's input price (models without a price
   are left out and named).
 
-Routing, batch and self-hosting are not estimated here: the store has no record of what
-an unrouted request would have needed. Estimates are per window and per average month
-(window x 30.44 days / window length), ranked by monthly saving; ``proposed_settings``
-turns them into the YAML settings that enable the levers.
+Routing, cascade and batch are estimated in ``plan_routing`` (its docstring holds their
+method). Self-hosting is not: its price depends on hardware the store knows nothing of.
+The semantic cache is not either: the store keeps prompt hashes, not the texts or
+embeddings that would tell which different prompts would have matched. Estimates are
+per window and per average month (window x 30.44 days / window length), ranked by
+monthly saving; ``proposed_settings`` turns them into the YAML settings that enable the
+levers.
 """
 
 from __future__ import annotations
@@ -33,8 +36,10 @@ from models import RequestLog, TokenReport
 from services.caching import HIT_LAYERS
 from services.costs.catalog import PriceCatalog
 from services.costs.rates import UnknownModelPrice
+from services.costs.reports.plan_routing import RoutingLevers, active_router_share
 from services.costs.reports.read import check_period
 from services.costs.reports.roi import monthly_rate
+from services.routing.config import RoutingConfig
 
 _CACHE_RAN = HIT_LAYERS | {"MISS"}
 
@@ -48,15 +53,17 @@ class LeverEstimate:
     method: str
 
 
-def plan(engine: Engine, catalog: PriceCatalog, since: datetime, until: datetime
-         ) -> list[LeverEstimate]:
-    """Estimates for ``[since, until)``, largest monthly saving first."""
+def plan(engine: Engine, catalog: PriceCatalog, since: datetime, until: datetime,
+         routing: RoutingConfig | None = None) -> list[LeverEstimate]:
+    """Estimates for ``[since, until)``, largest monthly saving first (routing and cascade
+    only with a ``routing`` config: its tiers say what the cheap model is)."""
     check_period(since, until)
     days = (until - since).total_seconds() / 86400
     c = RequestLog.__table__.c
     query = (select(c.tenant, c.endpoint, c.model_requested, c.model_served, c.max_tokens,
                     c.prompt_hash, c.cache_layer, c.token_policy, c.prompt_tokens, c.cost_usd,
-                    c.status_code)
+                    c.status_code, c.route_reason, c.stream, c.completion_tokens,
+                    c.baseline_cost_usd)
              .where(c.created_at >= since, c.created_at < until).order_by(c.created_at))
     seen: set[tuple[Any, ...]] = set()
     cache_on: set[str] = set()
@@ -65,7 +72,9 @@ def plan(engine: Engine, catalog: PriceCatalog, since: datetime, until: datetime
     prompt_cost: dict[str, float] = defaultdict(float)
     unpriced: dict[str, set[str]] = defaultdict(set)
     with engine.connect() as conn:
+        levers = RoutingLevers(catalog, routing, active_router_share(conn))
         for row in conn.execute(query):
+            levers.add(row)
             if row.cache_layer in _CACHE_RAN:
                 cache_on.add(row.tenant)
             if row.token_policy not in (None, "off"):
@@ -107,6 +116,8 @@ def plan(engine: Engine, catalog: PriceCatalog, since: datetime, until: datetime
                 f"the latest lossless token report's reduction ({reduction:.1%}) x the "
                 f"prompt tokens' input cost (${cost:,.6f}){left_out}",
             ))
+    estimates += [LeverEstimate(tenant, lever, saved, monthly_rate(saved, days), method)
+                  for tenant, lever, saved, method in levers.estimates()]
     return sorted(estimates, key=lambda e: -e.monthly_saving_usd)
 
 
@@ -118,7 +129,27 @@ def proposed_settings(estimates: list[LeverEstimate]) -> dict[str, Any]:
     tenants = sorted({e.tenant for e in estimates if e.lever == "token_optimization"})
     if tenants:
         settings["token_optimization_tenants"] = dict.fromkeys(tenants, "lossless")
+    routing = _routing_settings(estimates)
+    if routing:
+        settings["routing"] = routing
     return settings
+
+
+def _routing_settings(estimates: list[LeverEstimate]) -> dict[str, Any]:
+    """The keys to merge into the ``routing`` config: the tenants whose explicit models the
+    router may replace, and the cascade where it beats plain routing for a tenant. (Batch
+    is the caller's choice of ``/v1/batches``: no setting turns it on.)"""
+    best: dict[str, LeverEstimate] = {}
+    for e in estimates:
+        if e.lever in ("routing", "cascade") and (
+                e.tenant not in best or e.window_saving_usd > best[e.tenant].window_saving_usd):
+            best[e.tenant] = e
+    if not best:
+        return {}
+    routing: dict[str, Any] = {"substitution_tenants": sorted(best)}
+    if any(e.lever == "cascade" for e in best.values()):
+        routing["cascade"] = {"enabled": True}
+    return routing
 
 
 def _lossless_reduction(engine: Engine) -> float | None:

@@ -21,6 +21,8 @@ from typing import Any
 from sqlalchemy import Engine, insert
 
 from models import CostReport
+from services.alerts.anomaly import DEFAULT_THRESHOLD
+from services.costs.reports.anomalies import MAX_ROWS, anomaly_section_rows, find_anomalies
 from services.costs.reports.attribution import LEVERS
 from services.costs.reports.read import CostSummary, check_period, summarize
 from services.costs.reports.roi import Roi, monthly_rate
@@ -132,6 +134,7 @@ def build_report(
     budgets: Mapping[str | None, float] | None = None,
     investment: Investment | None = None,
     top_models: int = 5,
+    anomaly_history_days: int = 28,
 ) -> CostReportDoc:
     """The report of ``[since, until)``; a period without rollups says "no data".
 
@@ -152,6 +155,7 @@ def build_report(
     doc.sections += [_totals(summary), _models(summary, top_models), _levers(summary)]
     budget = (budgets or {}).get(tenant)
     doc.sections.append(_budget(engine, summary, budget))
+    doc.sections.append(_anomalies(engine, summary, anomaly_history_days))
     if tenant is None:
         doc.sections.append(roi_section(summary, investment or Investment()))
     else:
@@ -226,6 +230,26 @@ def _levers(s: CostSummary) -> Section:
     rows.append(["baseline - actual", _usd(s.saved_usd), ""])
     return Section("Savings by lever", ["lever", "saved", "share of baseline"], rows,
                    [f"Attribution gap: {_usd(s.attribution_gap_usd)}."])
+
+
+def _anomalies(engine: Engine, s: CostSummary, history_days: int) -> Section:
+    found, unjudged = find_anomalies(engine, s.since, s.until, s.tenant,
+                                     history_days=history_days)
+    section = Section("Anomalies", ["series", "metric", "hour (UTC)", "value", "expected",
+                                    "expected range", "score (robust sd)"],
+                      rows=anomaly_section_rows(found))
+    if not found:
+        section.notes.append("No hour of the period was outside its expected range.")
+    elif len(found) > MAX_ROWS:
+        section.notes.append(f"{len(found) - MAX_ROWS} more anomalous hours not listed.")
+    if unjudged:
+        section.notes.append("Not judged (under two days of history before the period): "
+                             + ", ".join(unjudged) + ".")
+    section.notes.append(
+        f"Each hour is judged against the {history_days} days before the period: STL "
+        "with a weekly season on the square root of the hourly series, flagged beyond "
+        f"{DEFAULT_THRESHOLD:g} robust standard deviations (the alert rules' detector).")
+    return section
 
 
 def _budget(engine: Engine, s: CostSummary, budget: float | None) -> Section:

@@ -1,0 +1,173 @@
+"""The planner's routing, cascade and batch estimates: what sending a tenant's unrouted
+traffic through the router, the cascade or the batch path would save, with each rate
+measured on the window's own traffic (never assumed).
+
+For every tenant, the rows counted are its answered (200), priced, uncached requests that
+took no routing decision (``route_reason`` empty) and were served by a model of the
+routing config above the router's cheap tier; the cheap alternative is the cheapest
+priced model of that tier, priced for the row's own prompt and completion tokens.
+
+* **routing**: a share ``s`` of those requests would still go to the strong model, the
+  rest to the cheap one: saving ``(1 - s) x sum(actual - cheap)``. ``s`` is the strong
+  share of the router's own decisions in the window (route reasons ``router x >= t`` vs
+  ``router x < t``, at least ``MIN_SAMPLES``), else the ``strong_fraction`` the active
+  router version measured on its labels at its quality target; with neither, no estimate.
+* **cascade** (non-streamed requests only: the cascade never judges a stream): every
+  request pays the cheap attempt and a share ``e`` escalates to the strong model:
+  saving ``sum(actual) x (1 - e) - sum(cheap)``. ``e`` is escalated attempts / cascade
+  requests (accepted + escalated) in the window, at least ``MIN_SAMPLES`` of them.
+* **batch**: non-streamed online requests (routed or not) sent through ``/v1/batches``
+  instead, at the batch path's measured cost/baseline ratio ``r`` (batch lines of the
+  window): saving ``sum(actual - r x baseline)`` over the rows dearer than that. Assumes
+  the callers can wait for the batch completion window; the store cannot tell which can.
+
+All three assume the answers keep their lengths on the other model, as the cost report's
+attribution does.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, select
+
+from models.tables import RouterVersion
+from services.caching import HIT_LAYERS
+from services.costs.catalog import PriceCatalog
+from services.costs.rates import UnknownModelPrice
+from services.costs.reports.attribution import BATCH_PREFIX, ESCALATED_PREFIX
+from services.routing.config import ModelConfig, RoutingConfig
+
+MIN_SAMPLES = 20
+ACCEPTED_PREFIX = "cascade: accepted"
+_VERDICT = re.compile(r"router [0-9.]+ (>=|<) [0-9.]+")
+
+
+@dataclass
+class _Tenant:
+    actual: float = 0.0  # unrouted rows above the cheap tier: what they cost
+    cheap: float = 0.0  # ... and what the cheap model would have cost
+    actual_unstreamed: float = 0.0
+    cheap_unstreamed: float = 0.0
+    rows: int = 0
+    unstreamed: int = 0
+    online: list[tuple[float, float]] = field(default_factory=list)  # (actual, baseline)
+
+
+class RoutingLevers:
+    """Fed every row of the window (``add``), then asked for its estimates."""
+
+    def __init__(self, catalog: PriceCatalog, routing: RoutingConfig | None,
+                 stored_share: float | None = None) -> None:
+        self.catalog = catalog
+        self.stored_share = stored_share
+        self.routing = routing
+        self.cheap = _cheapest(routing, catalog) if routing is not None else None
+        self.tenants: dict[str, _Tenant] = defaultdict(_Tenant)
+        self.decisions = [0, 0]  # router decisions: strong, all
+        self.cascades = [0, 0]  # escalated, all
+        self.batch = [0.0, 0.0, 0]  # batch lines: cost, baseline, count
+
+    def add(self, row: Any) -> None:
+        reason = row.route_reason or ""
+        if reason.startswith(ESCALATED_PREFIX):
+            self.cascades[0] += 1
+            self.cascades[1] += 1
+            return
+        if reason.startswith(ACCEPTED_PREFIX):
+            self.cascades[1] += 1
+        verdict = _VERDICT.search(reason)
+        if verdict:
+            self.decisions[0] += verdict.group(1) == ">="
+            self.decisions[1] += 1
+        if row.status_code != 200 or row.cost_usd is None or row.cache_layer in HIT_LAYERS:
+            return
+        if reason.startswith(BATCH_PREFIX):
+            if row.baseline_cost_usd is not None:
+                self.batch[0] += row.cost_usd
+                self.batch[1] += row.baseline_cost_usd
+                self.batch[2] += 1
+            return
+        tenant = self.tenants[row.tenant]
+        if not row.stream and row.baseline_cost_usd is not None:
+            tenant.online.append((row.cost_usd, row.baseline_cost_usd))
+        if reason:
+            return
+        cheap = self._cheap_cost(row)
+        if cheap is None:
+            return
+        tenant.rows += 1
+        tenant.actual += row.cost_usd
+        tenant.cheap += cheap
+        if not row.stream:
+            tenant.unstreamed += 1
+            tenant.actual_unstreamed += row.cost_usd
+            tenant.cheap_unstreamed += cheap
+
+    def estimates(self) -> list[tuple[str, str, float, str]]:
+        """``(tenant, lever, window saving, method)`` for every positive estimate."""
+        found = []
+        share, source = self._strong_share()
+        escalated, cascades = self.cascades
+        ratio = self.batch[0] / self.batch[1] if self.batch[2] and self.batch[1] else None
+        for name, t in sorted(self.tenants.items()):
+            cheap = self.cheap.name if self.cheap else ""
+            if share is not None and t.rows:
+                saved = (1 - share) * (t.actual - t.cheap)
+                found.append((name, "routing", saved, (
+                    f"{t.rows} unrouted requests above the cheap tier (${t.actual:,.6f}); "
+                    f"{1 - share:.1%} of them on {cheap} (${t.cheap:,.6f} for all) at the "
+                    f"router's strong share {share:.1%} ({source})")))
+            if cascades >= MIN_SAMPLES and t.unstreamed:
+                rate = escalated / cascades
+                saved = t.actual_unstreamed * (1 - rate) - t.cheap_unstreamed
+                found.append((name, "cascade", saved, (
+                    f"{t.unstreamed} unrouted non-streamed requests (${t.actual_unstreamed:,.6f})"
+                    f" each first tried on {cheap} (${t.cheap_unstreamed:,.6f}), "
+                    f"{rate:.1%} escalated as in the window's {cascades} cascade requests")))
+            if ratio is not None:
+                gaps = [a - ratio * b for a, b in t.online if a > ratio * b]
+                found.append((name, "batch", sum(gaps), (
+                    f"{len(gaps)} non-streamed online requests at the batch path's cost/"
+                    f"baseline ratio {ratio:.3f} ({int(self.batch[2])} batch lines in the "
+                    "window); assumes their callers can wait for the batch window")))
+        return [e for e in found if e[2] > 0]
+
+    def _strong_share(self) -> tuple[float | None, str]:
+        strong, decisions = self.decisions
+        if decisions >= MIN_SAMPLES:
+            return strong / decisions, f"{decisions} router decisions in the window"
+        if self.stored_share is not None:
+            return self.stored_share, "the active router version, measured on its labels"
+        return None, ""
+
+    def _cheap_cost(self, row: Any) -> float | None:
+        if self.routing is None or self.cheap is None or not row.model_served:
+            return None
+        served = self.routing.served_as(row.model_served)
+        if served is None or self.routing.rank(served) <= self.routing.rank(self.cheap):
+            return None
+        return self.catalog.cost(self.cheap.priced_as, row.prompt_tokens or 0,
+                                 row.completion_tokens or 0)
+
+
+def active_router_share(conn: Connection) -> float | None:
+    """The strong share the active router version measured on its labels, if any."""
+    metrics = conn.scalar(select(RouterVersion.metrics).where(RouterVersion.active.is_(True)))
+    share = (metrics or {}).get("strong_fraction")
+    return None if share is None else float(share)
+
+
+def _cheapest(routing: RoutingConfig, catalog: PriceCatalog) -> ModelConfig | None:
+    priced = []
+    for model in routing.in_tier(routing.cheap_and_strong()[0]):
+        try:
+            rates = catalog.price(model.priced_as)
+        except UnknownModelPrice:
+            continue
+        priced.append((rates.input_usd_per_token + rates.output_usd_per_token, model.name,
+                       model))
+    return min(priced)[2] if priced else None
