@@ -31,21 +31,24 @@ def catalog() -> PriceCatalog:
                         baseline_model="base")
 
 
-def served(reason=None, model="base", tenant="other") -> dict:
+def served(reason=None, model="base", tenant="other", requested=None) -> dict:
     cost = BASE_COST if model == "base" else CHEAP_COST
     return row(T0 + timedelta(minutes=5), tenant=tenant, model_served=model, worker=HOSTED,
-               route_reason=reason, cost_usd=cost, **usage(1000, 1000, 100))
+               model_requested=requested or model, route_reason=reason, cost_usd=cost,
+               **usage(1000, 1000, 100))
 
 
 def traffic(decisions: int = 20) -> list[dict]:
-    """acme: 10 unrouted requests on the strong model. Elsewhere: router decisions (a
-    quarter strong), 20 cascade requests (4 escalated), 2 batch lines at 1/12 of the
-    baseline."""
-    rows = [served(tenant="acme") for _ in range(10)]
-    rows += [served("auto: router 0.400 >= 0.255") for _ in range(decisions // 4)]
-    rows += [served("auto: router 0.100 < 0.255", "cheap")
+    """acme: 10 unrouted requests on the strong model (half named in the routing config:
+    "explicit"). Elsewhere: requests to auto (a quarter end on the strong model), 20
+    cascade requests (4 escalated), 2 batch lines at 1/12 of the baseline."""
+    rows = [served("explicit" if i % 2 else None, tenant="acme") for i in range(10)]
+    rows += [served("auto: router 0.400 >= 0.255", requested="auto")
+             for _ in range(decisions // 4)]
+    rows += [served("auto: router 0.100 < 0.255", "cheap", requested="auto")
              for _ in range(decisions - decisions // 4)]
-    rows += [served("cascade: accepted, score 0.9", "cheap") for _ in range(16)]
+    rows += [served("big: router 0.100 < 0.255; cascade: accepted, score 0.9", "cheap")
+             for _ in range(16)]
     rows += [served("cascade: cheap attempt escalated, score 0.2", "cheap") for _ in range(4)]
     rows += [{**served("batch:batch_1", tenant="batcher"), "cost_usd": BASE_COST / 12}
              for _ in range(2)]
@@ -62,7 +65,7 @@ def test_routing_cascade_and_batch_estimates(any_store, catalog) -> None:
     acme = by_lever(estimates, "acme")
     # routing: 3/4 of the 10 requests move to cheap
     assert acme["routing"].window_saving_usd == pytest.approx(0.75 * 10 * (BASE_COST - CHEAP_COST))
-    assert "strong share 25.0% (20 router decisions in the window)" in acme["routing"].method
+    assert "strong share 25.0% (20 requests to auto in the window)" in acme["routing"].method
     # cascade: every request pays the cheap attempt, 4 of 20 escalate to the strong model
     assert acme["cascade"].window_saving_usd == pytest.approx(
         10 * BASE_COST * 0.8 - 10 * CHEAP_COST)
@@ -71,8 +74,8 @@ def test_routing_cascade_and_batch_estimates(any_store, catalog) -> None:
     assert acme["batch"].window_saving_usd == pytest.approx(10 * BASE_COST * 11 / 12)
     assert acme["batch"].monthly_saving_usd == pytest.approx(
         acme["batch"].window_saving_usd * 365.25 / 12)
-    # routed tenants get no routing estimate; nothing below zero is proposed
-    assert "routing" not in by_lever(estimates, "other")
+    # tenants that route already get no routing or cascade estimate, only batch
+    assert set(by_lever(estimates, "other")) == {"batch"}
     assert all(e.window_saving_usd > 0 for e in estimates)
     assert proposed_settings(estimates)["routing"] == {"substitution_tenants": ["acme"]}
 

@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 from models import RequestLog, TokenReport, create_store_engine
 from services.costs import PriceCatalog
 from services.costs.reports.planner import plan, proposed_settings
+from services.routing.config import RoutingConfig
 from services.settings import ModelPrice
 from tests.routing.conftest import post_chat
 from tests.support.fake_openai import Answer, FakeOpenAI
@@ -95,3 +96,50 @@ def test_optimize_command_writes_the_proposed_settings(fake, make_settings, star
     assert "cache_exact" in result.output and "/month" in result.output
     assert yaml.safe_load(out.read_text()) == {"cache_enabled": True}
     assert CliRunner().invoke(app, ["optimize", "--days", "0"]).exit_code == 2
+
+
+def test_the_routing_estimate_is_what_substitution_then_saves(make_settings, start_gateway,
+                                                              tmp_path) -> None:
+    """acme asks for the strong model by name; probe sends the same prompts to ``auto``.
+    The planner's routing estimate for acme (from probe's strong share) against what acme
+    then saves once the router may substitute its model."""
+    from tests.routing.conftest import EASY, HARD, routing_config
+    from tests.routing.conftest import PRICES as TIERS
+
+    workers = FakeOpenAI({name: Answer() for name in TIERS}).start()
+    catalog = PriceCatalog(overrides={n: ModelPrice(**p) for n, p in TIERS.items()})
+    prompts = [EASY, HARD] * 10
+
+    def run(name: str, model: str, key: str, **routing) -> tuple[float, object]:
+        url = f"sqlite:///{tmp_path / f'{name}.db'}"
+        gateway = start_gateway(make_settings(
+            workers=[workers.url], routing=routing_config(**routing), price_overrides=TIERS,
+            cache_enabled=False, database_url=url, api_keys=["ka:acme", "kp:probe"]))
+        for text in prompts:
+            response = post_chat(gateway, model, text,
+                                 headers={"Authorization": f"Bearer {key}"})
+            assert response.status_code == 200, response.text
+        gateway.flush_telemetry()
+        engine = create_store_engine(url)
+        with engine.connect() as conn:
+            return conn.scalar(select(func.sum(RequestLog.cost_usd))), engine
+
+    try:
+        since = datetime.now(UTC) - timedelta(minutes=1)
+        spent_explicit, explicit = run("explicit", "large", "ka")
+        _, probe = run("probe", "auto", "kp")
+        until = datetime.now(UTC) + timedelta(minutes=1)
+        with explicit.begin() as conn, probe.connect() as source:  # one store, as in production
+            rows = [dict(r._mapping) for r in source.execute(select(RequestLog.__table__))]
+            conn.execute(RequestLog.__table__.insert(), rows)
+        estimates = plan(explicit, catalog, since, until, RoutingConfig.model_validate(
+            routing_config()))
+        [routing] = [e for e in estimates if e.lever == "routing"]
+        assert routing.tenant == "acme" and "strong share 50.0%" in routing.method
+        assert proposed_settings(estimates)["routing"] == {"substitution_tenants": ["acme"]}
+        spent_routed, _ = run("routed", "large", "ka", substitution_tenants=["acme"])
+    finally:
+        workers.stop()
+    # the estimate spreads the saving over all prompts; substitution moves the easy ones,
+    # which are two tokens (of about 23) shorter than the hard ones
+    assert spent_explicit - spent_routed == pytest.approx(routing.window_saving_usd, rel=0.1)

@@ -2,20 +2,22 @@
 traffic through the router, the cascade or the batch path would save, with each rate
 measured on the window's own traffic (never assumed).
 
-For every tenant, the rows counted are its answered (200), priced, uncached requests that
-took no routing decision (``route_reason`` empty) and were served by a model of the
-routing config above the router's cheap tier; the cheap alternative is the cheapest
-priced model of that tier, priced for the row's own prompt and completion tokens.
+For every tenant without routing (no row with a routing decision: ``route_reason`` empty
+or "explicit"), the rows counted are its answered (200), priced, uncached requests served
+by a model of the routing config above the router's cheap tier; the cheap alternative is
+the cheapest priced model of that tier, priced for the row's own prompt and completion
+tokens.
 
 * **routing**: a share ``s`` of those requests would still go to the strong model, the
-  rest to the cheap one: saving ``(1 - s) x sum(actual - cheap)``. ``s`` is the strong
-  share of the router's own decisions in the window (route reasons ``router x >= t`` vs
-  ``router x < t``, at least ``MIN_SAMPLES``), else the ``strong_fraction`` the active
-  router version measured on its labels at its quality target; with neither, no estimate.
+  rest to the cheap one: saving ``(1 - s) x sum(actual - cheap)``. ``s`` is the share of
+  the window's requests to ``auto`` (the quality target substitution uses) that ended on
+  a model above the cheap tier (at least ``MIN_SAMPLES``), else the ``strong_fraction``
+  the active router version measured on its labels; with neither, no estimate.
 * **cascade** (non-streamed requests only: the cascade never judges a stream): every
   request pays the cheap attempt and a share ``e`` escalates to the strong model:
   saving ``sum(actual) x (1 - e) - sum(cheap)``. ``e`` is escalated attempts / cascade
   requests (accepted + escalated) in the window, at least ``MIN_SAMPLES`` of them.
+  Tenants whose requests already take routing decisions get neither estimate.
 * **batch**: non-streamed online requests (routed or not) sent through ``/v1/batches``
   instead, at the batch path's measured cost/baseline ratio ``r`` (batch lines of the
   window): saving ``sum(actual - r x baseline)`` over the rows dearer than that. Assumes
@@ -27,7 +29,6 @@ attribution does.
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,8 +43,8 @@ from services.costs.reports.attribution import BATCH_PREFIX, ESCALATED_PREFIX
 from services.routing.config import ModelConfig, RoutingConfig
 
 MIN_SAMPLES = 20
-ACCEPTED_PREFIX = "cascade: accepted"
-_VERDICT = re.compile(r"router [0-9.]+ (>=|<) [0-9.]+")
+ACCEPTED = "cascade: accepted"  # in the final row's reason, after the router's verdict
+EXPLICIT = "explicit"  # the model asked for, kept: no routing decision
 
 
 @dataclass
@@ -70,19 +71,17 @@ class RoutingLevers:
         self.decisions = [0, 0]  # router decisions: strong, all
         self.cascades = [0, 0]  # escalated, all
         self.batch = [0.0, 0.0, 0]  # batch lines: cost, baseline, count
+        self.routed: set[str] = set()
 
     def add(self, row: Any) -> None:
         reason = row.route_reason or ""
-        if reason.startswith(ESCALATED_PREFIX):
+        if reason.startswith(ESCALATED_PREFIX):  # the attempt row: one per escalation
             self.cascades[0] += 1
             self.cascades[1] += 1
             return
-        if reason.startswith(ACCEPTED_PREFIX):
-            self.cascades[1] += 1
-        verdict = _VERDICT.search(reason)
-        if verdict:
-            self.decisions[0] += verdict.group(1) == ">="
-            self.decisions[1] += 1
+        self.cascades[1] += ACCEPTED in reason
+        if row.model_requested == "auto":
+            self._decision(row.model_served)
         if row.status_code != 200 or row.cost_usd is None or row.cache_layer in HIT_LAYERS:
             return
         if reason.startswith(BATCH_PREFIX):
@@ -94,7 +93,8 @@ class RoutingLevers:
         tenant = self.tenants[row.tenant]
         if not row.stream and row.baseline_cost_usd is not None:
             tenant.online.append((row.cost_usd, row.baseline_cost_usd))
-        if reason:
+        if reason and not reason.startswith(EXPLICIT):
+            self.routed.add(row.tenant)  # routing runs for this tenant already
             return
         cheap = self._cheap_cost(row)
         if cheap is None:
@@ -107,6 +107,14 @@ class RoutingLevers:
             tenant.actual_unstreamed += row.cost_usd
             tenant.cheap_unstreamed += cheap
 
+    def _decision(self, served: str | None) -> None:
+        """A request to ``auto`` (the default quality target, as substitution uses):
+        strong when it ended on a model above the cheap tier."""
+        model = self.routing.served_as(served) if self.routing and served else None
+        if model is not None and self.cheap is not None:
+            self.decisions[0] += self.routing.rank(model) > self.routing.rank(self.cheap)
+            self.decisions[1] += 1
+
     def estimates(self) -> list[tuple[str, str, float, str]]:
         """``(tenant, lever, window saving, method)`` for every positive estimate."""
         found = []
@@ -115,13 +123,14 @@ class RoutingLevers:
         ratio = self.batch[0] / self.batch[1] if self.batch[2] and self.batch[1] else None
         for name, t in sorted(self.tenants.items()):
             cheap = self.cheap.name if self.cheap else ""
-            if share is not None and t.rows:
+            unrouted = name not in self.routed  # else only the batch estimate applies
+            if share is not None and t.rows and unrouted:
                 saved = (1 - share) * (t.actual - t.cheap)
                 found.append((name, "routing", saved, (
                     f"{t.rows} unrouted requests above the cheap tier (${t.actual:,.6f}); "
                     f"{1 - share:.1%} of them on {cheap} (${t.cheap:,.6f} for all) at the "
                     f"router's strong share {share:.1%} ({source})")))
-            if cascades >= MIN_SAMPLES and t.unstreamed:
+            if cascades >= MIN_SAMPLES and t.unstreamed and unrouted:
                 rate = escalated / cascades
                 saved = t.actual_unstreamed * (1 - rate) - t.cheap_unstreamed
                 found.append((name, "cascade", saved, (
@@ -139,7 +148,7 @@ class RoutingLevers:
     def _strong_share(self) -> tuple[float | None, str]:
         strong, decisions = self.decisions
         if decisions >= MIN_SAMPLES:
-            return strong / decisions, f"{decisions} router decisions in the window"
+            return strong / decisions, f"{decisions} requests to auto in the window"
         if self.stored_share is not None:
             return self.stored_share, "the active router version, measured on its labels"
         return None, ""
