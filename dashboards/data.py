@@ -1,8 +1,10 @@
 """What the dashboard shows, read from the metrics store by plain functions.
 
 Pages stay thin: each figure on a page is one call here, tested without Streamlit.
-Every query is bounded: counts and sums are aggregated by the database per time bucket
-(never row by row in Python), and the few figures SQL cannot aggregate portably
+Every query is bounded: ranges drawn in whole hours read the hourly ``cost_rollups`` and
+``request_log`` only for the hours not rolled up yet (``split``); other counts and sums
+are aggregated by the database per time bucket over the range (never row by row in
+Python), and the few figures SQL cannot aggregate portably
 (percentiles, per-stage token savings held in JSON) are computed from at most
 ``Filters.sample_rows`` of the newest matching rows, which the page says when it cuts.
 
@@ -30,26 +32,31 @@ from sqlalchemy import (
     event,
     func,
     inspect,
-    literal,
     select,
 )
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.types import Integer
 
-from models import Alert, CacheReport, RequestLog
+from models import Alert, CacheReport, CostRollup, CostRollupState, RequestLog
 from models.tables import RouterVersion
+from services.costs.reports import LEVERS
+from services.costs.reports.rollup import WATERMARK
 
 # What "recent" means in the time-range filter, and the bucket each range is drawn in:
-# about 60-170 points a chart, whatever the range.
+# 24-170 points a chart. Ranges drawn in whole hours read the hourly ``cost_rollups``
+# (kept by the cost_management flow) and only the hours not rolled up yet from
+# ``request_log``; shorter ranges read ``request_log``, bounded by the range itself.
 TIME_RANGES: dict[str, tuple[timedelta, int]] = {
     "last hour": (timedelta(hours=1), 60),
     "last 6 hours": (timedelta(hours=6), 300),
-    "last 24 hours": (timedelta(hours=24), 900),
+    "last 24 hours": (timedelta(hours=24), 3600),
     "last 7 days": (timedelta(days=7), 3600),
     "last 30 days": (timedelta(days=30), 6 * 3600),
 }
 HIT_LAYERS = ("L1", "L2", "L3", "SEMANTIC")
+# the saving of hours the cost rollup has not reached yet: baseline - cost, no lever
+NOT_ATTRIBUTED = "not rolled up yet"
 CASCADE_ESCALATED = "cascade: cheap attempt escalated"
 CASCADE_ACCEPTED = "cascade: accepted"
 
@@ -92,8 +99,15 @@ class Filters:
     def bucket_s(self) -> int:
         return TIME_RANGES[self.time_range][1]
 
-    def where(self) -> ColumnElement[bool]:
+    @property
+    def hourly(self) -> bool:
+        """Drawn in whole hours, so the hourly rollups can answer."""
+        return self.bucket_s % 3600 == 0
+
+    def where(self, since: datetime | None = None) -> ColumnElement[bool]:
+        """The filters on ``request_log``; ``since`` replaces the window's start."""
         start, end = self.window
+        start = since or start
         clauses = [RequestLog.created_at >= start, RequestLog.created_at < end]
         if self.tenant:
             clauses.append(RequestLog.tenant == self.tenant)
@@ -163,6 +177,79 @@ def has_table(engine: Engine, name: str) -> bool:
     return name in set(inspect(engine).get_table_names())
 
 
+# -- hourly rollups, and the hours not rolled up yet -----------------------------------
+
+
+@dataclass(frozen=True)
+class Split:
+    """Where a window's figures come from: ``cost_rollups`` for the hours
+    ``[start, rolled_until)``, ``request_log`` from ``tail_from`` to the window's end.
+    ``rolled_until`` None: ``request_log`` only (a range drawn finer than an hour, or a
+    store the rollup has not reached)."""
+
+    start: datetime
+    rolled_until: datetime | None = None
+
+    @property
+    def tail_from(self) -> datetime:
+        return self.rolled_until or self.start
+
+    @property
+    def source(self) -> str:
+        return "request_log" if self.rolled_until is None else "cost_rollups + request_log"
+
+
+def split(engine: Engine, filters: Filters) -> Split:
+    """Ranges drawn in whole hours start at a whole hour and read the rollups up to the
+    hour the rollup's watermark (newest ``ingested_at`` it read) is in: every hour before
+    it is rolled up whole, so ``request_log`` is read for an hour or two, not the range."""
+    start, end = filters.window
+    if not filters.hourly:
+        return Split(start)
+    start = start.replace(minute=0, second=0, microsecond=0)
+    if not has_table(engine, CostRollupState.__tablename__):
+        return Split(start)
+    with engine.connect() as conn:
+        watermark = conn.scalar(select(CostRollupState.watermark)
+                                .where(CostRollupState.name == WATERMARK))
+    if watermark is None:
+        return Split(start)
+    rolled = min(_utc(watermark), end).replace(minute=0, second=0, microsecond=0)
+    return Split(start, rolled) if rolled > start else Split(start)
+
+
+def _rolled_up(conn: Connection, filters: Filters, part: Split, by: tuple[Any, ...],
+               *sums: ColumnElement[Any]) -> list[Any]:
+    """``cost_rollups`` rows of the split's rolled-up hours, grouped by ``by`` (hour,
+    model ...), with the tenant and model filters; none without rolled-up hours."""
+    if part.rolled_until is None:
+        return []
+    t = CostRollup.__table__.c
+    query = select(*by, *sums).where(t.hour >= part.start, t.hour < part.rolled_until)
+    if filters.tenant:
+        query = query.where(t.tenant == filters.tenant)
+    if filters.model:
+        query = query.where(t.model == filters.model)
+    return list(conn.execute(query.group_by(*by)).all())
+
+
+def _add_up(rows: Any, key: Any) -> dict[Any, list[float]]:
+    """Rows of (key columns..., numbers...) summed per ``key(row)``."""
+    totals: dict[Any, list[float]] = {}
+    for row in rows:
+        k, values = key(row)
+        current = totals.setdefault(k, [0.0] * len(values))
+        for i, value in enumerate(values):
+            current[i] += float(value or 0)
+    return dict(sorted(totals.items(), key=lambda item: item[0]))
+
+
+def _epoch(start: Any, bucket_s: int) -> int:
+    """A bucket's start in epoch seconds, from a rollup hour or a ``_bucket`` value."""
+    seconds = int(_utc(start).timestamp()) if isinstance(start, datetime) else int(start)
+    return seconds // bucket_s * bucket_s
+
+
 # -- time buckets ----------------------------------------------------------------------
 
 
@@ -197,15 +284,16 @@ def percentile(values: Any, q: int) -> float | None:
 
 def filter_choices(engine: Engine, filters: Filters) -> tuple[list[str], list[str]]:
     """Tenants and served models seen in the time range (at most 500 of each)."""
-    start, end = filters.window
-    in_range = and_(RequestLog.created_at >= start, RequestLog.created_at < end)
+    part = split(engine, filters)
+    unfiltered = Filters(time_range=filters.time_range, end=filters.end)
+    tail = unfiltered.where(since=part.tail_from)
+    r = CostRollup.__table__.c
     with engine.connect() as conn:
-        tenants = conn.scalars(select(RequestLog.tenant).where(in_range).distinct()
-                               .order_by(RequestLog.tenant).limit(500)).all()
-        models = conn.scalars(select(RequestLog.model_served).where(
-            in_range, RequestLog.model_served.is_not(None)).distinct()
-            .order_by(RequestLog.model_served).limit(500)).all()
-    return list(tenants), [m for m in models if m]
+        tenants = {t for t, in _rolled_up(conn, unfiltered, part, (r.tenant,))}
+        tenants.update(conn.scalars(select(RequestLog.tenant).where(tail).distinct()))
+        models = {m for m, in _rolled_up(conn, unfiltered, part, (r.model,))}
+        models.update(conn.scalars(select(RequestLog.model_served).where(tail).distinct()))
+    return sorted(tenants)[:500], sorted(m for m in models if m)[:500]
 
 
 # -- overview ------------------------------------------------------------------------------
@@ -221,6 +309,7 @@ class Overview:
     latency_p50_ms: float | None
     latency_p95_ms: float | None
     sampled: int  # rows the percentiles were computed from
+    source: str  # the tables the counts came from (Split.source)
     series: list[dict[str, Any]] = field(default_factory=list)  # per bucket
     percentiles: list[dict[str, Any]] = field(default_factory=list)  # per bucket, long form
     worker_load: list[dict[str, Any]] = field(default_factory=list)  # per bucket and worker
@@ -239,32 +328,33 @@ class Overview:
 
 
 def overview(engine: Engine, filters: Filters) -> Overview:
-    bucket = _bucket(engine, filters.bucket_s).label("bucket")
+    part = split(engine, filters)
+    size = filters.bucket_s
+    bucket = _bucket(engine, size).label("bucket")
+    tail = filters.where(since=part.tail_from)
     is_error = case((RequestLog.status_code >= 400, 1), else_=0)
-    series_q = (
-        select(bucket, func.count().label("requests"), func.sum(is_error).label("errors"),
-               func.coalesce(func.sum(RequestLog.completion_tokens), 0).label("completion"))
-        .where(filters.where()).group_by(bucket).order_by(bucket)
-    )
-    workers_q = (
-        select(bucket, RequestLog.worker, func.count().label("requests"))
-        .where(filters.where(), RequestLog.worker.is_not(None))
-        .group_by(bucket, RequestLog.worker).order_by(bucket)
-    )
-    sample_q = (
-        select(bucket, RequestLog.ttft_ms, RequestLog.latency_ms)
-        .where(filters.where(), RequestLog.status_code < 400)
-        .order_by(RequestLog.created_at.desc()).limit(filters.sample_rows)
-    )
+    r = CostRollup.__table__.c
     with engine.connect() as conn:
-        buckets = conn.execute(series_q).all()
-        load = conn.execute(workers_q).all()
-        sample = conn.execute(sample_q).all()
-    series = [
-        {"time": _as_time(b), "bucket_s": filters.bucket_s, "requests": int(n),
-         "errors": int(e or 0), "output_tokens_per_s": float(c or 0) / filters.bucket_s}
-        for b, n, e, c in buckets
-    ]
+        counts = _rolled_up(conn, filters, part, (r.hour,), func.sum(r.requests),
+                            func.sum(r.errors), func.sum(r.completion_tokens))
+        counts += conn.execute(
+            select(bucket, func.count(), func.sum(is_error),
+                   func.sum(RequestLog.completion_tokens))
+            .where(tail).group_by(bucket)).all()
+        load = _rolled_up(conn, filters, part, (r.hour, r.upstream), func.sum(r.requests))
+        load = [row for row in load if row[1]]  # '' = no upstream
+        load += conn.execute(
+            select(bucket, RequestLog.worker, func.count())
+            .where(tail, RequestLog.worker.is_not(None)).group_by(bucket, RequestLog.worker)
+        ).all()
+        sample = conn.execute(
+            select(bucket, RequestLog.ttft_ms, RequestLog.latency_ms)
+            .where(filters.where(since=part.start), RequestLog.status_code < 400)
+            .order_by(RequestLog.created_at.desc()).limit(filters.sample_rows)).all()
+    by_bucket = _add_up(counts, lambda row: (_epoch(row[0], size), row[1:]))
+    series = [{"time": _as_time(b), "bucket_s": size, "requests": int(n), "errors": int(e),
+               "output_tokens_per_s": c / size} for b, (n, e, c) in by_bucket.items()]
+    per_worker = _add_up(load, lambda row: ((_epoch(row[0], size), row[1]), row[2:]))
     # columns as float arrays (NULL -> NaN): percentiles over 100k rows in milliseconds
     starts = np.fromiter((r[0] for r in sample), dtype=np.int64, count=len(sample))
     ttft = np.array([r[1] for r in sample], dtype=float)
@@ -272,13 +362,13 @@ def overview(engine: Engine, filters: Filters) -> Overview:
     return Overview(
         requests=sum(s["requests"] for s in series),
         errors=sum(s["errors"] for s in series),
-        completion_tokens=int(sum(c or 0 for *_, c in buckets)),
+        completion_tokens=int(sum(c for _, _, c in by_bucket.values())),
         ttft_p50_ms=percentile(ttft, 50), ttft_p95_ms=percentile(ttft, 95),
         latency_p50_ms=percentile(latency, 50), latency_p95_ms=percentile(latency, 95),
-        sampled=len(sample), series=series,
+        sampled=len(sample), series=series, source=part.source,
         percentiles=_percentiles_by_bucket(starts, {"TTFT": ttft, "latency": latency}),
         worker_load=[{"time": _as_time(b), "worker": w, "requests": int(n)}
-                     for b, w, n in load],
+                     for (b, w), (n,) in per_worker.items()],
     )
 
 
@@ -309,6 +399,7 @@ class Costs:
     baseline_usd: float
     series: list[dict[str, Any]] = field(default_factory=list)  # per bucket
     by_model: list[dict[str, Any]] = field(default_factory=list)
+    saved_by_lever: dict[str, float] = field(default_factory=dict)  # + NOT_ATTRIBUTED
 
     @property
     def saved_usd(self) -> float:
@@ -324,44 +415,49 @@ class Costs:
 
 
 def costs(engine: Engine, filters: Filters) -> Costs:
-    """Costs from the finest source the store has. Today that is ``request_log``; once
-    the cost rollups land, a ``cost_rollups`` reader joins ``COST_READERS`` ahead of it
-    and pages need no change."""
-    for table, reader in COST_READERS:
-        if table == "request_log" or has_table(engine, table):
-            return reader(engine, filters)
-    raise StoreNotReady("no cost source in the store")  # pragma: no cover
-
-
-def _costs_from_request_log(engine: Engine, filters: Filters) -> Costs:
-    bucket = _bucket(engine, filters.bucket_s).label("bucket")
-    cost = func.coalesce(func.sum(RequestLog.cost_usd), 0.0)
-    baseline = func.coalesce(func.sum(RequestLog.baseline_cost_usd), 0.0)
+    """Spend and baseline per bucket and per model, savings by lever: the rolled-up hours
+    from ``cost_rollups`` (levers attributed by the cost rollup), the rest summed from
+    ``request_log`` (its saving shown as not attributed yet)."""
+    part = split(engine, filters)
+    size = filters.bucket_s
+    bucket = _bucket(engine, size).label("bucket")
+    tail = filters.where(since=part.tail_from)
+    cost = func.sum(RequestLog.cost_usd)
+    baseline = func.sum(RequestLog.baseline_cost_usd)
+    r = CostRollup.__table__.c
+    levers = [r[f"saved_{lever}_usd"] for lever in LEVERS]
     with engine.connect() as conn:
-        rows = conn.execute(
-            select(bucket, func.count(), cost, baseline).where(filters.where())
-            .group_by(bucket).order_by(bucket)
-        ).all()
-        models = conn.execute(
-            select(func.coalesce(RequestLog.model_served, literal("(none)")), func.count(),
-                   cost, baseline).where(filters.where())
-            .group_by(RequestLog.model_served).order_by(cost.desc()).limit(50)
-        ).all()
-    series = [{"time": _as_time(b), "requests": int(n), "cost_usd": float(c),
-               "baseline_usd": float(base)} for b, n, c, base in rows]
-    return Costs(
-        source="request_log",
+        rows = _rolled_up(conn, filters, part, (r.hour,), func.sum(r.requests),
+                          func.sum(r.cost_usd), func.sum(r.baseline_usd))
+        rows += conn.execute(select(bucket, func.count(), cost, baseline)
+                             .where(tail).group_by(bucket)).all()
+        models = _rolled_up(conn, filters, part, (r.model,), func.sum(r.requests),
+                            func.sum(r.cost_usd), func.sum(r.baseline_usd))
+        models += conn.execute(
+            select(RequestLog.model_served, func.count(), cost, baseline)
+            .where(tail).group_by(RequestLog.model_served)).all()
+        saved = _rolled_up(conn, filters, part, (), *(func.sum(c) for c in levers))
+    by_bucket = _add_up(rows, lambda row: (_epoch(row[0], size), row[1:]))
+    series = [{"time": _as_time(b), "requests": int(n), "cost_usd": c, "baseline_usd": base}
+              for b, (n, c, base) in by_bucket.items()]
+    by_model = sorted(_add_up(models, lambda row: (row[0] or "(none)", row[1:])).items(),
+                      key=lambda item: -item[1][1])[:50]
+    result = Costs(
+        source=part.source,
         requests=sum(s["requests"] for s in series),
         cost_usd=sum(s["cost_usd"] for s in series),
         baseline_usd=sum(s["baseline_usd"] for s in series),
         series=series,
-        by_model=[{"model": m, "requests": int(n), "cost_usd": float(c),
-                   "baseline_usd": float(base), "cost_per_request_usd": float(c) / n}
-                  for m, n, c, base in models],
+        by_model=[{"model": m, "requests": int(n), "cost_usd": c, "baseline_usd": base,
+                   "cost_per_request_usd": c / n if n else None}
+                  for m, (n, c, base) in by_model],
     )
-
-
-COST_READERS = [("request_log", _costs_from_request_log)]
+    lever_sums = saved[0] if saved else [0.0] * len(LEVERS)
+    result.saved_by_lever = {lever: float(v or 0) for lever, v in zip(LEVERS, lever_sums,
+                                                                      strict=True)}
+    result.saved_by_lever[NOT_ATTRIBUTED] = result.saved_usd - sum(
+        result.saved_by_lever.values())
+    return result
 
 
 # -- cache, tokens, routing ---------------------------------------------------------------
@@ -400,26 +496,29 @@ def cache_tokens_routing(engine: Engine, filters: Filters) -> CacheTokensRouting
     where = filters.where()
     routed = and_(where, RequestLog.route_reason.is_not(None),
                   ~RequestLog.route_reason.like("batch:%"))
+    before = RequestLog.prompt_tokens_before_optimization
+    after = RequestLog.prompt_tokens_after_optimization
+    measured = and_(before.is_not(None), after.is_not(None))
+    reason = RequestLog.route_reason
+
+    def count(condition: ColumnElement[bool]) -> ColumnElement[Any]:
+        return func.sum(case((condition, 1), else_=0))
+
     with engine.connect() as conn:
-        layers = dict(conn.execute(
-            select(RequestLog.cache_layer, func.count())
-            .where(where, RequestLog.cache_layer.is_not(None))
-            .group_by(RequestLog.cache_layer)).all())
-        before, after = conn.execute(
-            select(func.coalesce(func.sum(RequestLog.prompt_tokens_before_optimization), 0),
-                   func.coalesce(func.sum(RequestLog.prompt_tokens_after_optimization), 0))
-            .where(where, RequestLog.prompt_tokens_before_optimization.is_not(None),
-                   RequestLog.prompt_tokens_after_optimization.is_not(None))).one()
+        # one pass over the range: per cache layer, tokens and cascade outcomes
+        per_layer = conn.execute(
+            select(RequestLog.cache_layer, func.count(),
+                   func.sum(case((measured, before), else_=0)),
+                   func.sum(case((measured, after), else_=0)),
+                   count(reason.like(f"{CASCADE_ESCALATED}%")),
+                   count(reason.like(f"%{CASCADE_ACCEPTED}%")))
+            .where(where).group_by(RequestLog.cache_layer)).all()
         stages = conn.scalars(
             select(RequestLog.token_stages).where(where, RequestLog.token_stages.is_not(None))
             .order_by(RequestLog.created_at.desc()).limit(filters.sample_rows)).all()
         share = conn.execute(
             select(RequestLog.model_served, func.count()).where(routed)
             .group_by(RequestLog.model_served).order_by(func.count().desc()).limit(50)).all()
-        escalated = conn.scalar(select(func.count()).where(
-            where, RequestLog.route_reason.like(f"{CASCADE_ESCALATED}%")))
-        accepted = conn.scalar(select(func.count()).where(
-            where, RequestLog.route_reason.like(f"%{CASCADE_ACCEPTED}%")))
         reports = conn.execute(
             select(CacheReport.created_at, CacheReport.overall_hit_rate)
             .where(CacheReport.created_at >= filters.window[0])
@@ -435,6 +534,9 @@ def cache_tokens_routing(engine: Engine, filters: Filters) -> CacheTokensRouting
         for stage, tokens in (entry or {}).items():
             saved[stage] += int(tokens)
     total_routed = sum(n for _, n in share)
+    layers = {layer: int(n) for layer, n, *_ in per_layer if layer is not None}
+    tokens_before, tokens_after, escalated, accepted = (
+        int(sum(row[i] or 0 for row in per_layer)) for i in range(2, 6))
     misses = layers.pop("MISS", 0)
     return CacheTokensRouting(
         lookups=sum(layers.get(layer, 0) for layer in HIT_LAYERS) + misses,
@@ -442,11 +544,11 @@ def cache_tokens_routing(engine: Engine, filters: Filters) -> CacheTokensRouting
         latest_report=None if latest is None else _report(latest),
         report_history=[{"time": _utc(r.created_at), "hit_rate": r.overall_hit_rate}
                         for r in reversed(reports) if r.overall_hit_rate is not None],
-        tokens_before=int(before), tokens_after=int(after),
+        tokens_before=tokens_before, tokens_after=tokens_after,
         saved_by_stage=dict(saved.most_common()), stage_rows_sampled=len(stages),
         routing_share=[{"model": m or "(none)", "requests": int(n), "share": n / total_routed}
                        for m, n in share],
-        cascade_escalated=int(escalated or 0), cascade_accepted=int(accepted or 0),
+        cascade_escalated=escalated, cascade_accepted=accepted,
         router_version=None if router is None else {
             "version": router.version, "activated_at": router.activated_at,
             "labels": router.labels, "metrics": router.metrics},

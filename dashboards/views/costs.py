@@ -35,5 +35,13 @@ series["cost_per_request_usd"] = series["cost_usd"] / series["requests"]
 st.altair_chart(alt.Chart(series).mark_line(point=True).encode(
     x="time:T", y=alt.Y("cost_per_request_usd:Q", title="USD")), width="stretch")
 
+st.subheader("Savings by lever")
+levers = pd.DataFrame([{"lever": k, "saved_usd": v} for k, v in c.saved_by_lever.items()])
+st.altair_chart(alt.Chart(levers).mark_bar().encode(
+    x=alt.X("saved_usd:Q", title="USD"), y=alt.Y("lever:N", sort="-x")), width="stretch")
+st.caption("Each lever is credited with what it saved on the traffic the levers before it "
+           "left (cost rollups, `services.costs.reports`); the levers add up to the saving. "
+           "Hours the hourly rollup has not reached yet are shown as not rolled up yet.")
+
 st.subheader("By model served")
 st.dataframe(pd.DataFrame(c.by_model), hide_index=True, width="stretch")

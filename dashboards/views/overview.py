@@ -21,6 +21,7 @@ cols[2].metric("Latency p50", ms(o.latency_p50_ms))
 cols[3].metric("Latency p95", ms(o.latency_p95_ms))
 if o.sampled >= view.filters.sample_rows:
     st.caption(f"Percentiles from the newest {o.sampled:,} successful requests.")
+st.caption(f"Counts from `{o.source}`.")
 
 series = pd.DataFrame(o.series)
 if series.empty:

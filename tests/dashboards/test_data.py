@@ -4,16 +4,19 @@ read-only guarantees of the engine it opens."""
 from __future__ import annotations
 
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import insert, text
+from sqlalchemy import delete, insert, text
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from dashboards import data
 from dashboards.data import Filters, StoreNotReady
 from migrations import upgrade_to_head
-from models import Alert, create_store_engine
+from models import Alert, RequestLog, create_store_engine
+from services.costs import PriceCatalog
+from services.costs.reports import HostedUpstreams, roll_up, summarize
 from services.settings import load_settings
 from tests.dashboards.seed import TENANTS, seed
 
@@ -139,3 +142,41 @@ def test_unmigrated_and_empty_stores_say_how_to_fix_them(tmp_path: Path) -> None
     upgrade_to_head(url)
     with pytest.raises(StoreNotReady, match="No requests recorded yet"):
         data.check_store(data.read_only_engine(url))
+
+
+def test_whole_hour_ranges_read_the_rollups_and_only_the_tail_of_the_log(any_store) -> None:  # type: ignore[no-untyped-def]
+    """Hours the cost rollup has read come from ``cost_rollups`` (their request_log rows
+    are deleted here, and the figures stay); newer rows come from ``request_log``."""
+    writer = any_store
+    now = datetime.now(UTC)
+    old = seed(writer, now=now - timedelta(hours=3))
+    roll_up(writer, PriceCatalog.from_settings(load_settings()), HostedUpstreams([]))
+    with writer.begin() as conn:
+        conn.execute(delete(RequestLog).where(RequestLog.created_at < now - timedelta(hours=2)))
+        conn.execute(insert(RequestLog).values(
+            id="after-rollup", created_at=now, tenant="globex", endpoint="chat.completions",
+            model_served="tiny-llama", worker="http://127.0.0.1:8001", status_code=200,
+            completion_tokens=7, cost_usd=0.5, baseline_cost_usd=1.0))
+    engine = data.read_only_engine(writer.url.render_as_string(hide_password=False))
+    filters = Filters(time_range="last 24 hours", end=now + timedelta(seconds=1))
+    o = data.overview(engine, filters)
+    assert o.source == "cost_rollups + request_log"
+    assert (o.requests, o.errors) == (old.requests() + 1, old.errors())
+    assert all(s["bucket_s"] == 3600 for s in o.series)
+    workers = sum(1 for r in old.rows if r["worker"]) + 1
+    assert sum(w["requests"] for w in o.worker_load) == workers
+    c = data.costs(engine, filters)
+    assert c.source == o.source and c.requests == old.requests() + 1
+    assert c.cost_usd == pytest.approx(old.cost() + 0.5)
+    # the rollup prices the baseline itself (the cost package's attribution)
+    rolled = summarize(writer, now - timedelta(hours=5), now.replace(minute=0, second=0,
+                                                                     microsecond=0))
+    assert rolled.requests + rolled.attempts == old.requests()
+    assert c.baseline_usd == pytest.approx(rolled.baseline_usd + 1.0)
+    assert c.saved_by_lever[data.NOT_ATTRIBUTED] == pytest.approx(0.5)
+    assert sum(c.saved_by_lever.values()) == pytest.approx(c.saved_usd)
+    assert sum(m["requests"] for m in c.by_model) == c.requests
+    acme = data.costs(engine, Filters(time_range="last 24 hours", end=now, tenant="acme"))
+    assert acme.cost_usd == pytest.approx(old.cost("acme"))
+    assert data.filter_choices(engine, filters)[0] == sorted(TENANTS)
+    engine.dispose()
