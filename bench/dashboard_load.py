@@ -1,10 +1,12 @@
 """Dashboard page loads on a large PostgreSQL store (``--rows``, default 10 million).
 
 Fills a fresh database with ``request_log`` rows spread evenly over 30 days (one
-``INSERT ... SELECT generate_series``), then times, cold (no Streamlit cache), each
-page's query function for the last 24 hours and the last 30 days, and each page's full
-render through Streamlit's AppTest (first render of the default range, cache empty).
-Prints a table and one JSON line; the database is dropped at the end.
+``INSERT ... SELECT generate_series``), brings ``cost_rollups`` up to date as the hourly
+cost_management flow does (timed: the one-off backfill), then times, cold (no Streamlit
+cache), each page's query function for the last hour, the last 24 hours and the last 30
+days, and each page's full render through Streamlit's AppTest (first render of the
+default range, cache empty). Prints a table and one JSON line; the database is dropped
+at the end.
 
     .venv/bin/python bench/dashboard_load.py --rows 10000000
 """
@@ -24,9 +26,12 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dashboards import data  # noqa: E402
+from dashboards import control, data  # noqa: E402
 from dashboards.data import Filters  # noqa: E402
 from migrations import upgrade_to_head  # noqa: E402
+from models import create_store_engine  # noqa: E402
+from services.costs import PriceCatalog  # noqa: E402
+from services.costs.reports import hosted_upstreams, roll_up  # noqa: E402
 from services.settings import load_settings  # noqa: E402
 
 FILL = """
@@ -45,8 +50,10 @@ SELECT 'r' || g, now() - (g * interval '30 days' / %(rows)s), 'tenant-' || (g %%
     20 + g %% 97, 200 + g %% 911, 0.0001 * (g %% 7), 0.0005 * (g %% 7)
 FROM generate_series(1, %(rows)s) g
 """
-QUERIES = ["overview", "costs", "cache_tokens_routing", "alerts"]
-PAGES = [None, "views/costs.py", "views/cache.py", "views/alerts.py"]
+QUERIES = [(data, "overview"), (data, "costs"), (data, "cache_tokens_routing"),
+           (control, "capacity"), (control, "experiments"), (data, "alerts")]
+PAGES = [None, "views/costs.py", "views/cache.py", "views/capacity.py",
+         "views/experiments.py", "views/alerts.py"]
 
 
 def timed(fn, *args):  # type: ignore[no-untyped-def]
@@ -66,20 +73,32 @@ def main() -> None:
     url = args.server.rsplit("/", 1)[0] + f"/{name}"
     result: dict[str, object] = {"rows": args.rows}
     try:
-        upgrade_to_head(load_settings(database_url=url).database_url)
+        settings = load_settings(database_url=url)
+        upgrade_to_head(settings.database_url)
         start = time.perf_counter()
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(FILL, {"rows": args.rows})
             conn.execute("ANALYZE request_log")
         result["fill_s"] = round(time.perf_counter() - start, 1)
         print(f"filled {args.rows:,} rows in {result['fill_s']} s", flush=True)
+        writer = create_store_engine(settings.database_url)
+        run = roll_up(writer, PriceCatalog.from_settings(settings), hosted_upstreams(settings))
+        writer.dispose()
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("ANALYZE cost_rollups")
+        result["rollup_backfill_s"] = round(run.seconds, 1)
+        print(f"rolled up {run.hours} hours ({run.rows:,} rollup rows) in {run.seconds:.1f} s",
+              flush=True)
         engine = data.read_only_engine(url)
-        for time_range in ("last 24 hours", "last 30 days"):
+        for time_range in ("last hour", "last 24 hours", "last 30 days"):
             filters = Filters(time_range=time_range)
-            for query in QUERIES:
-                seconds = timed(getattr(data, query), engine, filters)
+            for module, query in QUERIES:
+                seconds = timed(getattr(module, query), engine, filters)
                 result[f"{query} ({time_range})"] = round(seconds, 3)
                 print(f"{query:22} {time_range:14} {seconds:7.3f} s", flush=True)
+            seconds = timed(data.filter_choices, engine, filters)
+            result[f"filter_choices ({time_range})"] = round(seconds, 3)
+            print(f"{'filter_choices':22} {time_range:14} {seconds:7.3f} s", flush=True)
         engine.dispose()
         from streamlit.testing.v1 import AppTest
 

@@ -10,7 +10,7 @@ from typing import Any
 import streamlit as st
 from sqlalchemy import Engine
 
-from dashboards import data
+from dashboards import control, data
 from dashboards.data import Filters, StoreNotReady
 from services.settings import load_settings
 
@@ -42,11 +42,12 @@ def _load(name: str, url: str, time_range: str, tenant: str | None, model: str |
           end: datetime | None, sample_rows: int) -> Any:
     filters = Filters(time_range=time_range, tenant=tenant, model=model, end=end,
                       sample_rows=sample_rows)
-    return getattr(data, name)(engine_for(url), filters)
+    reader = getattr(control if name in control.__all__ else data, name)
+    return reader(engine_for(url), filters)
 
 
 def load(name: str, view: View) -> Any:
-    """``data.<name>(engine, filters)``, cached for ``dashboard_cache_ttl_s``; a store that
+    """``data.<name>(engine, filters)`` (or ``control.<name>``), cached for ``dashboard_cache_ttl_s``; a store that
     is not ready stops the page with its notice instead of a traceback."""
     f = view.filters
     try:

@@ -214,7 +214,7 @@ def split(engine: Engine, filters: Filters) -> Split:
                                 .where(CostRollupState.name == WATERMARK))
     if watermark is None:
         return Split(start)
-    rolled = min(_utc(watermark), end).replace(minute=0, second=0, microsecond=0)
+    rolled = min(utc(watermark), end).replace(minute=0, second=0, microsecond=0)
     return Split(start, rolled) if rolled > start else Split(start)
 
 
@@ -246,7 +246,7 @@ def _add_up(rows: Any, key: Any) -> dict[Any, list[float]]:
 
 def _epoch(start: Any, bucket_s: int) -> int:
     """A bucket's start in epoch seconds, from a rollup hour or a ``_bucket`` value."""
-    seconds = int(_utc(start).timestamp()) if isinstance(start, datetime) else int(start)
+    seconds = int(utc(start).timestamp()) if isinstance(start, datetime) else int(start)
     return seconds // bucket_s * bucket_s
 
 
@@ -266,7 +266,7 @@ def _as_time(epoch: Any) -> datetime:
     return datetime.fromtimestamp(int(epoch), UTC)
 
 
-def _utc(value: datetime) -> datetime:
+def utc(value: datetime) -> datetime:
     """SQLite hands back naive datetimes; every stored time is UTC."""
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
@@ -542,7 +542,7 @@ def cache_tokens_routing(engine: Engine, filters: Filters) -> CacheTokensRouting
         lookups=sum(layers.get(layer, 0) for layer in HIT_LAYERS) + misses,
         hits_by_layer={layer: layers.get(layer, 0) for layer in HIT_LAYERS},
         latest_report=None if latest is None else _report(latest),
-        report_history=[{"time": _utc(r.created_at), "hit_rate": r.overall_hit_rate}
+        report_history=[{"time": utc(r.created_at), "hit_rate": r.overall_hit_rate}
                         for r in reversed(reports) if r.overall_hit_rate is not None],
         tokens_before=tokens_before, tokens_after=tokens_after,
         saved_by_stage=dict(saved.most_common()), stage_rows_sampled=len(stages),
@@ -560,7 +560,7 @@ def _report(report: Any) -> dict[str, Any]:
               "target": figures.get("target"), "meets_target": figures.get("meets_target"),
               "lookups": figures.get("lookups"), "hits": figures.get("hits")}
              for tier, figures in (report.layers or {}).items()]
-    return {"created_at": _utc(report.created_at), "overall_hit_rate": report.overall_hit_rate,
+    return {"created_at": utc(report.created_at), "overall_hit_rate": report.overall_hit_rate,
             "lookups": report.lookups, "hits": report.hits, "saved_usd": report.saved_usd,
             "tiers": tiers}
 
@@ -595,9 +595,9 @@ def alerts(engine: Engine, filters: Filters, *, limit: int = 200) -> Alerts:
 
 
 def _alert(row: Any) -> dict[str, Any]:
-    return {"raised": _utc(row.created_at), "severity": row.severity, "source": row.source,
+    return {"raised": utc(row.created_at), "severity": row.severity, "source": row.source,
             "message": row.message,
-            "resolved": None if row.resolved_at is None else _utc(row.resolved_at)}
+            "resolved": None if row.resolved_at is None else utc(row.resolved_at)}
 
 
 __all__ = [

@@ -557,6 +557,10 @@ class Settings(BaseSettings):
         default="", description="store URL the dashboard reads, ideally as a read-only "
         "role; empty = database_url (opened read-only either way)",
     )
+    dashboard_password: SecretStr = Field(
+        default=SecretStr(""), description="password of the dashboard; empty = the admin "
+        "API key; neither = open in dev, off when auth is required",
+    )
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int = Field(default=8501, gt=0, lt=65536)
     dashboard_cache_ttl_s: float = Field(

@@ -11,7 +11,15 @@ from typing import Any
 from sqlalchemy import Engine
 
 from models import Alert, CacheReport, RequestLog
-from models.tables import RouterVersion
+from models.tables import (
+    ConfigVersion,
+    Experiment,
+    ExperimentArm,
+    ExperimentResult,
+    ForecastScore,
+    RouterVersion,
+    ScalingDecision,
+)
 
 TENANTS = ("acme", "globex")
 MODELS = ("tiny-llama", "gemma-3-270m")
@@ -45,6 +53,14 @@ class Seeded:
     def tokens_saved(self) -> int:
         return sum(r["prompt_tokens_before_optimization"] - r["prompt_tokens_after_optimization"]
                    for r in self.rows if r["prompt_tokens_before_optimization"] is not None)
+
+    # the control loop's rows (seed_control_loop): what the Capacity and Experiments
+    # pages must show
+    models_scaled: int = 2
+    desired_replicas: int = 5  # tiny-llama's newest decision 2, gemma-3-270m's 3
+    scaling_decisions: int = 4
+    not_actuated: int = 1
+    newest_scores: int = 2  # tiny-llama's newest backtest: two forecasters
 
     def escalations(self) -> int:
         return sum(1 for r in self.rows
@@ -113,4 +129,69 @@ def seed(engine: Engine, *, count: int = 60, now: datetime | None = None) -> See
              "severity": "critical", "message": "escalations above 30%", "details": {},
              "resolved_at": now - timedelta(minutes=20)},
         ])
+    seed_control_loop(engine, now)
     return seeded
+
+
+def _decision(now: datetime, minutes: int, model: str, current: int, desired: int,
+              demand: float, **extra: Any) -> dict[str, Any]:
+    at = now - timedelta(minutes=minutes)
+    next_bin = (at + timedelta(seconds=10)).replace(microsecond=0)
+    return {"decided_at": at, "model": model, "current_replicas": current,
+            "desired_replicas": desired, "reactive_replicas": desired,
+            "predictive_replicas": desired, "forecaster": "holt",
+            "reason": f"forecast upper {demand * 1.5:.0f} tok/s needs {desired}",
+            "inputs": {"demand_tokens_s": demand, "forecast_upper_tokens_s": demand * 1.5,
+                       "next_bin": next_bin.isoformat(), "next_bin_forecast": demand * 10,
+                       "recent_wape": 0.12, "forecaster": "holt"},
+            "actuated": True, "actuator_error": None, **extra}
+
+
+def seed_control_loop(engine: Engine, now: datetime) -> None:
+    """Scaling decisions and backtest scores (services.forecasting's tables), two live
+    experiments (an A/B test and a canary at its second step) and one that ended."""
+    with engine.begin() as conn:
+        conn.execute(ScalingDecision.__table__.insert(), [
+            _decision(now, 20, "tiny-llama", 1, 1, 400.0),
+            _decision(now, 10, "tiny-llama", 1, 2, 900.0),
+            _decision(now, 2, "tiny-llama", 2, 2, 950.0, actuated=False,
+                      actuator_error="kubernetes API answered 503"),
+            _decision(now, 5, "gemma-3-270m", 2, 3, 300.0),
+        ])
+        conn.execute(ForecastScore.__table__.insert(), [
+            {"evaluated_at": now - timedelta(hours=h), "model": "tiny-llama",
+             "series": "tokens_10s", "forecaster": name, "horizon_s": 60, "wape": wape,
+             "smape": wape, "coverage": 0.9, "origins": 60, "chosen": name == "holt"}
+            for h in (3, 1) for name, wape in (("holt", 0.2 + h / 10), ("ewma", 0.5))
+        ])
+        conn.execute(ConfigVersion.__table__.insert(), [
+            {"name": n, "overrides": {"cache_enabled": n == "cached"}, "created_by": "test",
+             "created_at": now - timedelta(days=1)} for n in ("base", "cached")])
+        # every row names every column: an executemany takes its columns from the first
+        common = {"unit": "tenant", "settings": ["cache_enabled"], "guardrails": [],
+                  "created_by": "test", "created_at": now - timedelta(hours=2),
+                  "steps": None, "step": 0, "step_seconds": 300.0, "step_started_at": None,
+                  "ended_at": None, "reason": None}
+        conn.execute(Experiment.__table__.insert(), [
+            {**common, "name": "cache-ab", "kind": "ab", "status": "running",
+             "started_at": now - timedelta(hours=1)},
+            {**common, "name": "cache-canary", "kind": "canary", "status": "running",
+             "steps": [0.05, 0.25, 0.5, 1.0], "step": 1, "step_seconds": 300.0,
+             "started_at": now - timedelta(minutes=30),
+             "step_started_at": now - timedelta(minutes=4)},
+            {**common, "name": "old-ab", "kind": "ab", "status": "completed",
+             "started_at": now - timedelta(hours=2), "ended_at": now - timedelta(minutes=15),
+             "reason": "treatment won"},
+        ])
+        conn.execute(ExperimentArm.__table__.insert(), [
+            {"experiment": e, "name": arm, "position": i, "config_version": config,
+             "weight": weight}
+            for e, weights in (("cache-ab", (0.5, 0.5)), ("cache-canary", (0.75, 0.25)),
+                               ("old-ab", (0.5, 0.5)))
+            for i, (arm, config, weight) in enumerate(
+                zip(("control", "treatment"), ("base", "cached"), weights, strict=True))
+        ])
+        conn.execute(ExperimentResult.__table__.insert(), [{
+            "experiment": "cache-canary", "at": now - timedelta(minutes=4), "step": 0,
+            "decision": "advance", "reason": "guardrails held over 412 units",
+            "detail": {}}])

@@ -23,7 +23,8 @@ from tests.support.gateway import wait_for
 ROOT = Path(__file__).resolve().parents[2]
 # url path (the default page is the root; others from each view's file name) and title
 PAGES = [("", "Overview"), ("costs", "Costs and ROI"),
-         ("cache", "Cache, tokens, routing"), ("alerts", "Alerts")]
+         ("cache", "Cache, tokens, routing"), ("capacity", "Capacity"),
+         ("experiments", "Experiments"), ("alerts", "Alerts")]
 
 
 @pytest.fixture(scope="session")
@@ -84,7 +85,15 @@ def test_every_page_shows_its_figures_in_a_browser(dashboard, browser, tmp_path:
                      f"{seeded.latency_p50():,.1f} ms"],
         "costs": [f"${seeded.cost():,.4f}", f"${seeded.baseline():,.4f}"],
         "cache": [f"{seeded.tokens_saved():,}", "router-v7"],
+        "capacity": [],
+        "experiments": [],
         "alerts": ["L1 hit rate 40% below its 95% target"],
+    }
+    # metric label -> value, read from each metric's own box
+    metrics = {
+        "capacity": {"Desired replicas": f"{seeded.desired_replicas}",
+                     "Scaling decisions": f"{seeded.scaling_decisions}"},
+        "experiments": {"Running canaries": "1", "Running A/B tests": "1"},
     }
     from playwright.sync_api import expect
 
@@ -95,6 +104,9 @@ def test_every_page_shows_its_figures_in_a_browser(dashboard, browser, tmp_path:
         body = page.locator("body")
         for figure in expected[path]:  # waits while the page is still drawing
             expect(body).to_contain_text(figure, timeout=60_000)
+        for label, value in metrics.get(path, {}).items():
+            box = page.get_by_test_id("stMetric").filter(has_text=label)
+            expect(box.get_by_test_id("stMetricValue")).to_have_text(value, timeout=60_000)
         if path != "alerts":
             page.locator("canvas, svg.marks").first.wait_for(timeout=60_000)
         page.screenshot(path=str(tmp_path / f"{path or 'overview'}.png"), full_page=True)

@@ -12,7 +12,8 @@ from migrations import upgrade_to_head
 from models import create_store_engine
 
 APP = str(Path(__file__).resolve().parents[2] / "dashboards" / "app.py")
-PAGES = ["views/overview.py", "views/costs.py", "views/cache.py", "views/alerts.py"]
+PAGES = ["views/overview.py", "views/costs.py", "views/cache.py", "views/capacity.py",
+         "views/experiments.py", "views/alerts.py"]
 
 
 def render(page: str | None = None, **widgets: str) -> AppTest:
@@ -62,6 +63,33 @@ def test_every_page_renders_the_store_figures(seeded_store) -> None:  # type: ig
     assert "L1 hit rate 40% below its 95% target" in at.table[0].value.to_string()
 
 
+def test_capacity_and_experiments_show_the_control_loop(seeded_store) -> None:  # type: ignore[no-untyped-def]
+    _, _, seeded = seeded_store
+    at = render("views/capacity.py")
+    assert metric(at, "Models scaled") == f"{seeded.models_scaled}"
+    assert metric(at, "Desired replicas") == f"{seeded.desired_replicas}"
+    assert metric(at, "Scaling decisions") == f"{seeded.scaling_decisions}"
+    assert metric(at, "Not carried out") == f"{seeded.not_actuated}"
+    now, decisions, scores = (frame.value for frame in at.dataframe)
+    assert list(now["model"]) == ["gemma-3-270m", "tiny-llama"]
+    assert list(now["desired"]) == [3, 2]
+    assert "kubernetes API answered 503" in decisions.to_string()
+    assert len(scores) == seeded.newest_scores and set(scores["forecaster"]) == {"holt", "ewma"}
+    at = render("views/capacity.py", model="gemma-3-270m")
+    assert metric(at, "Desired replicas") == "3"
+
+    at = render("views/experiments.py")
+    assert metric(at, "Running A/B tests") == "1"
+    assert metric(at, "Running canaries") == "1"
+    assert metric(at, "Paused") == "0"
+    live, ended = (frame.value for frame in at.dataframe)
+    canary = live[live["name"] == "cache-canary"].iloc[0]
+    assert (canary["step"], canary["canary_share"]) == ("2 of 4", 0.25)
+    assert canary["last_decision"] == "advance"
+    assert "treatment=cached (25%)" in canary["arms"]
+    assert list(ended["name"]) == ["old-ab"]
+
+
 def test_the_tenant_filter_narrows_the_figures(seeded_store) -> None:  # type: ignore[no-untyped-def]
     _, _, seeded = seeded_store
     at = render("views/costs.py", tenant="globex")
@@ -86,3 +114,34 @@ def test_a_store_without_data_says_how_to_fix_it(state: str, tmp_path: Path,
         assert "No data yet" in notice, notice
         assert ("optengine migrate" in notice) if state != "empty" else ("make demo" in notice)
     assert path.exists() == (state != "missing")
+
+
+@pytest.mark.parametrize("variable", ["OPTENGINE_DASHBOARD_PASSWORD", "OPTENGINE_ADMIN_API_KEY"])
+def test_a_configured_password_or_admin_key_guards_every_page(
+        variable: str, seeded_store, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    _, _, seeded = seeded_store
+    monkeypatch.setenv(variable, "s3cret-dashboard")
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    assert not at.metric and not at.exception  # nothing of the store before the login
+    at.text_input(key="password").input("wrong")
+    at.button[0].click().run()
+    assert [e.value for e in at.error] == ["Wrong password or admin API key."]
+    assert not at.metric
+    at.text_input(key="password").input("s3cret-dashboard")
+    at.button[0].click().run()
+    assert not at.exception and not at.error
+    assert metric(at, "Requests") == f"{seeded.requests():,}"
+    at.switch_page("views/alerts.py").run()  # the session stays logged in
+    assert metric(at, "Firing") == "1"
+
+
+def test_without_a_password_the_dashboard_is_off_where_auth_is_required(
+        seeded_store, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("OPTENGINE_REQUIRE_AUTH", "true")
+    monkeypatch.delenv("OPTENGINE_ADMIN_API_KEY", raising=False)
+    monkeypatch.delenv("OPTENGINE_DASHBOARD_PASSWORD", raising=False)
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    assert not at.metric and not at.text_input
+    assert "OPTENGINE_DASHBOARD_PASSWORD" in at.error[0].value
