@@ -264,6 +264,9 @@ def flows_deploy(
     port: Annotated[int, typer.Option(help="port of a local Prefect server")] = 4200,
     wait: Annotated[bool, typer.Option(help="stay up while the server/worker started here "
                                        "run (Ctrl-C stops them)")] = True,
+    worker: Annotated[bool, typer.Option(help="start a process worker when none of the "
+                                         "pool's is online (off where workers run apart)")
+                      ] = True,
 ) -> None:
     """Register every flow's deployment (prefect.yaml) on a Prefect server, starting a
     local server (unless PREFECT_API_URL is set) and a process worker when needed."""
@@ -280,7 +283,7 @@ def flows_deploy(
         register(local)
         names = deployed(local.api_url)
         typer.echo(f"{len(names)} deployments registered: {', '.join(names)}")
-        if ensure_worker(local):
+        if worker and ensure_worker(local):
             typer.echo(f"started a process worker for the pool '{WORK_POOL}'")
         typer.echo(f"Prefect UI at {local.ui_url}  (API: {local.api_url}; give the gateway "
                    f"PREFECT_API_URL={local.api_url} to start runs through it)")

@@ -141,3 +141,43 @@ def test_dockerfile_copies_what_exists() -> None:
         if line.startswith("COPY ") and "--from" not in line:
             for source in line.split()[1:-1]:
                 assert (ROOT / source).exists(), source
+
+
+def deploy_command_parses(command: list[str]) -> None:
+    """The command is ``optengine flows deploy`` with options the CLI has (click raises
+    for an unknown one)."""
+    from typer.main import get_command
+
+    from services.cli import app
+
+    assert command[:3] == ["optengine", "flows", "deploy"], command
+    group = get_command(app)
+    flows = group.get_command(group.make_context("optengine", ["flows"]), "flows")
+    deploy = flows.get_command(flows.make_context("flows", ["deploy"]), "deploy")
+    params = deploy.make_context("deploy", list(command[3:])).params
+    assert params["wait"] is False and params["worker"] is False, params
+
+
+def test_compose_registers_the_deployments_once_the_prefect_server_is_up() -> None:
+    services = compose_config()["services"]
+    deploy = services["deploy-flows"]
+    deploy_command_parses(deploy["command"])
+    assert deploy["depends_on"]["prefect-server"]["condition"] == "service_healthy"
+    assert deploy["restart"] == "on-failure"  # until the server answers
+    assert deploy["environment"]["PREFECT_API_URL"] == "http://prefect-server:4200/api"
+    assert "/api/health" in " ".join(services["prefect-server"]["healthcheck"]["test"])
+
+
+def test_kubernetes_runs_a_job_that_registers_the_deployments() -> None:
+    docs = dict(manifests())
+    job = docs["deploy-flows-job.yaml:Job/optengine-deploy-flows"]
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    deploy_command_parses(container["command"])
+    assert {"configMapRef": {"name": "optengine-config"}} in container["envFrom"]
+    config = docs["configmap.yaml:ConfigMap/optengine-config"]["data"]
+    assert config["PREFECT_API_URL"] == "http://prefect-server:4200/api"
+
+
+def test_a_deploy_command_with_an_unknown_option_is_refused() -> None:
+    with pytest.raises(Exception, match="No such option: --no-workers"):
+        deploy_command_parses(["optengine", "flows", "deploy", "--no-wait", "--no-workers"])
