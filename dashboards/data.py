@@ -38,9 +38,9 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.types import Integer
 
-from models import Alert, CacheReport, CostRollup, CostRollupState, RequestLog
+from models import Alert, CacheReport, CostReport, CostRollup, CostRollupState, RequestLog
 from models.tables import RouterVersion
-from services.costs.reports import LEVERS
+from services.costs.reports import LEVERS, latest_reports
 from services.costs.reports.rollup import WATERMARK
 
 # What "recent" means in the time-range filter, and the bucket each range is drawn in:
@@ -458,6 +458,47 @@ def costs(engine: Engine, filters: Filters) -> Costs:
     result.saved_by_lever[NOT_ATTRIBUTED] = result.saved_usd - sum(
         result.saved_by_lever.values())
     return result
+
+
+@dataclass
+class MonthToDate:
+    """Spend of the calendar month so far, all tenants and per tenant, from the rolled-up
+    hours (``[since, until)``), and the month's length: what budgets are judged on."""
+
+    since: datetime
+    until: datetime
+    days_in_month: float
+    total_usd: float
+    by_tenant: dict[str, float]
+
+    def projected(self, spent: float) -> float | None:
+        """Month-end spend at the month's rate so far (None before a whole hour)."""
+        elapsed = (self.until - self.since) / timedelta(days=1)
+        return spent / elapsed * self.days_in_month if elapsed > 0 else None
+
+
+def month_to_date(engine: Engine, filters: Filters) -> MonthToDate:
+    _, end = filters.window
+    since = end.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    next_month = (since + timedelta(days=32)).replace(day=1)
+    part = split(engine, Filters(time_range="last 30 days", end=end))
+    until = max(since, part.rolled_until or since)
+    r = CostRollup.__table__.c
+    with engine.connect() as conn:
+        rows = _rolled_up(conn, Filters(end=end), Split(since, until), (r.tenant,),
+                          func.sum(r.cost_usd)) if until > since else []
+    by_tenant = {t: float(c or 0) for t, c in rows}
+    return MonthToDate(since, until, (next_month - since) / timedelta(days=1),
+                       sum(by_tenant.values()), by_tenant)
+
+
+def cost_reports(engine: Engine, filters: Filters, *, limit: int = 20) -> list[dict[str, Any]]:
+    """The newest stored cost reports (the cost_management flow's), of the tenant filter's
+    tenant and the all-tenants ones, with their Markdown and CSV for download."""
+    if not has_table(engine, CostReport.__tablename__):
+        return []
+    reports = latest_reports(engine, limit=limit * 5)
+    return [r for r in reports if r["tenant"] in (None, filters.tenant)][:limit]
 
 
 # -- cache, tokens, routing ---------------------------------------------------------------

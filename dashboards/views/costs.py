@@ -1,10 +1,15 @@
 """Costs and ROI: what was spent against what the same traffic would have cost."""
 
+from datetime import timedelta
+
 import altair as alt
 import pandas as pd
 import streamlit as st
 
 from dashboards.common import load, share, start, usd
+from dashboards.data import TIME_RANGES
+from services.costs.reports import Roi, investment, monthly_budgets, monthly_rate
+from services.settings import load_settings
 
 view = start("Costs and ROI")
 c = load("costs", view)
@@ -45,3 +50,49 @@ st.caption("Each lever is credited with what it saved on the traffic the levers 
 
 st.subheader("By model served")
 st.dataframe(pd.DataFrame(c.by_model), hide_index=True, width="stretch")
+
+st.subheader("Payback and ROI")
+settings = load_settings()
+spent = investment(settings)
+days = TIME_RANGES[view.filters.time_range][0] / timedelta(days=1)
+roi = Roi(spent.one_off_usd, spent.monthly_usd, monthly_rate(c.saved_usd, days))
+st.dataframe(pd.DataFrame([{"figure": f.name, "value": f.text, "formula": f.formula}
+                           for f in roi.figures()]), hide_index=True, width="stretch")
+st.caption("Monthly savings: this range's saving scaled to an average month. Investment: "
+           "OPTENGINE_COST_INVESTMENT_ONE_OFF_USD and OPTENGINE_COST_INVESTMENT_MONTHLY_USD.")
+
+st.subheader("Budgets this month")
+budgets = monthly_budgets(settings)
+if budgets:
+    m = load("month_to_date", view)
+    rows = []
+    for tenant, limit in sorted(budgets.items(), key=lambda b: b[0] or ""):
+        spent_usd = m.total_usd if tenant is None else m.by_tenant.get(tenant, 0.0)
+        projected = m.projected(spent_usd)
+        rows.append({"tenant": tenant or "all tenants", "budget_usd": limit,
+                     "spent_usd": spent_usd, "used": share(spent_usd / limit),
+                     "projected_month_end_usd": projected,
+                     "projected_over": None if projected is None else projected > limit})
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    st.caption(f"Spent from {m.since:%Y-%m-%d} to {m.until:%Y-%m-%d %H:%M} UTC (the hours the "
+               "cost rollup has read); projected = spent / days elapsed x days in the month.")
+else:
+    st.caption("No monthly budget configured (OPTENGINE_COST_MONTHLY_BUDGET_USD, or tenant "
+               "budgets in the routing config).")
+
+st.subheader("Cost reports")
+reports = load("cost_reports", view)
+if reports:
+    st.dataframe(pd.DataFrame([{k: r[k] for k in ("kind", "tenant", "period_start",
+                                                   "period_end", "created_at")}
+                               for r in reports]), hide_index=True, width="stretch")
+    newest = reports[0]
+    label = f"{newest['kind']} report {newest['period_start']:%Y-%m-%d}"
+    cols = st.columns(2)
+    cols[0].download_button(f"Download the {label} (CSV)", newest["csv"],
+                            file_name=f"cost-report-{newest['id']}.csv", mime="text/csv")
+    cols[1].download_button(f"Download the {label} (Markdown)", newest["markdown"],
+                            file_name=f"cost-report-{newest['id']}.md", mime="text/markdown")
+else:
+    st.caption("No cost report yet: the cost_management flow writes a daily one after "
+               "midnight UTC (`optengine report costs` writes one on demand).")

@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from models import Alert, CacheReport, RequestLog
+from models import Alert, CacheReport, CostReport, RequestLog
 from models.tables import (
     ConfigVersion,
     Experiment,
@@ -129,6 +129,11 @@ def seed(engine: Engine, *, count: int = 60, now: datetime | None = None) -> See
              "severity": "critical", "message": "escalations above 30%", "details": {},
              "resolved_at": now - timedelta(minutes=20)},
         ])
+        conn.execute(CostReport.__table__.insert(), [{
+            "created_at": now - timedelta(minutes=3), "kind": "daily", "tenant": None,
+            "period_start": now - timedelta(days=1), "period_end": now,
+            "markdown": "# Daily cost report\n", "csv": "tenant,cost_usd\nacme,0.0123\n",
+            "summary": {"cost_usd": 0.0123}}])
     seed_control_loop(engine, now)
     return seeded
 

@@ -10,6 +10,9 @@ from streamlit.testing.v1 import AppTest
 
 from migrations import upgrade_to_head
 from models import create_store_engine
+from services.costs import PriceCatalog
+from services.costs.reports import HostedUpstreams, roll_up, summarize
+from services.settings import load_settings
 
 APP = str(Path(__file__).resolve().parents[2] / "dashboards" / "app.py")
 PAGES = ["views/overview.py", "views/costs.py", "views/cache.py", "views/capacity.py",
@@ -88,6 +91,26 @@ def test_capacity_and_experiments_show_the_control_loop(seeded_store) -> None:  
     assert canary["last_decision"] == "advance"
     assert "treatment=cached (25%)" in canary["arms"]
     assert list(ended["name"]) == ["old-ab"]
+
+
+def test_costs_show_roi_budgets_and_the_reports_to_download(seeded_store, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    _, engine, seeded = seeded_store
+    roll_up(engine, PriceCatalog.from_settings(load_settings()), HostedUpstreams([]))
+    monkeypatch.setenv("OPTENGINE_COST_MONTHLY_BUDGET_USD", "0.01")
+    monkeypatch.setenv("OPTENGINE_COST_INVESTMENT_ONE_OFF_USD", "100")
+    at = render("views/costs.py")
+    _, roi, budgets, reports = (frame.value for frame in at.dataframe)
+    payback = roi[roi["figure"] == "payback"].iloc[0]
+    assert payback["formula"].startswith("one-off / (monthly savings - monthly cost) = 100.00")
+    hour = seeded.now.replace(minute=0, second=0, microsecond=0)
+    month = hour.replace(day=1, hour=0)
+    rolled = summarize(engine, month, hour) if hour > month else None
+    budget = budgets.iloc[0]
+    assert budget["tenant"] == "all tenants" and budget["budget_usd"] == 0.01
+    assert budget["spent_usd"] == pytest.approx(rolled.cost_usd if rolled else 0.0)
+    assert list(reports["kind"]) == ["daily"]
+    downloads = at.get("download_button")
+    assert len(downloads) == 2
 
 
 def test_the_tenant_filter_narrows_the_figures(seeded_store) -> None:  # type: ignore[no-untyped-def]
