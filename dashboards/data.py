@@ -87,7 +87,7 @@ class Filters:
     tenant: str | None = None
     model: str | None = None
     end: datetime | None = None  # None = now; tests pin it
-    sample_rows: int = 100_000
+    sample_rows: int = 20_000
 
     @property
     def window(self) -> tuple[datetime, datetime]:
@@ -355,7 +355,7 @@ def overview(engine: Engine, filters: Filters) -> Overview:
     series = [{"time": _as_time(b), "bucket_s": size, "requests": int(n), "errors": int(e),
                "output_tokens_per_s": c / size} for b, (n, e, c) in by_bucket.items()]
     per_worker = _add_up(load, lambda row: ((_epoch(row[0], size), row[1]), row[2:]))
-    # columns as float arrays (NULL -> NaN): percentiles over 100k rows in milliseconds
+    # columns as float arrays (NULL -> NaN): percentiles over the sample in milliseconds
     starts = np.fromiter((r[0] for r in sample), dtype=np.int64, count=len(sample))
     ttft = np.array([r[1] for r in sample], dtype=float)
     latency = np.array([r[2] for r in sample], dtype=float)
@@ -535,8 +535,6 @@ class CacheTokensRouting:
 
 def cache_tokens_routing(engine: Engine, filters: Filters) -> CacheTokensRouting:
     where = filters.where()
-    routed = and_(where, RequestLog.route_reason.is_not(None),
-                  ~RequestLog.route_reason.like("batch:%"))
     before = RequestLog.prompt_tokens_before_optimization
     after = RequestLog.prompt_tokens_after_optimization
     measured = and_(before.is_not(None), after.is_not(None))
@@ -546,20 +544,19 @@ def cache_tokens_routing(engine: Engine, filters: Filters) -> CacheTokensRouting
         return func.sum(case((condition, 1), else_=0))
 
     with engine.connect() as conn:
-        # one pass over the range: per cache layer, tokens and cascade outcomes
-        per_layer = conn.execute(
-            select(RequestLog.cache_layer, func.count(),
+        # one pass over the range: per cache layer and model, tokens, cascade outcomes
+        # and routed requests
+        groups = conn.execute(
+            select(RequestLog.cache_layer, RequestLog.model_served, func.count(),
                    func.sum(case((measured, before), else_=0)),
                    func.sum(case((measured, after), else_=0)),
                    count(reason.like(f"{CASCADE_ESCALATED}%")),
-                   count(reason.like(f"%{CASCADE_ACCEPTED}%")))
-            .where(where).group_by(RequestLog.cache_layer)).all()
+                   count(reason.like(f"%{CASCADE_ACCEPTED}%")),
+                   count(reason.is_not(None) & ~reason.like("batch:%")))
+            .where(where).group_by(RequestLog.cache_layer, RequestLog.model_served)).all()
         stages = conn.scalars(
             select(RequestLog.token_stages).where(where, RequestLog.token_stages.is_not(None))
             .order_by(RequestLog.created_at.desc()).limit(filters.sample_rows)).all()
-        share = conn.execute(
-            select(RequestLog.model_served, func.count()).where(routed)
-            .group_by(RequestLog.model_served).order_by(func.count().desc()).limit(50)).all()
         reports = conn.execute(
             select(CacheReport.created_at, CacheReport.overall_hit_rate)
             .where(CacheReport.created_at >= filters.window[0])
@@ -574,10 +571,13 @@ def cache_tokens_routing(engine: Engine, filters: Filters) -> CacheTokensRouting
     for entry in stages:
         for stage, tokens in (entry or {}).items():
             saved[stage] += int(tokens)
-    total_routed = sum(n for _, n in share)
-    layers = {layer: int(n) for layer, n, *_ in per_layer if layer is not None}
+    by_layer = _add_up(groups, lambda row: (row[0] or "", row[2:3]))
+    layers = {layer: int(n) for layer, (n,) in by_layer.items() if layer}
     tokens_before, tokens_after, escalated, accepted = (
-        int(sum(row[i] or 0 for row in per_layer)) for i in range(2, 6))
+        int(sum(row[i] or 0 for row in groups)) for i in range(3, 7))
+    routed = _add_up(groups, lambda row: (row[1] or "(none)", row[7:8]))
+    share = sorted(((m, int(n)) for m, (n,) in routed.items() if n), key=lambda x: -x[1])[:50]
+    total_routed = sum(n for _, n in share)
     misses = layers.pop("MISS", 0)
     return CacheTokensRouting(
         lookups=sum(layers.get(layer, 0) for layer in HIT_LAYERS) + misses,
@@ -587,7 +587,7 @@ def cache_tokens_routing(engine: Engine, filters: Filters) -> CacheTokensRouting
                         for r in reversed(reports) if r.overall_hit_rate is not None],
         tokens_before=tokens_before, tokens_after=tokens_after,
         saved_by_stage=dict(saved.most_common()), stage_rows_sampled=len(stages),
-        routing_share=[{"model": m or "(none)", "requests": int(n), "share": n / total_routed}
+        routing_share=[{"model": m, "requests": n, "share": n / total_routed}
                        for m, n in share],
         cascade_escalated=escalated, cascade_accepted=accepted,
         router_version=None if router is None else {

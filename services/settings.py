@@ -567,7 +567,7 @@ class Settings(BaseSettings):
         default=60.0, gt=0, description="how long a page reuses a query's result"
     )
     dashboard_sample_rows: int = Field(
-        default=100_000, gt=0,
+        default=20_000, gt=0,
         description="newest rows percentiles and per-stage token savings are computed from",
     )
 
