@@ -42,6 +42,22 @@ def test_every_flow_has_its_deployment_in_prefect_yaml() -> None:
     assert {d.flow for d in DEPLOYMENTS} <= set(FLOWS)
 
 
+def test_deploy_without_a_worker_registers_and_exits(prefect_server: str, tmp_path: Path
+                                                    ) -> None:
+    """What infra/ runs once per release (compose's deploy-flows, the Kubernetes Job):
+    registers every deployment and returns, starting no worker of its own."""
+    env = {**os.environ, "PREFECT_API_URL": prefect_server,
+           "OPTENGINE_DATABASE_URL": f"sqlite:///{tmp_path / 'store.db'}",
+           "OPTENGINE_DATA_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "services.cli", "flows", "deploy",
+                           "--no-wait", "--no-worker"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"{len(DEPLOYMENTS)} deployments registered" in done.stdout
+    assert "started a process worker" not in done.stdout
+    assert not (tmp_path / "logs" / "prefect-worker.log").exists()
+
+
 @pytest.fixture(scope="module")
 def deploy(prefect_server: str, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """``optengine flows deploy`` against the session's server, left running (with the
