@@ -54,8 +54,8 @@ QUERIES = [(data, "overview"), (data, "costs"), (data, "cache_tokens_routing"),
            (control, "capacity"), (control, "experiments"), (data, "alerts")]
 # Alerts first: the first render in a process also pays the app's own imports, which a
 # running server has paid long before; Alerts reads almost nothing
-PAGES = ["views/alerts.py", "views/overview.py", "views/costs.py", "views/cache.py", "views/capacity.py",
-         "views/experiments.py"]
+PAGES = ["views/alerts.py", "views/overview.py", "views/costs.py", "views/cache.py",
+         "views/capacity.py", "views/experiments.py"]
 
 
 def timed(fn, *args):  # type: ignore[no-untyped-def]

@@ -47,8 +47,9 @@ def _load(name: str, url: str, time_range: str, tenant: str | None, model: str |
 
 
 def load(name: str, view: View) -> Any:
-    """``data.<name>(engine, filters)`` (or ``control.<name>``), cached for ``dashboard_cache_ttl_s``; a store that
-    is not ready stops the page with its notice instead of a traceback."""
+    """``data.<name>(engine, filters)`` (or ``control.<name>``), cached for
+    ``dashboard_cache_ttl_s``; a store that is not ready stops the page with its notice
+    instead of a traceback."""
     f = view.filters
     try:
         return _load(name, view.url, f.time_range, f.tenant, f.model, f.end, f.sample_rows)

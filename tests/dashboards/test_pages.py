@@ -93,7 +93,8 @@ def test_capacity_and_experiments_show_the_control_loop(seeded_store) -> None:  
     assert list(ended["name"]) == ["old-ab"]
 
 
-def test_costs_show_roi_budgets_and_the_reports_to_download(seeded_store, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_costs_show_roi_budgets_and_the_reports_to_download(  # type: ignore[no-untyped-def]
+        seeded_store, monkeypatch: pytest.MonkeyPatch) -> None:
     _, engine, seeded = seeded_store
     roll_up(engine, PriceCatalog.from_settings(load_settings()), HostedUpstreams([]))
     monkeypatch.setenv("OPTENGINE_COST_MONTHLY_BUDGET_USD", "0.01")
