@@ -6,6 +6,9 @@ stabilisation window's targets, since when utilisation is low, the forecaster's 
 error) is rebuilt from the ``scaling_decisions`` rows of the last minutes; nothing lives
 in a process that a restart would lose.
 
+The reactive part also reads the fleet's queue depth: requests waiting in the model's
+registered workers (``services.forecasting.queue``).
+
 Faults: a model with no history gets no forecast and scales reactively; a store that
 cannot be read yields a ``hold`` decision (the fleet stays as the actuator reports it; no
 scale-down, never to zero, for want of data); an actuator error is recorded on the
@@ -37,6 +40,7 @@ from services.forecasting.forecasters import (
     by_name,
 )
 from services.forecasting.policy import Decision, HybridPolicy, PolicyConfig, Signals
+from services.forecasting.queue import model_workers, queue_depth
 from services.forecasting.series import demand_series, load_store_events
 
 if TYPE_CHECKING:
@@ -186,8 +190,9 @@ def _utc(value: datetime) -> datetime:
 
 def decide(engine: Engine, model: str, current: int, config: PolicyConfig, *,
            interval_s: float, capacity_default: float, slo_ms: float,
-           now: datetime | None = None) -> Decision:
-    """The decision for one model at ``now``; a ``hold`` when the store cannot be read."""
+           queue: float | None = None, now: datetime | None = None) -> Decision:
+    """The decision for one model at ``now`` (``queue``: requests waiting in its fleet,
+    None if not measured); a ``hold`` when the store cannot be read."""
     now = now or datetime.now(UTC)
     policy = HybridPolicy(model, config)
     try:
@@ -208,7 +213,8 @@ def decide(engine: Engine, model: str, current: int, config: PolicyConfig, *,
     # the policy's clock is seconds relative to now (restore() used the same origin)
     decision = policy.decide(
         0.0, current, capacity,
-        Signals(demand_tokens_s=measured.demand_tokens_s, latency_p95_ms=measured.latency_p95_ms),
+        Signals(demand_tokens_s=measured.demand_tokens_s, queue_depth=queue,
+                latency_p95_ms=measured.latency_p95_ms),
         forecast, bin_s=BIN_S, forecaster=forecaster.name if forecast else None,
         recent_wape=recent_wape)
     decision.at = now.timestamp()
@@ -296,14 +302,18 @@ def step(settings: Settings, engine: Engine, model: str, actuator: Actuator | No
     one safe thing to do. An actuator failure is recorded and raised for the retry."""
     try:
         current = actuator.current(model) if actuator is not None else \
-            _registered(engine, model)
+            len(model_workers(engine, model))
     except Exception as exc:  # store or API server down: we do not know the fleet
         log.warning("cannot read the fleet of %s (%s): holding", model, exc)
         return None
+    try:
+        queue = queue_depth(engine, model)
+    except SQLAlchemyError:
+        queue = None  # the store is down: decide() holds the fleet anyway
     decision = decide(engine, model, current, policy_config(settings, engine, model),
                       interval_s=settings.scaling_interval_s,
                       capacity_default=settings.scaling_worker_capacity_tokens_s,
-                      slo_ms=settings.scaling_latency_slo_ms, now=now)
+                      slo_ms=settings.scaling_latency_slo_ms, queue=queue, now=now)
     error = None
     if actuator is not None and decision.desired != current:
         try:
@@ -323,12 +333,3 @@ def step(settings: Settings, engine: Engine, model: str, actuator: Actuator | No
 
 class ActuatorFailed(RuntimeError):
     """Raised after the failed decision was recorded, so the flow's retry runs again."""
-
-
-def _registered(engine: Engine, model: str) -> int:
-    """Workers serving ``model`` in the shared registry (no actuator: count, don't act)."""
-    from models import Worker
-
-    with engine.connect() as conn:
-        rows = conn.execute(select(Worker.models).where(Worker.deregistered_at.is_(None))).all()
-    return sum(1 for (models,) in rows if model in (models or []))
