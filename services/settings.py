@@ -129,6 +129,7 @@ class DeliverySettings(BaseModel):
 AlertMetric = Literal[
     "cache_hit_rate", "error_rate", "latency_p95_ms", "ttft_p95_ms", "cost_per_request_usd",
     "budget_used", "gpu_utilization", "kv_cache_usage", "cost_anomaly", "request_anomaly",
+    "scaling_actuator_failures",
 ]
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -195,7 +196,8 @@ class AlertRuleConfig(BaseModel):
 def _default_alert_rules() -> list[AlertRuleConfig]:
     """The spec's rules: cache hit rate < 60%, latency p95 > 200 ms, error rate > 1%,
     GPU utilisation < 85% (only where GPUs exist), budgets at 80% and 100%, and
-    anomalies in hourly cost and requests. Cost per request needs a target: add it."""
+    anomalies in hourly cost and requests; any failed scaling actuation. Cost per request
+    needs a target: add it."""
     return [AlertRuleConfig.model_validate(raw) for raw in (
         {"name": "cache-hit-rate-low", "metric": "cache_hit_rate", "below": 0.60,
          "for": "10m", "hysteresis": 0.05},
@@ -211,6 +213,8 @@ def _default_alert_rules() -> list[AlertRuleConfig]:
         {"name": "cost-anomaly", "metric": "cost_anomaly", "above": 8.0, "group_by": "model"},
         {"name": "request-anomaly", "metric": "request_anomaly", "above": 8.0,
          "group_by": "model"},
+        {"name": "scaling-actuator-failed", "metric": "scaling_actuator_failures",
+         "above": 0, "severity": "critical"},
     )]
 
 

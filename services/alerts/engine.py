@@ -32,6 +32,7 @@ from services.alerts.sources import (
     kv_cache_readings,
     recent_requests,
     request_readings,
+    scaling_failure_readings,
     threshold_for,
 )
 from services.alerts.state import AlertState, Condition, step
@@ -115,6 +116,8 @@ def _format(metric: str, value: float | None) -> str:
         return f"{value:.0f} ms"
     if metric == "cost_per_request_usd":
         return f"${value:.6f}"
+    if metric == "scaling_actuator_failures":
+        return f"{value:.0f} failed actuations"
     return f"{value:.1f} robust sd"
 
 
@@ -255,6 +258,8 @@ class AlertEngine:
             return self.gpu_reader()
         if rule.metric == "kv_cache_usage":
             return await kv_cache_readings(self._workers())
+        if rule.metric == "scaling_actuator_failures":
+            return scaling_failure_readings(self.store, now=now, minutes=alerts.window_minutes)
         if rule.metric in ANOMALY_METRICS:
             if "totals" not in cache:
                 end = pd.Timestamp(now).floor("h").to_pydatetime()

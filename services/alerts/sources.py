@@ -8,7 +8,9 @@
 - KV-cache usage: each vLLM worker's own ``/metrics`` (``vllm:kv_cache_usage_perc``,
   0-1; vLLM exports no GPU utilisation of its own);
 - GPU utilisation: ``nvidia-smi`` on the machine running the evaluation, where there is
-  one (no GPU, no reading: the rule is not judged).
+  one (no GPU, no reading: the rule is not judged);
+- scaling actuator failures: ``scaling_decisions`` rows of the last ``window_minutes``
+  whose actuation failed, per model (``demand_forecasting`` records each with its error).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any
 import httpx
 from sqlalchemy import Engine, func, select
 
-from models import RequestLog
+from models import RequestLog, ScalingDecision
 from services.caching.optimization import LOOKED_UP
 from services.routing import BudgetLedger
 from services.routing.budgets import Scope
@@ -242,6 +244,33 @@ def gpu_readings(smi: str | None = None) -> dict[str, Reading]:
             readings[f"gpu={index}"] = Reading(float(util) / 100, {"gpu": name})
         except ValueError:
             continue  # "[N/A]"
+    return readings
+
+
+# --- autoscaling ---------------------------------------------------------------------------
+
+
+def scaling_failure_readings(engine: Engine, *, now: datetime, minutes: float
+                             ) -> dict[str, Reading]:
+    """Failed actuations per model (``model=NAME``) among its scaling decisions of the last
+    ``minutes``, with the latest error; a model whose decisions all went through reads
+    0, so its alert resolves once the actuator works again."""
+    query = select(ScalingDecision.model, ScalingDecision.actuator_error).where(
+        ScalingDecision.decided_at >= now - timedelta(minutes=minutes),
+        ScalingDecision.decided_at < now).order_by(ScalingDecision.decided_at)
+    decided: dict[str, int] = defaultdict(int)
+    failed: dict[str, list[str]] = defaultdict(list)
+    with engine.connect() as conn:
+        for model, error in conn.execute(query):
+            decided[model] += 1
+            if error is not None:
+                failed[model].append(error)
+    readings = {}
+    for model in sorted(decided):
+        context: dict[str, Any] = {"model": model, "decisions": decided[model]}
+        if failed[model]:
+            context["description"] = f"last error: {failed[model][-1]}"
+        readings[f"model={model}"] = Reading(float(len(failed[model])), context)
     return readings
 
 
