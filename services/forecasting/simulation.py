@@ -62,10 +62,13 @@ class SimResult:
     violations: list[int] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
 
-    def summary(self) -> dict[str, int]:
-        return {"replica_seconds": self.replica_seconds,
-                "violation_seconds": self.violation_seconds,
-                "max_replicas": self.max_replicas}
+    def summary(self, start: int = 0, end: int | None = None) -> dict[str, int]:
+        """Totals over seconds ``start`` to ``end`` (default: the whole run)."""
+        replicas = self.replicas[start:end]
+        end = len(self.replicas) if end is None else end
+        return {"replica_seconds": int(sum(replicas)),
+                "violation_seconds": sum(1 for at in self.violations if start <= at < end),
+                "max_replicas": max(replicas, default=0)}
 
 
 def per_second(events: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
