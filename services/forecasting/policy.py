@@ -39,9 +39,13 @@ class PolicyConfig:
     max_replicas: int = 16
     scale_to_zero: bool = False
     target_utilisation: float = 0.8
-    # the forecast's upper bound already is the headroom: sizing it at 80 % again
-    # would pay for the same burst twice
-    predictive_utilisation: float = 1.0
+    # predictive sizing: the forecast's upper bound over one worker's capacity at this
+    # utilisation, and scale-downs only to the highest target of the last
+    # ``stabilisation_s`` (HPA's stabilisation: on bursty traffic the quiet bins between
+    # bursts are not a reason to let workers go). Both were chosen on the first half of
+    # the Azure code trace and judged on the second (bench/autoscale_sim.py --tune-on
+    # first; docs/benchmarks.md, Autoscaling)
+    predictive_utilisation: float = 0.7
     scale_down_utilisation: float = 0.3
     scale_down_after_s: float = 300.0
     queue_depth_up: float = 10.0
@@ -49,9 +53,7 @@ class PolicyConfig:
     max_step_up: int = 4
     max_step_down: int = 2
     cooldown_down_s: float = 60.0
-    # scale down only to the highest target of this window (HPA's stabilisation): on
-    # bursty traffic the quiet bins between bursts are not a reason to let workers go
-    stabilisation_s: float = 60.0
+    stabilisation_s: float = 300.0
     max_forecast_wape: float = 1.5
     cold_start_s: float = 60.0
     lead_s: float = 300.0

@@ -100,7 +100,7 @@ def test_a_burst_scales_up_before_its_peak_and_down_after(store, make_settings,
     script.write_text(WORKER.format(root=str(ROOT), url=str(store.url)))
     settings = make_settings(
         database_url=str(store.url), cache_enabled=False, token_optimization_enabled=False,
-        scaling_worker_capacity_tokens_s=600.0, scaling_max_replicas=3,
+        scaling_worker_capacity_tokens_s=800.0, scaling_max_replicas=3,
         scaling_latency_slo_ms=60_000.0)
     actuator = LocalActuator(store, {"m": tmp_path}, command=[sys.executable, str(script)],
                              log_dir=tmp_path / "logs")
@@ -112,7 +112,8 @@ def test_a_burst_scales_up_before_its_peak_and_down_after(store, make_settings,
         wait_for(lambda: any(w.healthy for w in gateway.services.pool.workers))
 
         # an hour of quiet (one request per 10 s: 100 tok/s), then the burst's ramp: one
-        # request per second (1,000 tok/s, 1.7 workers) for three whole 10-s bins
+        # request per second (1,000 tok/s: 1.3 workers, 1.8 at the policy's margin) for
+        # three whole 10-s bins
         time.sleep(10 - time.time() % 10)
         ramp_start = datetime.now(UTC).replace(microsecond=0)
         traffic(store, "m", [1] * 360, end=ramp_start, tokens=TOKENS, latency_ms=50.0)
@@ -122,14 +123,14 @@ def test_a_burst_scales_up_before_its_peak_and_down_after(store, make_settings,
         gateway.flush_telemetry()
         now = ramp_start + timedelta(seconds=30)  # the ramp's last bin just completed
         up = step(settings, store, "m", actuator, now=now)
-        assert up is not None and up.current == 1 and up.desired == 2
-        assert up.predictive == 2 and up.reason.startswith("forecast upper"), up.reason
+        assert up is not None and up.current == 1 and up.desired >= 2
+        assert up.predictive == up.desired and up.reason.startswith("forecast upper"), up.reason
         assert up.inputs["queue_depth"] is not None and up.inputs["queue_depth"] <= 10
-        wait_for(lambda: len(model_workers(store, "m")) == 2)
-        second = next(url for url in model_workers(store, "m") if url != first)
-        wait_for(lambda: sum(w.healthy for w in gateway.services.pool.workers) == 2)
+        wait_for(lambda: len(model_workers(store, "m")) == up.desired)
+        added = set(model_workers(store, "m")) - {first}
+        wait_for(lambda: sum(w.healthy for w in gateway.services.pool.workers) == up.desired)
 
-        # the peak: 8 requests at a time; the gateway spreads them over both workers
+        # the peak: 8 requests at a time; the gateway spreads them over the workers
         peak_start = datetime.now(UTC)
         with ThreadPoolExecutor(8) as pool:
             assert set(pool.map(lambda n: ask(gateway.url, n), range(100, 148))) == {200}
@@ -137,15 +138,15 @@ def test_a_burst_scales_up_before_its_peak_and_down_after(store, make_settings,
         with store.connect() as conn:
             served = set(conn.scalars(select(RequestLog.worker).where(
                 RequestLog.created_at >= peak_start)))
-        assert served == {first, second}
+        assert served == {first, *added}
 
         # ten quiet minutes later: back to one worker, the newest stopped and drained
         pids = dict(launched(store))
         down = step(settings, store, "m", actuator,
                     now=datetime.now(UTC) + timedelta(minutes=10))
-        assert down is not None and (down.current, down.desired) == (2, 1), down.reason
+        assert down is not None and (down.current, down.desired) == (up.desired, 1), down.reason
         wait_for(lambda: model_workers(store, "m") == [first])
-        wait_for(lambda: not alive(pids[second]))
+        wait_for(lambda: not any(alive(pids[url]) for url in added))
         wait_for(lambda: [w.url for w in gateway.services.pool.workers] == [first])
         assert ask(gateway.url, 999) == 200
     finally:

@@ -96,12 +96,12 @@ def test_memory_is_rebuilt_from_recorded_decisions(store, make_settings) -> None
     actuator = FakeActuator(1)
     first = step(settings, store, "m", actuator, now=NOW)
     assert first.desired >= 4
-    # traffic stops; a minute later the stabilisation window still holds the target...
+    # traffic stops; 30 s later the stabilisation window (5 minutes) still holds it...
     later = step(settings, store, "m", actuator, now=NOW + timedelta(seconds=30))
     assert later.desired == first.desired and "highest target" in later.reason
     # ...and once it has passed, scale-downs go one step cap at a time
     much_later = step(settings, store, "m", actuator,
-                      now=NOW + timedelta(seconds=30 + 61))
+                      now=NOW + timedelta(seconds=30 + 301))
     assert much_later.desired == first.desired - 2 and "step capped" in much_later.reason
 
 

@@ -48,10 +48,11 @@ def test_reactive_follows_the_specs_triggers() -> None:
 
 def test_predictive_sizes_for_the_forecasts_upper_bound() -> None:
     policy = HybridPolicy("m")
-    # upper 5000 tokens per 10-s bin = 500 tok/s = 5 workers at 100 tok/s
-    decision = policy.decide(0, 3, CAP, Signals(demand_tokens_s=50), flat(5000))
+    # upper 3500 tokens per 10-s bin = 350 tok/s = 5 workers at the default margin (each
+    # sized at 70 % of its 100 tok/s)
+    decision = policy.decide(0, 3, CAP, Signals(demand_tokens_s=50), flat(3500))
     assert decision.predictive == 5 and decision.desired == 5
-    assert "forecast upper 500 tok/s needs 5" in decision.reason
+    assert "forecast upper 350 tok/s needs 5" in decision.reason
     assert decision.inputs["capacity_tokens_s"] == CAP
 
 
@@ -81,7 +82,7 @@ def test_step_cap_bounds_and_cooldown() -> None:
 
 def test_stabilisation_keeps_the_highest_recent_target() -> None:
     policy = HybridPolicy("m", PolicyConfig(stabilisation_s=60, cooldown_down_s=0))
-    assert policy.decide(0, 1, CAP, Signals(demand_tokens_s=0), flat(4000)).desired == 4
+    assert policy.decide(0, 1, CAP, Signals(demand_tokens_s=0), flat(2800)).desired == 4
     held = policy.decide(30, 4, CAP, Signals(demand_tokens_s=0), flat(0))
     assert held.desired == 4 and "highest target" in held.reason
     assert policy.decide(61, 4, CAP, Signals(demand_tokens_s=0), flat(0)).desired == 2
