@@ -13,7 +13,10 @@ Faults: a model with no history gets no forecast and scales reactively; a store 
 cannot be read yields a ``hold`` decision (the fleet stays as the actuator reports it; no
 scale-down, never to zero, for want of data); an actuator error is recorded on the
 decision and raised, so the flow's retry runs the step again (the actuator counts
-workers it has already started, so a retry never starts one twice).
+workers it has already started, so a retry never starts one twice). Clock skew: rows a
+gateway whose clock runs ahead stamped after this run's ``now`` are read by the next run
+(counted once, late by the skew, never lost); decisions a flow run with a clock ahead
+recorded look recent for longer, so their cooldown and stabilisation hold longer.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from services.forecasting.control import (
     ActuatorFailed,
     chosen_forecaster,
     cold_start_s,
+    measure,
     run_backtest,
     step,
     worker_capacity,
@@ -131,6 +132,15 @@ def test_actuator_failure_is_recorded_and_raised_for_the_retry(store, make_setti
     assert not failed.actuated and "api down" in failed.actuator_error
     retried = step(settings, store, "m", actuator, now=NOW + timedelta(seconds=1))
     assert actuator.replicas == retried.desired > 1 and decisions(store)[-1].actuated
+
+
+def test_rows_from_a_clock_running_ahead_count_once_a_minute_late(store) -> None:
+    traffic(store, "m", [1] * 6, end=NOW)  # 6 requests in the minute before NOW
+    traffic(store, "m", [3], end=NOW + timedelta(seconds=10))  # a gateway 10 s ahead
+    assert measure(store, "m", NOW, 60).demand_tokens_s == pytest.approx(6 * 1000 / 60)
+    later = measure(store, "m", NOW + timedelta(seconds=60), 60)
+    assert later.demand_tokens_s == pytest.approx(3 * 1000 / 60)
+    assert later.series.sum() == 9 * 1000  # every request in the series, each once
 
 
 def test_capacity_and_cold_start_are_measured_from_the_store(store) -> None:
