@@ -365,6 +365,20 @@ class RoutingLabel(Base):
     __table_args__ = (Index("ix_routing_labels_created_at", "created_at"),)
 
 
+class RequestRating(Base):
+    """A user's rating of one answer (``POST /v1/feedback``): 1 = perfect, 0 = useless
+    (``good`` is 1, ``bad`` 0). One per request: rating it again replaces the score.
+    Experiments compare the arms' mean rating; the router learns from the labels some
+    ratings also give (``routing_labels``)."""
+
+    __tablename__ = "request_ratings"
+
+    request_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(128))
+    score: Mapped[float] = mapped_column(Double)
+    rated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class RouterVersion(Base):
     """A trained complexity router; the gateway serves the one marked active (the shipped
     model when none is). The model itself is stored here, so every replica loads the

@@ -1,6 +1,7 @@
-"""POST /v1/feedback: ratings of cheap-tier answers become routing labels the retraining
-flow reads; other tiers' answers are acknowledged without one; the request must be the
-caller's and its prompt stored. Against the real store: SQLite and PostgreSQL."""
+"""POST /v1/feedback: every rating is stored per request (experiments compare them);
+ratings of cheap-tier answers with a stored prompt also become routing labels the
+retraining flow reads; other answers get none; the request must be the caller's and
+answered. Against the real store: SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from sqlalchemy import insert, select
 
 from models import RequestLog
-from models.tables import RoutingLabel
+from models.tables import RequestRating, RoutingLabel
 from services.errors import Conflict, NotFound
 from services.routing import RoutingConfig
 from services.routing.feedback import FeedbackRequest, record_feedback
@@ -54,6 +55,12 @@ def labels(engine) -> list[tuple[str | None, str, bool, str]]:
             RoutingLabel.source).order_by(RoutingLabel.id))]
 
 
+def ratings(engine) -> dict[str, tuple[str, float]]:
+    with engine.connect() as connection:
+        return {r.request_id: (r.tenant, r.score) for r in connection.execute(select(
+            RequestRating.request_id, RequestRating.tenant, RequestRating.score))}
+
+
 def test_cheap_tier_ratings_become_labels_and_a_new_rating_replaces_the_old(engine) -> None:
     request_id = logged(engine)
     bad = rate(engine, request_id, rating="bad")
@@ -66,6 +73,16 @@ def test_cheap_tier_ratings_become_labels_and_a_new_rating_replaces_the_old(engi
     assert (found.prompts, found.needs_strong, found.sources) == ([EASY], [False],
                                                                   {"feedback": 1})
     assert rate(engine, logged(engine), score=0.2).needs_strong is True
+    assert ratings(engine)[request_id] == ("t", 0.8)  # the second rating replaced the first
+
+
+def test_every_answered_request_keeps_its_rating_label_or_not(engine) -> None:
+    strong, promptless = logged(engine, model="large"), logged(engine, prompt=None)
+    assert rate(engine, strong, rating="good").score == 1.0
+    result = rate(engine, promptless, rating="bad")
+    assert result.needs_strong is None and "logged without its prompt" in result.detail
+    assert ratings(engine) == {strong: ("t", 1.0), promptless: ("t", 0.0)}
+    assert labels(engine) == []
 
 
 def test_other_tiers_answers_leave_no_label(engine) -> None:
@@ -86,9 +103,7 @@ def test_unknown_foreign_unanswered_and_promptless_requests_are_refused(engine) 
         rate(engine, logged(engine, tenant="other"), rating="bad")
     with pytest.raises(Conflict, match="no answer to rate"):
         rate(engine, logged(engine, status=502), rating="bad")
-    with pytest.raises(Conflict, match="logged without its prompt"):
-        rate(engine, logged(engine, prompt=None), rating="bad")
-    assert labels(engine) == []
+    assert labels(engine) == [] and ratings(engine) == {}
 
 
 @pytest.fixture
@@ -122,8 +137,8 @@ def test_the_feedback_api_records_labels_for_the_callers_requests(feedback_gatew
     response = post_feedback(gateway, "key-a", {"request_id": request_id, "rating": "bad"})
     assert response.status_code == 200, response.text
     assert response.json() | {"detail": ""} == {
-        "object": "feedback", "request_id": request_id, "rating": "bad", "model": "small",
-        "needs_strong": True, "detail": ""}
+        "object": "feedback", "request_id": request_id, "rating": "bad", "score": 0.0,
+        "model": "small", "needs_strong": True, "detail": ""}
     assert labels(gateway.services.engine) == [(request_id, EASY, True, "feedback")]
     strong = post_feedback(gateway, "key-a", {"request_id": answered(gateway, "large"),
                                               "rating": "good"})
@@ -134,6 +149,7 @@ def test_the_feedback_api_records_labels_for_the_callers_requests(feedback_gatew
     assert post_feedback(gateway, None, {"request_id": request_id, "rating": "good"}
                          ).status_code == 401
     assert len(labels(gateway.services.engine)) == 1
+    assert ratings(gateway.services.engine)[request_id] == ("team-a", 0.0)
 
 
 def test_a_rating_posted_the_moment_its_answer_arrives_finds_it(feedback_gateway) -> None:
@@ -160,9 +176,11 @@ def test_malformed_feedback_is_a_clear_400(feedback_gateway, body, says) -> None
     assert says in response.json()["error"]["message"]
 
 
-def test_without_stored_prompts_a_label_worthy_rating_is_a_409(feedback_gateway) -> None:
+def test_without_stored_prompts_a_rating_is_kept_without_a_label(feedback_gateway) -> None:
     gateway = feedback_gateway(store_prompts=False)
     response = post_feedback(gateway, "key-a", {"request_id": answered(gateway),
                                                 "rating": "bad"})
-    assert response.status_code == 409
-    assert "OPTENGINE_STORE_PROMPTS is off" in response.json()["error"]["message"]
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["score"] == 0.0 and body["needs_strong"] is None
+    assert "OPTENGINE_STORE_PROMPTS is off" in body["detail"]
