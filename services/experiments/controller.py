@@ -32,9 +32,9 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from models import Alert, Experiment, ExperimentResult, RequestLog
-from services.experiments.analysis import ArmData, evaluate
-from services.experiments.stats import Guardrail, sample_ratio_mismatch
+from models import Alert, Experiment, ExperimentResult, RequestLog, RequestRating
+from services.experiments.analysis import ArmData, evaluate, guardrail
+from services.experiments.stats import sample_ratio_mismatch
 from services.experiments.store import arms_of, audit, set_canary_share
 
 log = logging.getLogger(__name__)
@@ -56,40 +56,59 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)  # SQLite drops the zone
 
 
+def _number(value: float | int | None) -> float:
+    return math.nan if value is None else float(value)
+
+
 def read_arms(session: Session, name: str, arm_names: list[str], since: datetime,
               unit: str = "header") -> tuple[dict[str, ArmData], dict[str, int]]:
-    """Per-arm data of requests logged since ``since``: latency and cost of answered
-    requests, server errors (5xx) out of all requests; and the units seen per arm:
+    """Per-arm data of requests logged since ``since``: server errors (5xx) out of all
+    requests; per answered request its latency, cost, TTFT, tokens, the cascade's verdict
+    and score and the user's rating (``request_ratings``); and the units seen per arm:
     distinct tenants or API keys, or requests for header units (the log does not keep
     the header; those units are many and small, users, so requests stand in)."""
+    log_ = RequestLog
     rows = session.execute(
-        select(RequestLog.experiment_arms, RequestLog.status_code, RequestLog.latency_ms,
-               RequestLog.cost_usd, RequestLog.tenant, RequestLog.api_key_id,
-               RequestLog.ttft_ms)
-        .where(RequestLog.created_at >= since,
-               RequestLog.experiment_arms.like(f"%{name}=%"))).all()
-    values: dict[str, tuple[list[float], list[float], list[int], list[float]]] = {
-        a: ([], [], [], []) for a in arm_names}
+        select(log_.experiment_arms, log_.status_code, log_.tenant, log_.api_key_id,
+               log_.latency_ms, log_.cost_usd, log_.ttft_ms, log_.prompt_tokens,
+               log_.completion_tokens, log_.prompt_tokens_before_optimization,
+               log_.cascade_decision, log_.cascade_score, RequestRating.score)
+        .outerjoin(RequestRating, RequestRating.request_id == log_.id)
+        .where(log_.created_at >= since, log_.experiment_arms.like(f"%{name}=%"))).all()
+    answered: dict[str, list[list[float]]] = {a: [] for a in arm_names}
+    counts = {a: {"requests": 0, "errors": 0, "escalations": 0, "cascaded": 0,
+                  "ratings": 0, "rating_sum": 0.0} for a in arm_names}
     units: dict[str, set[str | None]] = {a: set() for a in arm_names}
-    for arms, status, latency, cost, tenant, key, ttft in rows:
+    for (arms, status, tenant, key, latency, cost, ttft, prompt, completion, before,
+         cascade, judge, rating) in rows:
         arm = next((p.partition("=")[2] for p in arms.split(",")
                     if p.partition("=")[0] == name), None)
-        if arm not in values:
+        if arm not in answered:
             continue
         if unit != "header":
             units[arm].add(tenant if unit == "tenant" else key)
-        lat, usd, codes, first = values[arm]
-        codes.append(status)
-        if status == 200:
-            if latency is not None:
-                lat.append(latency)
-            if cost is not None:
-                usd.append(cost)
-            if ttft is not None:
-                first.append(ttft)
-    data = {a: ArmData(np.array(lat), np.array(usd), sum(c >= 500 for c in codes), len(codes),
-                       np.array(first))
-            for a, (lat, usd, codes, first) in values.items()}
+        count = counts[arm]
+        count["requests"] += 1
+        count["errors"] += status >= 500
+        if status != 200:
+            continue
+        answered[arm].append([_number(v) for v in (
+            latency, cost, ttft, prompt, completion,
+            before if before is not None else prompt,
+            judge if cascade is not None else None)])
+        if cascade is not None:
+            count["cascaded"] += 1
+            count["escalations"] += cascade == "escalated"
+        if rating is not None:
+            count["ratings"] += 1
+            count["rating_sum"] += rating
+    data = {}
+    for arm, values in answered.items():
+        cols = np.array(values, dtype=float).reshape(-1, 7).T
+        data[arm] = ArmData(
+            latency_ms=cols[0], cost_usd=cols[1], ttft_ms=cols[2], prompt_tokens=cols[3],
+            completion_tokens=cols[4], tokens_in=cols[5],
+            judge_scores=cols[6][np.isfinite(cols[6])], **counts[arm])
     if unit == "header":
         return data, {a: d.requests for a, d in data.items()}
     return data, {a: len(u) for a, u in units.items()}
@@ -100,10 +119,10 @@ def analyse(session: Session, exp: Experiment, now: datetime) -> Decision:
     since = _aware(exp.step_started_at or exp.started_at or now)
     data, unit_counts = read_arms(session, exp.name, [a.name for a in arms], since, exp.unit)
     control = arms[0]
-    guards = [Guardrail(g["metric"], float(g.get("tolerance", 0.0))) for g in exp.guardrails]
+    guards = [guardrail(g["metric"], float(g.get("tolerance", 0.0))) for g in exp.guardrails]
     detail: dict[str, Any] = {"since": since.isoformat(), "arms": {
         a.name: {"weight": a.weight, "requests": data[a.name].requests,
-                 "errors": data[a.name].errors, **data[a.name].percentiles()} for a in arms},
+                 "errors": data[a.name].errors, **data[a.name].summary()} for a in arms},
         "comparisons": {}}
     p_values = dict(exp.p_values or {})
     breached: list[str] = []

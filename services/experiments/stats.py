@@ -19,9 +19,16 @@ Metrics and scales:
   (a slower config stretches every request by a factor), so the mean of log latency
   (the geometric mean) converges fast where the raw mean is dominated by a few stalls;
   the effect is reported as a relative change ``exp(d) - 1``.
-- cost per request is compared on its mean (the bill is the mean times the volume), made
-  robust by winsorising both arms at a quantile of the *pooled* samples (the same cap
-  for both arms, so an A/A test stays an A/A test) and reported relative to control.
+- cost per request (and tokens per request) is compared on its mean (the bill is the mean
+  times the volume), made robust by winsorising both arms at a quantile of the *pooled*
+  samples (the same cap for both arms, so an A/A test stays an A/A test) and reported
+  relative to control. With a covariate, the means are CUPED-adjusted (Deng et al.,
+  "Improving the sensitivity of online controlled experiments by utilizing
+  pre-experiment data", WSDM 2013): ``y - theta (x - mean x)`` with ``theta`` the pooled
+  regression slope of ``y`` on ``x``. The covariate must not depend on the arm: the
+  prompt's tokens as the client sent it (before any token policy) explain most of what a
+  request costs, and no config changes them. The adjusted difference estimates the same
+  effect with the variance ``x`` explains taken out.
 - error rate and other proportions: difference of proportions, absolute points.
 """
 
@@ -125,12 +132,39 @@ def compare_log_means(control: Sequence[float], treatment: Sequence[float], *,
                       always_valid_p(diff, var, tau, previous_p), diff / pooled_sd)
 
 
+def cuped(c: np.ndarray, t: np.ndarray, xc: np.ndarray, xt: np.ndarray
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """Both arms' values with the part the covariate explains taken out (one pooled
+    slope, centred on the pooled covariate mean, so the arms' means move together and
+    their difference keeps its expectation). A missing covariate (NaN) is the pooled
+    mean: that row is left as it is."""
+    x = np.concatenate([xc, xt])
+    known = np.isfinite(x)
+    if known.sum() < 2:
+        return c, t
+    centre = float(x[known].mean())
+    x = np.where(known, x, centre) - centre
+    y = np.concatenate([c, t])
+    spread = float(x @ x)
+    if spread <= 0:
+        return c, t
+    theta = float(x @ (y - y.mean())) / spread
+    adjusted = y - theta * x
+    return adjusted[: len(c)], adjusted[len(c):]
+
+
 def compare_means(control: Sequence[float], treatment: Sequence[float], *,
                   metric: str = "cost_usd", tau: float = 0.05, alpha: float = 0.05,
-                  winsorize: float = 0.99, previous_p: float = 1.0) -> Comparison:
-    """Means of a skewed metric (cost per request), winsorised at the pooled
-    ``winsorize`` quantile; ``tau`` and the effect are relative to the control mean."""
-    c, t = _arrays(control, treatment)
+                  winsorize: float = 0.99, previous_p: float = 1.0,
+                  covariates: tuple[Sequence[float], Sequence[float]] | None = None,
+                  ) -> Comparison:
+    """Means of a skewed metric (cost or tokens per request), winsorised at the pooled
+    ``winsorize`` quantile; ``tau`` and the effect are relative to the control mean.
+    ``covariates``: one value per sample of each arm (aligned, NaN where unknown), for
+    CUPED; samples that are not finite are dropped with their covariate."""
+    raw_c, raw_t = np.asarray(control, dtype=float), np.asarray(treatment, dtype=float)
+    keep_c, keep_t = np.isfinite(raw_c), np.isfinite(raw_t)
+    c, t = raw_c[keep_c], raw_t[keep_t]
     if min(len(c), len(t)) < MIN_SAMPLES_PER_ARM:
         return _no_test(metric, "mean", c, t, float(c.mean()) if len(c) else math.nan,
                         float(t.mean()) if len(t) else math.nan)
@@ -138,8 +172,13 @@ def compare_means(control: Sequence[float], treatment: Sequence[float], *,
         cap = float(np.quantile(np.concatenate([c, t]), winsorize))
         c, t = np.minimum(c, cap), np.minimum(t, cap)
     mc, mt = float(c.mean()), float(t.mean())
+    if covariates is not None:
+        xc, xt = (np.asarray(x, dtype=float) for x in covariates)
+        if xc.shape != raw_c.shape or xt.shape != raw_t.shape:
+            raise ValueError(f"{metric}: covariates must have one value per sample")
+        c, t = cuped(c, t, xc[keep_c], xt[keep_t])
     vc, vt = c.var(ddof=1), t.var(ddof=1)
-    diff = mt - mc
+    diff = float(t.mean() - c.mean())
     var = vc / len(c) + vt / len(t)
     scale = abs(mc) or 1.0
     low, high = confidence_sequence(diff, var, tau * scale, alpha)
@@ -149,10 +188,13 @@ def compare_means(control: Sequence[float], treatment: Sequence[float], *,
                       diff / pooled_sd)
 
 
-def compare_proportions(control_hits: int, control_n: int, treatment_hits: int,
+def compare_proportions(control_hits: float, control_n: int, treatment_hits: float,
                         treatment_n: int, *, metric: str = "error_rate", tau: float = 0.02,
                         alpha: float = 0.05, previous_p: float = 1.0) -> Comparison:
-    """Two proportions (error rate); the effect is in absolute points."""
+    """Two proportions (error rate), or two means of scores in [0, 1] (ratings, a judge's
+    P(right)) given as sums: a score's variance is at most ``p (1 - p)`` for its mean
+    ``p``, so the binomial variance keeps the test valid (conservative). The effect is
+    in absolute points."""
     if min(control_n, treatment_n) < MIN_SAMPLES_PER_ARM:
         pc = control_hits / control_n if control_n else math.nan
         pt = treatment_hits / treatment_n if treatment_n else math.nan

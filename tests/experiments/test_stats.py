@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 
-from services.experiments.analysis import ArmData, evaluate
+from services.experiments.analysis import ArmData, evaluate, guardrail
 from services.experiments.stats import (
     Guardrail,
     compare_log_means,
@@ -82,6 +83,75 @@ def test_cost_mean_is_winsorised_on_the_pooled_sample() -> None:
     result = compare_means(c, t)
     assert abs(result.effect) < 0.02
     assert result.p_value > 0.05
+
+
+def _costs(rng: np.random.Generator, n: int, factor: float = 1.0
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Costs driven by the prompt's size (the covariate, which no arm changes) plus
+    noise from the answer's length."""
+    tokens_in = rng.lognormal(np.log(1500), 0.8, n)
+    cost = (tokens_in * 0.15e-6 + rng.lognormal(np.log(40), 1.0, n) * 0.6e-6) * factor
+    return cost, tokens_in
+
+
+def test_cuped_narrows_the_interval_and_keeps_the_estimate() -> None:
+    rng = np.random.default_rng(6)
+    (c, xc), (t, xt) = _costs(rng, 3000), _costs(rng, 3000, factor=1.05)
+    plain = compare_means(c, t)
+    adjusted = compare_means(c, t, covariates=(xc, xt))
+    assert adjusted.ci_low < 0.05 < adjusted.ci_high
+    assert adjusted.ci_high - adjusted.ci_low < (plain.ci_high - plain.ci_low) / 2
+    assert adjusted.p_value < plain.p_value
+    # a covariate unknown for some rows (NaN) leaves those rows unadjusted, no error
+    xc[:100] = np.nan
+    assert compare_means(c, t, covariates=(xc, xt)).ci_low > -0.05
+    with pytest.raises(ValueError, match="one value per sample"):
+        compare_means(c, t, covariates=(xc[:10], xt))
+
+
+def test_cuped_a_a_keeps_its_alpha_under_peeking() -> None:
+    rng = np.random.default_rng(7)
+    runs, looks, per_look = 200, 15, 60
+    hits = 0
+    for _ in range(runs):
+        c, xc, t, xt = (np.empty(0) for _ in range(4))
+        p = 1.0
+        for _ in range(looks):
+            (nc, nxc), (nt, nxt) = _costs(rng, per_look), _costs(rng, per_look)
+            c, xc = np.concatenate([c, nc]), np.concatenate([xc, nxc])
+            t, xt = np.concatenate([t, nt]), np.concatenate([xt, nxt])
+            p = compare_means(c, t, covariates=(xc, xt), previous_p=p).p_value
+        hits += p < 0.05
+    assert hits / runs <= 0.06
+
+
+def test_quality_guardrails_breach_on_a_drop_not_on_a_rise() -> None:
+    base = ArmData.empty()
+    worse = ArmData(np.empty(0), np.empty(0), 0, 0, rating_sum=300, ratings=600)
+    better = ArmData(np.empty(0), np.empty(0), 0, 0, rating_sum=540, ratings=600)
+    control = ArmData(np.empty(0), np.empty(0), 0, 0, rating_sum=480, ratings=600)
+    guard = guardrail("rating")
+    assert evaluate(control, worse, [guard]).breached == ["rating"]
+    assert evaluate(control, better, [guard]).breached == []
+    assert evaluate(base, worse, [guard]).comparisons[0].p_value == 1.0  # no data
+    escalating = ArmData(np.empty(0), np.empty(0), 0, 0, escalations=150, cascaded=500)
+    calm = ArmData(np.empty(0), np.empty(0), 0, 0, escalations=50, cascaded=500)
+    assert evaluate(calm, escalating, [guardrail("escalation_rate")]).breached == [
+        "escalation_rate"]
+    judged = ArmData(np.empty(0), np.empty(0), 0, 0, judge_scores=np.full(400, 0.9))
+    doubtful = ArmData(np.empty(0), np.empty(0), 0, 0, judge_scores=np.full(400, 0.6))
+    assert evaluate(judged, doubtful, [guardrail("judge_score")]).breached == ["judge_score"]
+    with pytest.raises(ValueError, match="unknown metric"):
+        guardrail("happiness")
+
+
+def test_arm_data_keeps_per_request_arrays_aligned() -> None:
+    with pytest.raises(ValueError, match="aligned"):
+        ArmData(np.ones(3), np.ones(2), 0, 3, tokens_in=np.ones(3))
+    joined = ArmData(np.ones(2), np.ones(2), 1, 3, ratings=2, rating_sum=1.5).extend(
+        ArmData(np.ones(1), np.ones(1), 0, 1, ratings=1, rating_sum=1.0))
+    assert (len(joined.latency_ms), joined.errors, joined.requests) == (3, 1, 4)
+    assert joined.summary()["mean_rating"] == pytest.approx(2.5 / 3)
 
 
 def test_confidence_sequence_is_the_msprt_acceptance_region() -> None:

@@ -21,6 +21,7 @@ from services.experiments import (
     run_once,
     transition,
 )
+from services.routing.feedback import store_rating
 
 T0 = datetime(2026, 1, 1, 12, tzinfo=UTC)
 
@@ -111,7 +112,9 @@ def test_assignment_is_sticky_weighted_and_a_canary_ramp_only_adds_units(store) 
 
 
 def _log(engine, arm: str, n: int, at: datetime, *, latency: float, errors: int = 0,
-         seed: int = 0, experiment: str = "c1", ttft: float = 20.0) -> None:
+         seed: int = 0, experiment: str = "c1", ttft: float = 20.0, **columns) -> list[str]:
+    """``n`` log rows of one arm; ``columns``: more values for every row, or a function
+    of the row's index giving its value."""
     rng = np.random.default_rng(seed)
     lat = rng.lognormal(np.log(latency), 0.4, n)
     first = rng.lognormal(np.log(ttft), 0.4, n)
@@ -119,10 +122,12 @@ def _log(engine, arm: str, n: int, at: datetime, *, latency: float, errors: int 
              "tenant": "t", "endpoint": "chat.completions",
              "status_code": 502 if i < errors else 200, "latency_ms": float(lat[i]),
              "cost_usd": 0.001, "ttft_ms": float(first[i]),
-             "experiment_arms": f"other=x,{experiment}={arm}"}
+             "experiment_arms": f"other=x,{experiment}={arm}",
+             **{k: v(i) if callable(v) else v for k, v in columns.items()}}
             for i in range(n)]
     with engine.begin() as conn:
         conn.execute(insert(RequestLog), rows)
+    return [r["id"] for r in rows]
 
 
 def test_a_slower_canary_is_rolled_back_with_an_alert(store) -> None:
@@ -222,3 +227,64 @@ def test_a_slower_first_token_breaches_a_ttft_guardrail(store) -> None:
     _log(store, "b", 300, T0, latency=100, ttft=40, seed=2, experiment="ab")
     (d,) = run_once(store, T0 + timedelta(seconds=5))
     assert d.decision == "rollback" and "ttft_ms" in d.reason
+
+
+def _ab(engine, guardrails: list[dict]) -> None:
+    _configs(engine)
+    create_experiment(engine, "ab", [{"name": "a", "config": "base", "weight": 0.5},
+                                     {"name": "b", "config": "cand", "weight": 0.5}],
+                      actor="x", guardrails=guardrails)
+    transition(engine, "ab", "start", actor="x", now=T0)
+
+
+def test_worse_ratings_from_the_feedback_store_roll_back(store) -> None:
+    _ab(store, [{"metric": "rating"}, {"metric": "latency_ms"}])
+    for arm, seed, good_share in (("a", 1, 0.9), ("b", 2, 0.6)):
+        ids = _log(store, arm, 400, T0, latency=100, seed=seed, experiment="ab")
+        for i, request_id in enumerate(ids):  # as POST /v1/feedback stores them
+            store_rating(store, request_id, "t", float(i < good_share * len(ids)))
+    (d,) = run_once(store, T0 + timedelta(seconds=5))
+    assert d.decision == "rollback" and "b rating" in d.reason
+    assert d.detail["arms"]["a"]["mean_rating"] == pytest.approx(0.9)
+    assert d.detail["arms"]["b"]["mean_rating"] == pytest.approx(0.6)
+
+
+def test_cascade_escalations_and_judge_scores_are_read_per_arm(store) -> None:
+    _ab(store, [{"metric": "escalation_rate"}, {"metric": "judge_score"}])
+    _log(store, "a", 300, T0, latency=100, seed=1, experiment="ab",
+         cascade_decision=lambda i: "escalated" if i % 10 == 0 else "accepted",
+         cascade_score=lambda i: 0.3 if i % 10 == 0 else 0.9)
+    _log(store, "b", 300, T0, latency=100, seed=2, experiment="ab",
+         cascade_decision=lambda i: "escalated" if i % 2 == 0 else "accepted",
+         cascade_score=lambda i: 0.3 if i % 2 == 0 else 0.9)
+    _log(store, "b", 50, T0, latency=100, seed=3, experiment="ab")  # not cascaded
+    (d,) = run_once(store, T0 + timedelta(seconds=5))
+    arms = d.detail["arms"]
+    assert arms["a"]["escalation_rate"] == pytest.approx(0.1)
+    assert arms["b"]["escalation_rate"] == pytest.approx(0.5)
+    assert arms["b"]["mean_judge_score"] == pytest.approx(0.6)
+    assert d.decision == "rollback"
+    assert "b escalation_rate" in d.reason and "b judge_score" in d.reason
+
+
+def test_tokens_per_request_are_compared_with_the_prompt_as_sent_as_covariate(store) -> None:
+    # the candidate's token policy trims every prompt by a fifth: prompt tokens fall,
+    # completion tokens do not move; the covariate is the prompt before the policy
+    _ab(store, [{"metric": "prompt_tokens"}, {"metric": "completion_tokens"},
+                {"metric": "cost_usd"}])
+    sizes = np.random.default_rng(9).lognormal(np.log(800), 0.7, 800).astype(int) + 10
+    for arm, seed, keep, offset in (("a", 1, 1.0, 0), ("b", 2, 0.8, 400)):
+        _log(store, arm, 400, T0, latency=100, seed=seed, experiment="ab",
+             prompt_tokens_before_optimization=lambda i, o=offset: int(sizes[o + i]),
+             prompt_tokens=lambda i, o=offset, k=keep: int(sizes[o + i] * k),
+             completion_tokens=lambda i: 20 + i % 7,
+             cost_usd=lambda i, o=offset, k=keep: sizes[o + i] * k * 1e-6 + 1e-5)
+    (d,) = run_once(store, T0 + timedelta(seconds=5))
+    found = {c["metric"]: c for c in d.detail["comparisons"]["b"]}
+    assert -0.25 < found["prompt_tokens"]["effect"] < -0.15
+    assert found["prompt_tokens"]["ci_high"] < 0  # fewer tokens: not a breach
+    assert found["completion_tokens"]["ci_low"] < 0 < found["completion_tokens"]["ci_high"]
+    assert found["cost_usd"]["ci_high"] < 0
+    assert d.decision == "hold"  # an A/B test without a breach runs on
+    assert d.detail["arms"]["b"]["mean_prompt_tokens"] < d.detail["arms"]["a"][
+        "mean_prompt_tokens"]
