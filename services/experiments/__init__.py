@@ -11,6 +11,7 @@ from services.experiments.assignment import (
     load_live,
 )
 from services.experiments.controller import Decision, run_once
+from services.experiments.proposals import ProposalResult, start_proposal
 from services.experiments.stats import Comparison, Guardrail
 from services.experiments.store import (
     OVERRIDABLE,
@@ -34,6 +35,7 @@ __all__ = [
     "Guardrail",
     "LiveArm",
     "LiveExperiment",
+    "ProposalResult",
     "audit_log",
     "bucket",
     "create_config",
@@ -44,6 +46,7 @@ __all__ = [
     "list_experiments",
     "load_live",
     "run_once",
+    "start_proposal",
     "transition",
     "validate_overrides",
 ]

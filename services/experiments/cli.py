@@ -10,6 +10,7 @@ import getpass
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -17,7 +18,7 @@ import yaml
 
 from models import create_store_engine
 from services.errors import EngineError
-from services.experiments import controller, store
+from services.experiments import controller, proposals, store
 from services.settings import load_settings
 
 T = TypeVar("T")
@@ -79,6 +80,10 @@ def create(
     steps: Annotated[str, typer.Option(help="canary shares, e.g. 0.05,0.25,0.5,1")] = "",
     step_seconds: Annotated[float, typer.Option(help="least time per step")] = 300.0,
     min_samples: Annotated[int, typer.Option(help="least requests per arm per step")] = 200,
+    guardrail: Annotated[list[str] | None, typer.Option(
+        help="METRIC[:TOLERANCE] (repeatable; default latency, error rate, cost): "
+             "latency_ms ttft_ms cost_usd prompt_tokens completion_tokens error_rate "
+             "escalation_rate rating judge_score")] = None,
     start: Annotated[bool, typer.Option(help="start it right away")] = False,
     actor: Actor = None,
 ) -> None:
@@ -91,19 +96,51 @@ def create(
                      **({"weight": weight} if weight else {})})
     try:
         plan = [float(s) for s in steps.split(",")] if steps else None
+        guards = [{"metric": m, "tolerance": float(t or 0)}
+                  for m, _, t in (g.partition(":") for g in guardrail)] if guardrail else None
     except ValueError:
-        typer.echo(f"error: --steps must be numbers, got {steps!r}", err=True)
+        typer.echo(f"error: --steps and guardrail tolerances must be numbers, got "
+                   f"{steps!r} {guardrail!r}", err=True)
         raise typer.Exit(2) from None
 
     def make(engine: Any) -> dict[str, Any]:
         made = store.create_experiment(
             engine, name, arms, actor=_actor(actor), kind=kind, unit=unit, tenants=tenant,
-            steps=plan, step_seconds=step_seconds, min_samples=min_samples)
+            steps=plan, step_seconds=step_seconds, min_samples=min_samples,
+            guardrails=guards)
         if start:
             made = store.transition(engine, name, "start", actor=_actor(actor))
         return made
 
     _echo(_run(make))
+
+
+@app.command("propose")
+def propose(
+    path: Annotated[Path, typer.Argument(help="proposed settings (YAML), e.g. the file "
+                                              "optengine optimize writes")],
+    prefix: Annotated[str | None, typer.Option(
+        help="name prefix of the canaries and versions (default optimize-<UTC time>)")] = None,
+    steps: Annotated[str, typer.Option(help="canary shares, e.g. 0.05,0.25,0.5,1")] = "",
+    step_seconds: Annotated[float, typer.Option(help="least time per step")] = 300.0,
+    min_samples: Annotated[int, typer.Option(help="least requests per arm per step")] = 200,
+    start: Annotated[bool, typer.Option(help="start the canaries right away")] = True,
+    actor: Actor = None,
+) -> None:
+    """Start proposed settings as canaries: one per part the gateway applies per request."""
+    try:
+        proposal = yaml.safe_load(path.read_text())
+        plan = [float(s) for s in steps.split(",")] if steps else None
+    except (OSError, yaml.YAMLError, ValueError) as exc:
+        typer.echo(f"error: cannot read {path} / --steps: {exc}", err=True)
+        raise typer.Exit(2) from None
+    result = _run(lambda e: proposals.start_proposal(
+        e, proposal, actor=_actor(actor), steps=plan, step_seconds=step_seconds,
+        min_samples=min_samples, start=start,
+        prefix=prefix or f"optimize-{datetime.now(UTC):%Y%m%d-%H%M}"))
+    _echo({"canaries": result.canaries, "skipped": result.skipped})
+    if not result.canaries:
+        raise typer.Exit(2)
 
 
 @app.command("list")

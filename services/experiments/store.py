@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from models import ConfigAudit, ConfigVersion, Experiment, ExperimentArm, ExperimentResult
 from services.errors import Conflict, InvalidRequest, NotFound
+from services.experiments.analysis import METRICS
 from services.experiments.stats import DEFAULT_GUARDRAILS
 from services.tokens import Policy
 
@@ -30,7 +31,6 @@ KINDS = ("ab", "canary")
 LIVE = ("running", "paused", "promoted")  # statuses gateways apply
 ENDED = ("rolled_back", "aborted", "completed")
 DEFAULT_STEPS = (0.05, 0.25, 0.5, 1.0)
-METRICS = ("latency_ms", "ttft_ms", "error_rate", "cost_usd")
 
 
 def _bool(value: Any) -> bool:
@@ -139,7 +139,7 @@ def _overlap(a: Sequence[str] | None, b: Sequence[str] | None) -> bool:
     return a is None or b is None or bool(set(a) & set(b))
 
 
-def _check_conflicts(session: Session, name: str, tenants: list[str] | None,
+def check_conflicts(session: Session, name: str, tenants: list[str] | None,
                      settings: list[str]) -> None:
     for other in session.scalars(select(Experiment).where(Experiment.status.in_(LIVE))):
         if other.name == name:
@@ -260,7 +260,7 @@ def transition(engine: Engine, name: str, action: str, *, actor: str, reason: st
             raise Conflict(f"experiment {name!r} is {exp.status}: cannot {action}",
                            param="action")
         if action == "start":
-            _check_conflicts(session, name, exp.tenants, exp.settings)
+            check_conflicts(session, name, exp.tenants, exp.settings)
             exp.status, exp.started_at, exp.step_started_at = "running", now, now
         elif action == "pause":
             exp.status = "paused"

@@ -50,6 +50,16 @@ class ExperimentIn(BaseModel):
     start: bool = False
 
 
+class ProposalIn(BaseModel):
+    proposal: dict[str, Any] = Field(description="proposed settings, as optengine optimize "
+                                                 "writes them")
+    prefix: str = Field(min_length=1, max_length=40)
+    steps: list[float] | None = None
+    step_seconds: float = 300.0
+    min_samples: int = 200
+    start: bool = True
+
+
 class ActionIn(BaseModel):
     reason: str = Field(default="", max_length=400)
 
@@ -84,6 +94,16 @@ async def create_experiment(body: ExperimentIn, services: ServicesDep) -> dict[s
         return made
 
     return await asyncio.to_thread(create)
+
+
+@router.post("/experiments/proposals", status_code=201)
+async def start_proposal(body: ProposalIn, services: ServicesDep) -> dict[str, Any]:
+    """Proposed settings as canaries, one per part the gateway applies per request."""
+    result = await asyncio.to_thread(
+        experiments.start_proposal, services.engine, body.proposal, actor=ACTOR,
+        prefix=body.prefix, steps=body.steps, step_seconds=body.step_seconds,
+        min_samples=body.min_samples, start=body.start)
+    return asdict(result)
 
 
 @router.get("/experiments/audit")
