@@ -7,19 +7,23 @@ log-normal fitted to this repository's measured TTFT (p50 59.4 ms, p95 86.0 ms: 
 ``prefix_warming`` OFF arm in docs/benchmarks.md) plus the trace's generated tokens
 times the tiny model's measured decode time (1000/335 ms per token, DESIGN.md), and its
 cost the trace's context and generated tokens at gpt-4o-mini prices. Generated tokens
-have p50 13 and p99 251, so latency has the long tail real LLM latency has.
+have p50 13 and p99 251, so latency has the long tail real LLM latency has. Each
+request carries its context tokens as ``tokens_in`` (the prompt as the client sent it,
+which no config changes): the analysis's CUPED covariate for cost.
 
 Each simulated experiment runs ``--minutes`` looks (the ``experiments`` flow's minute)
 with ``--per-minute`` requests per arm per minute. At every look:
 - ours: ``services.experiments.analysis.evaluate`` (mSPRT on log latency, winsorised
-  cost and error rate, family-wise alpha split over the three guardrails), as the flow
-  runs it; a false positive is any guardrail metric significant at any look;
+  CUPED-adjusted cost and error rate, family-wise alpha split over the three
+  guardrails), as the flow runs it; a false positive is any guardrail metric
+  significant at any look;
 - naive: a fixed-horizon Welch t-test per metric (raw values) at alpha 0.05, read at
   every look; a false positive is any metric significant at any look.
 
 Power: the treatment carries one planted regression (latency x1.10, error rate +2
 points over a 1% base, cost x1.05); power is the share of experiments whose guardrail
-for that metric is breached (the rollback condition) by the last look.
+for that metric is breached (the rollback condition) by the last look. The cost case
+runs twice, with and without the covariate, to show what CUPED adds.
 
 Rollback: a canary of the +10% latency config at its first step (5% of ``--rps`` total
 requests per second); ``rollback_seconds`` is the median time from the canary's start
@@ -67,18 +71,19 @@ class Population:
                    np.array([int(r["GeneratedTokens"]) for r in rows]))
 
     def draw(self, rng: np.random.Generator, n: int, *, latency: float = 1.0,
-             cost: float = 1.0, error: float = 0.0) -> ArmData:
+             cost: float = 1.0, error: float = 0.0, covariate: bool = True) -> ArmData:
         idx = rng.integers(0, len(self.context), n)
         sigma = math.log(TTFT_P95 / TTFT_P50) / 1.645
         ttft = rng.lognormal(math.log(TTFT_P50), sigma, n)
         lat = (ttft + self.generated[idx] * DECODE_MS) * latency
         usd = (self.context[idx] * PRICE_IN + self.generated[idx] * PRICE_OUT) * cost
         errors = rng.random(n) < BASE_ERROR + error
-        return ArmData(latency_ms=lat, cost_usd=usd, errors=int(errors.sum()), requests=n)
+        return ArmData(latency_ms=lat, cost_usd=usd, errors=int(errors.sum()), requests=n,
+                       tokens_in=self.context[idx].astype(float) if covariate else np.empty(0))
 
 
 def run(pop: Population, rng: np.random.Generator, minutes: int, per_minute: tuple[int, int],
-        planted: dict[str, float], alpha: float) -> dict[str, object]:
+        planted: dict[str, float], alpha: float, covariate: bool = True) -> dict[str, object]:
     """One experiment: the looks at which ours / naive first rejected, per metric."""
     control = ArmData.empty()
     treatment = ArmData.empty()
@@ -87,8 +92,9 @@ def run(pop: Population, rng: np.random.Generator, minutes: int, per_minute: tup
     naive_first: dict[str, int] = {}
     previous: dict[str, float] = {}
     for minute in range(1, minutes + 1):
-        control = control.extend(pop.draw(rng, per_minute[0]))
-        treatment = treatment.extend(pop.draw(rng, per_minute[1], **planted))
+        control = control.extend(pop.draw(rng, per_minute[0], covariate=covariate))
+        treatment = treatment.extend(pop.draw(rng, per_minute[1], covariate=covariate,
+                                              **planted))
         result = evaluate(control, treatment, DEFAULT_GUARDRAILS, alpha=alpha,
                           previous_p=previous)
         for c in result.comparisons:
@@ -136,11 +142,14 @@ def main() -> None:
               "cost_usd": {"cost": 1.05}}
     power: dict[str, float] = {}
     looks: dict[str, float | None] = {}
-    for metric, plant in plants.items():
-        runs = [run(pop, rng, args.minutes, both, plant, args.alpha) for _ in range(n)]
+    cases = [(m, m, p, True) for m, p in plants.items()]
+    cases.append(("cost_usd without CUPED", "cost_usd", plants["cost_usd"], False))
+    for case, metric, plant, covariate in cases:
+        runs = [run(pop, rng, args.minutes, both, plant, args.alpha, covariate)
+                for _ in range(n)]
         hit = [r["breach"][metric] for r in runs if metric in r["breach"]]
-        power[metric] = len(hit) / n
-        looks[metric] = float(np.median(hit)) if hit else None
+        power[case] = len(hit) / n
+        looks[case] = float(np.median(hit)) if hit else None
 
     per_min_total = args.rps * 60
     canary = (round(per_min_total * (1 - args.canary_share)),
@@ -164,10 +173,10 @@ def main() -> None:
     print("| --- | ---: | ---: | --- | ---: | ---: | ---: |")
     labels = {"latency_ms": "latency x1.10", "error_rate": "error +2 pts",
               "cost_usd": "cost x1.05"}
-    for metric in plants:
+    for case, metric, _, _ in cases:
         ours, naive = per_metric[metric]
-        look = looks[metric]
-        print(f"| {metric} | {ours:.3f} | {naive:.3f} | {labels[metric]} | {power[metric]:.3f} "
+        look = looks[case]
+        print(f"| {case} | {ours:.3f} | {naive:.3f} | {labels[metric]} | {power[case]:.3f} "
               f"| {look if look is not None else '-'} | "
               f"{int(look * args.per_minute) if look is not None else '-'} |")
     print(f"| any metric | **{aa_ours:.3f}** | **{aa_naive:.3f}** | | | | |")
@@ -180,7 +189,8 @@ def main() -> None:
         "aa_false_positive_rate": aa_ours,
         "naive_false_positive_rate": aa_naive,
         "power": {"latency_10pct": power["latency_ms"], "error_rate_2pts": power["error_rate"],
-                  "cost_5pct": power["cost_usd"]},
+                  "cost_5pct": power["cost_usd"],
+                  "cost_5pct_without_cuped": power["cost_usd without CUPED"]},
         "rollback_seconds": rollback_s,
         "experiments": n,
     }))
