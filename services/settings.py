@@ -364,6 +364,12 @@ class Settings(BaseSettings):
         default=30.0, gt=0,
         description="longest wait for a worker slot before 503 overloaded with Retry-After",
     )
+    worker_pools: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="named groups of worker URLs an experiment arm can send its requests "
+        "to (config override worker_pool), e.g. a pool per vLLM version: "
+        "{vllm-0-32: [http://w1:8000]}",
+    )
     tenant_priorities: dict[str, PriorityClass] = Field(
         default_factory=dict,
         description="tenant -> high | normal | low (default normal); X-Priority may only lower",
@@ -648,6 +654,15 @@ class Settings(BaseSettings):
                 raise ValueError(f"worker URL {url!r} must start with http:// or https://")
             urls.append(url.removesuffix("/v1"))
         return urls
+
+    @field_validator("worker_pools", mode="before")
+    @classmethod
+    def _normalise_pools(cls, value: Any) -> Any:
+        value = json.loads(value) if isinstance(value, str) else value
+        if not isinstance(value, dict):
+            return value
+        return {name: cls._normalise_worker_urls(_split_csv(urls))
+                for name, urls in value.items()}
 
     @model_validator(mode="after")
     def _defaults_and_guards(self) -> Settings:

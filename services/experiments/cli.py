@@ -61,7 +61,8 @@ def config(
             raise typer.Exit(2)
         overrides[key.strip()] = yaml.safe_load(raw) if raw.strip() else raw
     _echo(_run(lambda e: store.create_config(e, name, overrides, actor=_actor(actor),
-                                             description=description)))
+                                             description=description,
+                                             worker_pools=load_settings().worker_pools)))
 
 
 @app.command("configs")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -61,6 +61,13 @@ def _model(value: Any) -> str:
     return value
 
 
+def _pool(value: Any) -> str:
+    if not isinstance(value, str) or not NAME.match(value):
+        raise ValueError("must be a worker pool name (settings worker_pools) of 1-64 "
+                         "a-z 0-9 . _ -")
+    return value
+
+
 def _token_policy(value: Any) -> str:
     return str(Policy.parse(str(value), param="token_optimization"))
 
@@ -72,6 +79,7 @@ OVERRIDABLE: dict[str, Callable[[Any], Any]] = {
     "cache_semantic_min_probability": _probability,  # the verifier's threshold
     "token_optimization": _token_policy,  # off | lossless | budget=N | ratio=R
     "model": _model,  # the serving model (a routing tier name routes it)
+    "worker_pool": _pool,  # the workers that serve it (settings worker_pools): a vLLM version
     "max_latency_ms": _positive,  # routing's latency budget (X-Max-Latency-Ms)
 }
 
@@ -105,8 +113,15 @@ def audit(session: Session, actor: str, action: str, subject: str,
 
 
 def create_config(engine: Engine, name: str, overrides: Mapping[str, Any], *, actor: str,
-                  description: str | None = None) -> dict[str, Any]:
+                  description: str | None = None,
+                  worker_pools: Collection[str] | None = None) -> dict[str, Any]:
+    """Write a config version. ``worker_pools``: the pools the settings define, when the
+    caller knows them (admin API, CLI): a version naming another one is refused."""
     clean = validate_overrides(overrides)
+    pool = clean.get("worker_pool")
+    if worker_pools is not None and pool is not None and pool not in worker_pools:
+        raise InvalidRequest(f"setting worker_pool: no pool {pool!r} in the settings' "
+                             f"worker_pools {sorted(worker_pools)}", param="worker_pool")
     with Session(engine) as session, session.begin():
         if session.get(ConfigVersion, _name(name, "config version")) is not None:
             raise Conflict(f"config version {name!r} exists; versions are immutable: "

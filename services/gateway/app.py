@@ -262,6 +262,7 @@ def build_services(settings: Settings) -> AppServices:
             expected_output_tokens=settings.expected_output_tokens,
             hosted=hosted,
             prefix_salt_key=salt_key,
+            worker_pools=settings.worker_pools,
         )
     )
     pipeline = Pipeline(stages)

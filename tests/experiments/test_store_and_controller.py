@@ -55,6 +55,11 @@ def test_config_versions_are_validated_immutable_and_audited(store) -> None:
         create_config(store, "v4", {"cache_semantic_min_probability": 1.5}, actor="bob")
     with pytest.raises(InvalidRequest, match="name"):
         create_config(store, "Bad Name!", {"model": "x"}, actor="bob")
+    with pytest.raises(InvalidRequest, match="worker pool name"):
+        create_config(store, "v5", {"worker_pool": "Pool #1"}, actor="bob")
+    with pytest.raises(InvalidRequest, match="no pool 'vllm-1'"):
+        create_config(store, "v6", {"worker_pool": "vllm-1"}, actor="bob",
+                      worker_pools=["vllm-0"])
     with Session(store) as s:
         rows = s.scalars(select(ConfigAudit)).all()
     assert [(r.actor, r.action, r.subject) for r in rows] == [("bob", "config.create", "v1")]

@@ -72,7 +72,8 @@ async def list_configs(services: ServicesDep) -> list[dict[str, Any]]:
 @router.post("/configs", status_code=201)
 async def create_config(body: ConfigIn, services: ServicesDep) -> dict[str, Any]:
     return await asyncio.to_thread(experiments.create_config, services.engine, body.name,
-                                   body.overrides, actor=ACTOR, description=body.description)
+                                   body.overrides, actor=ACTOR, description=body.description,
+                                   worker_pools=services.settings.worker_pools)
 
 
 @router.get("/experiments")

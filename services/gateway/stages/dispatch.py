@@ -26,7 +26,7 @@ event.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
@@ -86,8 +86,10 @@ class DispatchStage:
         expected_output_tokens: int = 256,
         hosted: Mapping[str, HostedBackend] | None = None,
         prefix_salt_key: bytes | None = None,
+        worker_pools: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self._pool = pool
+        self._worker_pools = {name: frozenset(urls) for name, urls in (worker_pools or {}).items()}
         self._salt_key = prefix_salt_key
         self._hosted = dict(hosted or {})
         self._client = client
@@ -120,12 +122,13 @@ class DispatchStage:
             ctx.request_headers.get("x-priority"),
         )
         affinity = static_prefix_key(ctx.endpoint, ctx.model, sent)
+        fenced = self._outside_pool(ctx)
         tried: list[WorkerState] = []
         failure: UpstreamUnavailable | None = None
         while True:
             try:
                 lease = await self._pool.acquire(
-                    ctx.model, tokens=tokens, priority=priority, exclude=tried,
+                    ctx.model, tokens=tokens, priority=priority, exclude=[*fenced, *tried],
                     affinity=affinity,
                 )
             except UpstreamUnavailable:
@@ -152,6 +155,18 @@ class DispatchStage:
             except BaseException:
                 lease.release()
                 raise
+
+    def _outside_pool(self, ctx: RequestContext) -> list[WorkerState]:
+        """The workers a request may not use: those outside the worker pool its
+        experiment arm names (none without one)."""
+        name = ctx.overrides.get("worker_pool") if ctx.overrides else None
+        if name is None:
+            return []
+        urls = self._worker_pools.get(name)
+        if urls is None:
+            raise UpstreamUnavailable(f"no worker pool {name!r} is configured (settings "
+                                      "worker_pools)")
+        return [w for w in self._pool.workers if w.url not in urls]
 
     async def _unary(self, ctx: RequestContext, path: str, payload: bytes) -> Reply:
         async def send(worker: WorkerState) -> bytes:
