@@ -137,7 +137,7 @@ def propose(
         raise typer.Exit(2) from None
     result = _run(lambda e: proposals.start_proposal(
         e, proposal, actor=_actor(actor), steps=plan, step_seconds=step_seconds,
-        min_samples=min_samples, start=start,
+        min_samples=min_samples, start=start, worker_pools=load_settings().worker_pools,
         prefix=prefix or f"optimize-{datetime.now(UTC):%Y%m%d-%H%M}"))
     _echo({"canaries": result.canaries, "skipped": result.skipped})
     if not result.canaries:

@@ -19,7 +19,7 @@ is written when any part is invalid.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,10 +29,11 @@ from sqlalchemy.orm import Session
 from models import ConfigVersion, Experiment
 from services.errors import Conflict, InvalidRequest
 from services.experiments.store import (
-    DEFAULT_STEPS,
     NAME,
     OVERRIDABLE,
     check_conflicts,
+    check_pacing,
+    check_pool,
     create_config,
     create_experiment,
     describe,
@@ -102,11 +103,16 @@ def plan_canaries(proposal: Mapping[str, Any], prefix: str
 
 def start_proposal(engine: Engine, proposal: Mapping[str, Any], *, actor: str, prefix: str,
                    steps: Sequence[float] | None = None, step_seconds: float = 300.0,
-                   min_samples: int = 200, start: bool = True) -> ProposalResult:
+                   min_samples: int = 200, start: bool = True,
+                   worker_pools: Collection[str] | None = None) -> ProposalResult:
     """Write the control and canary versions and a canary per part, started unless
-    ``start`` is off. Bad input (a bad prefix or value) is refused before any write."""
+    ``start`` is off. Bad input (a bad prefix, value or pacing, a worker pool not in
+    ``worker_pools`` when given) is refused before any write."""
     prefix = _slug(prefix)
+    steps = check_pacing(steps, step_seconds, min_samples)
     planned, skipped = plan_canaries(proposal, prefix)
+    for canary in planned:
+        check_pool(canary.overrides, worker_pools)
     _check_free(engine, planned, start)
     result = ProposalResult(skipped=skipped)
     for canary in planned:
@@ -118,7 +124,7 @@ def start_proposal(engine: Engine, proposal: Mapping[str, Any], *, actor: str, p
             engine, canary.name, [{"name": "control", "config": f"{canary.name}.control"},
                                   {"name": "canary", "config": f"{canary.name}.canary"}],
             actor=actor, kind="canary", tenants=canary.tenants,
-            steps=steps or DEFAULT_STEPS, step_seconds=step_seconds, min_samples=min_samples)
+            steps=steps, step_seconds=step_seconds, min_samples=min_samples)
         if start:
             transition(engine, canary.name, "start", actor=actor)
         result.canaries.append(describe(engine, canary.name))

@@ -112,16 +112,21 @@ def audit(session: Session, actor: str, action: str, subject: str,
                             detail=dict(detail) if detail else None, at=at or datetime.now(UTC)))
 
 
+def check_pool(overrides: Mapping[str, Any], worker_pools: Collection[str] | None) -> None:
+    """Refuse a ``worker_pool`` the settings do not define (when they are known)."""
+    pool = overrides.get("worker_pool")
+    if worker_pools is not None and pool is not None and pool not in worker_pools:
+        raise InvalidRequest(f"setting worker_pool: no pool {pool!r} in the settings' "
+                             f"worker_pools {sorted(worker_pools)}", param="worker_pool")
+
+
 def create_config(engine: Engine, name: str, overrides: Mapping[str, Any], *, actor: str,
                   description: str | None = None,
                   worker_pools: Collection[str] | None = None) -> dict[str, Any]:
     """Write a config version. ``worker_pools``: the pools the settings define, when the
     caller knows them (admin API, CLI): a version naming another one is refused."""
     clean = validate_overrides(overrides)
-    pool = clean.get("worker_pool")
-    if worker_pools is not None and pool is not None and pool not in worker_pools:
-        raise InvalidRequest(f"setting worker_pool: no pool {pool!r} in the settings' "
-                             f"worker_pools {sorted(worker_pools)}", param="worker_pool")
+    check_pool(clean, worker_pools)
     with Session(engine) as session, session.begin():
         if session.get(ConfigVersion, _name(name, "config version")) is not None:
             raise Conflict(f"config version {name!r} exists; versions are immutable: "
@@ -165,6 +170,21 @@ def check_conflicts(session: Session, name: str, tenants: list[str] | None,
                            "for these tenants: end it first", param="arms")
 
 
+def check_pacing(steps: Sequence[float] | None, step_seconds: float, min_samples: int
+                 ) -> list[float]:
+    """The canary's steps (the default plan without ``steps``), after checking them and
+    the least time and samples per step."""
+    if min_samples < 30:
+        raise InvalidRequest("min_samples must be at least 30 per arm", param="min_samples")
+    if not step_seconds >= 0:
+        raise InvalidRequest("step_seconds must be >= 0", param="step_seconds")
+    plan = [float(s) for s in (steps or DEFAULT_STEPS)]
+    if any(not 0 < s <= 1 for s in plan) or plan != sorted(set(plan)) or plan[-1] != 1.0:
+        raise InvalidRequest("steps must rise strictly within (0, 1] and end at 1 (100%)",
+                             param="steps")
+    return plan
+
+
 def create_experiment(
     engine: Engine, name: str, arms: Sequence[Mapping[str, Any]], *, actor: str,
     kind: str = "ab", unit: str = "tenant", tenants: Sequence[str] | None = None,
@@ -180,24 +200,17 @@ def create_experiment(
         raise InvalidRequest(f"unit must be one of {UNITS}", param="unit")
     if not 0 < alpha < 0.5:
         raise InvalidRequest("alpha must be in (0, 0.5)", param="alpha")
-    if min_samples < 30:
-        raise InvalidRequest("min_samples must be at least 30 per arm", param="min_samples")
-    if not step_seconds >= 0:
-        raise InvalidRequest("step_seconds must be >= 0", param="step_seconds")
+    plan: list[float] | None = check_pacing(steps if kind == "canary" else None,
+                                            step_seconds, min_samples)
     if len(arms) < 2 or len({a.get("name") for a in arms}) != len(arms):
         raise InvalidRequest("an experiment needs at least two arms with distinct names",
                              param="arms")
-    plan = None
     if kind == "canary":
         if len(arms) != 2:
             raise InvalidRequest("a canary has two arms: control, then canary", param="arms")
-        plan = [float(s) for s in (steps or DEFAULT_STEPS)]
-        if not plan or any(not 0 < s <= 1 for s in plan) or plan != sorted(set(plan)) or (
-                plan[-1] != 1.0):
-            raise InvalidRequest("steps must rise strictly within (0, 1] and end at 1 (100%)",
-                                 param="steps")
         weights = [1 - plan[0], plan[0]]
     else:
+        plan = None  # an A/B test keeps its weights until it ends
         try:
             weights = [float(a["weight"]) for a in arms]
         except (KeyError, TypeError, ValueError):

@@ -57,6 +57,16 @@ def test_bad_proposals_write_nothing(store, proposal, error, says) -> None:
     assert list_configs(store) == [] and list_experiments(store) == []
 
 
+@pytest.mark.parametrize(("pacing", "says"), [
+    ({"steps": [0.5, 0.2, 1.0]}, "steps must rise"), ({"step_seconds": -1}, "step_seconds"),
+    ({"min_samples": 5}, "min_samples"), ({"prefix": "!!!"}, "shorter prefix"),
+])
+def test_bad_pacing_or_prefix_writes_nothing(store, pacing, says) -> None:
+    with pytest.raises(InvalidRequest, match=says):
+        start_proposal(store, {"model": "m"}, actor="ops", **{"prefix": "p", **pacing})
+    assert list_configs(store) == [] and list_experiments(store) == []
+
+
 def test_a_taken_prefix_or_a_claimed_setting_writes_nothing_more(store) -> None:
     start_proposal(store, {"model": "m-small"}, actor="ops", prefix="one")
     with pytest.raises(Conflict, match="exist"):

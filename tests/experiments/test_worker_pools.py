@@ -67,6 +67,18 @@ def test_an_arm_naming_a_worker_pool_is_served_by_that_pool_only(
     assert by_arm["pools=b"] == {new.url}
     assert old.url in by_arm["pools=a"]  # the control arm is not fenced
 
+    # the same change proposed as a canary through the admin API
+    transition(engine, "pools", "abort", actor="t")
+    proposals = f"{gateway.url}/admin/experiments/proposals"
+    bad = httpx.post(proposals, json={"proposal": {"worker_pool": "vllm-9"}, "prefix": "up"})
+    assert bad.status_code == 400 and "no pool 'vllm-9'" in bad.json()["error"]["message"]
+    made = httpx.post(proposals, json={"proposal": {"worker_pool": "vllm-new",
+                                                    "cache_enabled": True}, "prefix": "up"})
+    assert made.status_code == 201, made.text
+    (canary,) = made.json()["canaries"]
+    assert (canary["name"], canary["status"]) == ("up-worker_pool", "running")
+    assert list(made.json()["skipped"]) == ["cache_enabled"]
+
 
 def test_a_pool_missing_from_the_settings_is_a_503_not_another_worker(
         workers, make_settings, start_gateway) -> None:

@@ -103,7 +103,8 @@ async def start_proposal(body: ProposalIn, services: ServicesDep) -> dict[str, A
     result = await asyncio.to_thread(
         experiments.start_proposal, services.engine, body.proposal, actor=ACTOR,
         prefix=body.prefix, steps=body.steps, step_seconds=body.step_seconds,
-        min_samples=body.min_samples, start=body.start)
+        min_samples=body.min_samples, start=body.start,
+        worker_pools=services.settings.worker_pools)
     return asdict(result)
 
 
