@@ -9,11 +9,11 @@ with the proposed value, limited to the tenants the proposal names:
 - any key of ``OVERRIDABLE`` (``token_optimization``, ``cache_semantic``, ``model``, ...):
   one canary for every tenant.
 
-A part the gateway cannot switch per request is left out with the reason (the response
-cache is built at start-up, so ``cache_enabled: true`` is a settings change; a canary of
-it runs the other way round: cache on, a control of ``cache_enabled: false``). Versions
-and experiments are named ``<prefix>-<lever>`` and audited as their ``actor``; nothing
-is written when any part is invalid.
+A part the gateway cannot switch per request is left out with the reason: the response
+cache is built at start-up, so ``cache_enabled: true`` is a settings change (a canary of
+it runs the other way round: cache on, a control of ``cache_enabled: false``), and so is
+the ``routing`` config. Versions and experiments are named ``<prefix>-<lever>`` and
+audited as their ``actor``; nothing is written when any part is invalid.
 """
 
 from __future__ import annotations
@@ -45,6 +45,9 @@ _UNSAFE = re.compile(r"[^a-z0-9._-]+")
 NOT_PER_REQUEST = {
     "cache_enabled": "the response cache is built when the gateway starts: turn it on in "
                      "the settings, then canary it with a control of cache_enabled=false",
+    "routing": "the routing config is read when the gateway starts: change it in the "
+               "settings, or canary routing for some tenants with a version that sets "
+               "model=auto",
 }
 
 

@@ -17,7 +17,8 @@ from services.experiments.cli import app
 
 PLANNED = [LeverEstimate("team-a", "token_optimization", 1.0, 30.0, "m"),
            LeverEstimate("team-b", "token_optimization", 0.5, 15.0, "m"),
-           LeverEstimate("team-a", "cache_exact", 2.0, 60.0, "m")]
+           LeverEstimate("team-a", "cache_exact", 2.0, 60.0, "m"),
+           LeverEstimate("team-c", "routing", 3.0, 90.0, "m")]
 
 
 def test_a_planner_proposal_becomes_started_canaries_for_its_tenants(store) -> None:
@@ -28,8 +29,8 @@ def test_a_planner_proposal_becomes_started_canaries_for_its_tenants(store) -> N
     assert canary["name"] == "opt1-tokens-lossless" and canary["status"] == "running"
     assert canary["tenants"] == ["team-a", "team-b"] and canary["steps"] == [0.1, 1.0]
     assert [a["weight"] for a in canary["arms"]] == [0.9, 0.1]
-    assert "cache_enabled" in result.skipped and "built when the gateway starts" in (
-        result.skipped["cache_enabled"])
+    assert sorted(result.skipped) == ["cache_enabled", "routing"]
+    assert "built when the gateway starts" in result.skipped["cache_enabled"]
     (live,) = load_live(store)
     assert live.applies_to("team-b") and not live.applies_to("team-c")
     assert [dict(a.overrides) for a in live.arms] == [{}, {"token_optimization": "lossless"}]
@@ -85,7 +86,7 @@ def test_the_cli_starts_a_proposal_file_and_sets_guardrails(store, tmp_path) -> 
     assert made.exit_code == 0, made.output
     body = json.loads(made.output)
     assert [c["name"] for c in body["canaries"]] == ["cli-tokens-lossless"]
-    assert list(body["skipped"]) == ["cache_enabled"]
+    assert sorted(body["skipped"]) == ["cache_enabled", "routing"]
     only_cache = tmp_path / "cache.yaml"
     only_cache.write_text("cache_enabled: true\n")
     assert runner.invoke(app, ["propose", str(only_cache), "--prefix", "c2"]).exit_code == 2
