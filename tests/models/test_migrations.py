@@ -14,7 +14,7 @@ from tests.support.postgres import STORE_KINDS
 TABLES = {
     "request_log", "workers", "api_keys", "cache_entries", "alerts", "cache_reports",
     "semantic_entries", "token_reports", "cacheable_prefixes", "routing_labels",
-    "router_versions",
+    "router_versions", "request_ratings",
     "files", "batches", "batch_results", "telemetry_quarantine",
     "config_versions", "config_audit", "experiments", "experiment_arms", "experiment_results",
     "cost_rollups", "cost_rollup_state", "cost_reports",
