@@ -452,6 +452,10 @@ class Settings(BaseSettings):
 
     # model routing (services/routing/config.py: tiers, models, budgets, cascade); empty = off
     routing: dict[str, Any] = Field(default_factory=dict, description="routing config (YAML)")
+    router_refresh_s: float = Field(
+        default=60.0, gt=0,
+        description="how often the gateway re-reads the active router version",
+    )
     budget_redis_timeout_s: float = Field(
         default=1.0, gt=0, description="longest wait for the budgets' Redis before a 503"
     )

@@ -313,7 +313,8 @@ def create_app(settings: Settings) -> FastAPI:
         if services.semantic_sync is not None:
             await services.semantic_sync.start()
         if services.routing is not None:
-            await services.routing.start(lambda: load_active_router(services.engine))
+            await services.routing.start(lambda: load_active_router(services.engine),
+                                         settings.router_refresh_s)
         if services.tokens is not None and settings.token_keep_marked_prefixes:
             await services.tokens.start(lambda: marked_prefix_hashes(services.engine),
                                         settings.token_marked_prefixes_refresh_s)

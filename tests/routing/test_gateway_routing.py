@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
+from sqlalchemy import update
 
 from migrations import upgrade_to_head
 from models import create_store_engine
@@ -18,6 +19,7 @@ from services.routing import ComplexityRouter
 from services.routing.config import RoutingConfigError
 from tests.routing.conftest import EASY, HARD, PRICES, logged_rows, post_chat, routing_config
 from tests.support.fake_openai import FakeOpenAI
+from tests.support.gateway import wait_for
 
 
 def test_auto_sends_a_hard_prompt_to_the_strong_tier_and_an_easy_one_to_the_cheap(
@@ -160,24 +162,46 @@ def test_a_malformed_routing_config_stops_the_start_with_a_clear_message(
         build_services(make_settings(routing=routing))
 
 
+def activate_router(database_url: str, version: str) -> None:
+    """Store and activate a router that never asks for the strong tier (its thresholds
+    are out of reach), as the retraining flow activates a better one."""
+    shipped = ComplexityRouter.load()
+    never_strong = {target: 1e9 for target in shipped.thresholds}
+    router = ComplexityRouter(shipped.weights, shipped.bias, never_strong, never_strong,
+                              version=version)
+    engine = create_store_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(update(RouterVersion).values(active=False))
+        connection.execute(RouterVersion.__table__.insert().values(
+            version=version, model=router.to_bytes(), labels=300, metrics={},
+            active=True, created_at=datetime.now(UTC), activated_at=datetime.now(UTC)))
+    engine.dispose()
+
+
 def test_the_gateway_routes_with_the_active_router_version(
     fake_workers, make_settings, start_gateway
 ) -> None:
     settings = make_settings(workers=[fake_workers.url], routing=routing_config(),
                              price_overrides=PRICES, cache_enabled=False)
     upgrade_to_head(settings.database_url)
-    shipped = ComplexityRouter.load()
-    retrained = ComplexityRouter(shipped.weights, shipped.bias, shipped.thresholds,
-                                 shipped.cost_thresholds, version="v-retrained")
-    engine = create_store_engine(settings.database_url)
-    with engine.begin() as connection:
-        connection.execute(RouterVersion.__table__.insert().values(
-            version="v-retrained", model=retrained.to_bytes(), labels=300, metrics={},
-            active=True, created_at=datetime.now(UTC), activated_at=datetime.now(UTC)))
-    engine.dispose()
+    activate_router(settings.database_url, "v-retrained")
     gateway = start_gateway(settings)
-    assert gateway.services.routing.policy.router.version == "v-retrained"
+    reply = post_chat(gateway, "auto", HARD)  # the shipped router sends it to "large"
+    assert reply.headers["x-route-model"] == "small"
+    assert reply.headers["x-route-reason"].endswith("< 1000000000.000")  # its threshold
+
+
+def test_a_running_gateway_picks_up_a_newly_activated_router_version(
+    fake_workers, make_settings, start_gateway
+) -> None:
+    settings = make_settings(workers=[fake_workers.url], routing=routing_config(),
+                             price_overrides=PRICES, cache_enabled=False,
+                             router_refresh_s=0.2)
+    gateway = start_gateway(settings)
     assert post_chat(gateway, "auto", HARD).headers["x-route-model"] == "large"
+    activate_router(settings.database_url, "v-next")
+    assert wait_for(
+        lambda: post_chat(gateway, "auto", HARD).headers["x-route-model"] == "small", 10)
 
 
 def test_a_model_routing_does_not_know_is_still_held_to_the_budget(
