@@ -9,12 +9,13 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from migrations import upgrade_to_head
-from models import create_store_engine
-from models.tables import RouterVersion
+from models import create_store_engine, session_factory
+from models.tables import ApiKey, RouterVersion
 from services.gateway.app import build_services
+from services.gateway.auth import create_api_key, hash_key
 from services.routing import ComplexityRouter
 from services.routing.config import RoutingConfigError
 from tests.routing.conftest import EASY, HARD, PRICES, logged_rows, post_chat, routing_config
@@ -103,6 +104,33 @@ def test_over_budget_is_a_429_with_a_clear_message(routed_gateway) -> None:
     error = response.json()["error"]
     assert error["code"] == "budget_exceeded" and error["type"] == "rate_limit_error"
     assert "budget exceeded for tenant:default" in error["message"]
+
+
+def test_a_key_budget_holds_the_key_not_its_tenant(
+    fake_workers, make_settings, start_gateway
+) -> None:
+    """``key:<id>`` budgets (the id of a key in ``api_keys``) stop that key only."""
+    database_url = make_settings().database_url
+    upgrade_to_head(database_url)
+    sessions = session_factory(create_store_engine(database_url))
+    capped, free = (create_api_key(sessions, tenant="team-a") for _ in range(2))
+    with sessions() as session:
+        capped_id = session.scalar(select(ApiKey.id).where(ApiKey.key_hash == hash_key(capped)))
+    gateway = start_gateway(make_settings(
+        workers=[fake_workers.url], price_overrides=PRICES, cache_enabled=False,
+        require_auth=True, routing=routing_config(
+            budgets={f"key:{capped_id}": {"limit_usd": 0.001}}),
+    ))
+    gateway.services.keyring.load_from_store()  # what the refresh loop does every 10 s
+
+    def post(key: str) -> httpx.Response:
+        return post_chat(gateway, "large", HARD, headers={"authorization": f"Bearer {key}"})
+
+    refused = post(capped)  # may cost up to 1024 x $30/Mtok
+    assert refused.status_code == 429
+    assert f"budget exceeded for key:{capped_id}" in refused.json()["error"]["message"]
+    assert post(free).status_code == 200  # the same tenant, another key
+    assert fake_workers.calls("large") == 1
 
 
 def test_near_the_limit_auto_downgrades_to_the_cheapest_tier(routed_gateway) -> None:
