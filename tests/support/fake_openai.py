@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,7 @@ class Answer:
     logprob: float | None = None  # each token's logprob, when the request asks for them
     fail_status: int | None = None
     delay_s: float = 0.0  # time to "generate" before answering
+    hold: threading.Event | None = None  # when set: answer only once the event is set
     other_samples: list[str] | None = None  # choices 2..n (default: the same text)
 
     def samples(self, n: int) -> list[str]:
@@ -86,6 +88,8 @@ class FakeOpenAI:
         answer = self.models.get(body.get("model", ""))
         if answer is None:
             return _error(404, f"The model `{body.get('model')}` does not exist", "not_found")
+        if answer.hold is not None:
+            await asyncio.to_thread(answer.hold.wait)
         if answer.delay_s:
             await asyncio.sleep(answer.delay_s)
             if request.transport is None or request.transport.is_closing():
