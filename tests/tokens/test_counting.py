@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from services.tokens import count_request, counter_for_model, encoding_name, text_counter
 from services.tokens.counting import EncodingUnavailable, _bundled_ranks, encoding
+from services.workers import free_port
 
 
 def test_known_counts_for_both_encodings() -> None:
@@ -35,22 +37,32 @@ def test_chat_framing_is_counted() -> None:
     assert count_request("chat.completions", request, count) == 3 + 2 * (3 + 1 + 1)
 
 
-async def test_worker_count_reads_tokenize_and_falls_back_to_none() -> None:
-    from services.errors import UpstreamUnavailable
+async def test_worker_count_is_the_prompt_tokens_the_worker_then_bills(vllm_worker) -> None:
+    """The real worker's ``/tokenize`` (chat template, generation prompt included) counts
+    exactly the prompt tokens its own usage reports; a worker that cannot answer, or a
+    prompt one call cannot count, gives None."""
+    from services.execution import UpstreamClient
     from services.tokens import worker_count
 
-    sent: list[bytes] = []
-
-    async def answers(worker: str, path: str, payload: bytes) -> bytes:
-        sent.append(payload)
-        assert path == "/tokenize"
-        return b'{"count": 17, "max_model_len": 2048, "tokens": []}'
-
-    async def down(worker: str, path: str, payload: bytes) -> bytes:
-        raise UpstreamUnavailable("gone")
-
-    chat = {"messages": [{"role": "user", "content": "hi"}]}
-    assert await worker_count(answers, "http://w", "chat.completions", "m", chat) == 17
-    assert b'"add_generation_prompt":true' in sent[0]
-    assert await worker_count(down, "http://w", "chat.completions", "m", chat) is None
-    assert await worker_count(answers, "http://w", "completions", "m", {"prompt": [1, 2]}) is None
+    client = UpstreamClient()
+    model = vllm_worker.served_model_name
+    chat = {"messages": [{"role": "system", "content": "Be brief."},
+                         {"role": "user", "content": "How many tokens is this question?"}]}
+    prompt = {"prompt": "Once upon a time, in a land far away,"}
+    try:
+        counts = {}
+        for endpoint, path, request in [("chat.completions", "/v1/chat/completions", chat),
+                                        ("completions", "/v1/completions", prompt)]:
+            counts[endpoint] = await worker_count(
+                client.post_json, vllm_worker.base_url, endpoint, model, request)
+            answer = orjson.loads(await client.post_json(
+                vllm_worker.base_url, path,
+                orjson.dumps({"model": model, "max_tokens": 1, **request})))
+            assert counts[endpoint] == answer["usage"]["prompt_tokens"]
+        assert counts["chat.completions"] > counts["completions"] > 5
+        dead = f"http://127.0.0.1:{free_port()}"
+        assert await worker_count(client.post_json, dead, "chat.completions", model, chat) is None
+        assert await worker_count(client.post_json, vllm_worker.base_url, "completions", model,
+                                  {"prompt": [1, 2]}) is None
+    finally:
+        await client.aclose()
