@@ -4,8 +4,7 @@ through its circuit breaker's half-open probe when it returns."""
 
 from __future__ import annotations
 
-import threading
-import time
+import asyncio
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -128,22 +127,47 @@ def test_a_killed_worker_is_ejected_and_taken_back_through_its_breaker(
         proxy.kill()
 
 
-def test_requests_in_flight_on_a_killed_worker_end_with_an_answer_or_an_error(
+def test_requests_in_flight_on_a_killed_worker_are_retried_on_the_other(
     vllm_worker, second_worker, make_settings, start_gateway
 ) -> None:
     """Non-streamed requests cut by the kill are retried elsewhere (nothing reached the
-    client yet); none hangs."""
+    client yet): every one is answered, by the worker that stayed."""
     proxy = KillableProxy(free_port(), vllm_worker.port).start()
     gateway = start_gateway(make_settings(
         workers=[proxy.url, second_worker.base_url], cache_enabled=False
     ))
-    flaky = gateway.services.pool.get(proxy.url)
-    assert wait_for(lambda: flaky.healthy)
-    killer = threading.Timer(1.0, proxy.kill)
-    killer.start()
-    started = time.monotonic()
-    with ThreadPoolExecutor(6) as executor:
-        replies = list(executor.map(lambda i: complete(gateway, f"cut {i}", 200), range(6)))
-    assert time.monotonic() - started < 120
-    assert all(r.status_code in (200, 502) for r in replies)
-    assert sum(r.status_code == 200 for r in replies) >= 3
+    pool = gateway.services.pool
+    flaky, steady = pool.get(proxy.url), pool.get(second_worker.base_url)
+    assert wait_for(lambda: flaky.healthy and steady.healthy)
+    choose = pool.acquire
+    retried: list[str] = []
+    cut: list[int] = []
+
+    async def recording(model: str, **options: object):
+        lease = await choose(model, **options)
+        if cut:  # chosen after the kill: every request was in flight by then
+            retried.append(lease.worker.url)
+        return lease
+
+    async def kill_when_all_are_in_flight() -> None:
+        """On the gateway's loop, so no request ends between the look and the kill."""
+        while not (flaky.outstanding and flaky.outstanding + steady.outstanding == 6):
+            await asyncio.sleep(0.01)
+        cut.append(flaky.outstanding)
+        proxy.kill()
+
+    pool.acquire = recording
+    try:
+        with ThreadPoolExecutor(6) as executor:
+            # 600 tokens each: seconds of generation, so nothing is answered before the kill
+            pending = [executor.submit(complete, gateway, f"cut {i}", 600) for i in range(6)]
+            gateway.run(kill_when_all_are_in_flight(), timeout_s=120)
+            replies = [p.result() for p in pending]
+    finally:
+        pool.acquire = choose
+        proxy.kill()
+    assert [r.status_code for r in replies] == [200] * 6
+    assert all(r.json()["usage"]["completion_tokens"] == 600 for r in replies)
+    assert cut[0] >= 1 and retried == [steady.url] * cut[0]  # each cut request, once
+    assert served_by(gateway, replies) == [steady.url] * 6
+    assert flaky.breaker.failures == cut[0]
