@@ -10,7 +10,9 @@ shared worker cannot have it cached from before.
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,6 +28,7 @@ from services.errors import UpstreamUnavailable
 from services.execution import PrefixWarmer, UpstreamClient, WorkerPool, load_warm_prefixes
 from services.execution.warming import WarmPrefix, kv_cache_tokens
 from tests.execution.support import add
+from tests.support.fake_openai import Answer, FakeOpenAI
 from tests.support.gateway import RunningGateway, wait_for
 
 MODEL = "tiny-llama"
@@ -141,6 +144,43 @@ def test_the_most_valuable_prefixes_with_messages_are_read_first(store) -> None:
     assert all(p.tenants == () for p in prefixes)  # rows without tenants
     mark(store, unique_system(), occurrences=99, tenants=["team-b", "team-a"])
     assert load_warm_prefixes(store, 1)[0][0].tenants == ("team-b", "team-a")
+
+
+def test_warming_sends_max_tokens_1_at_low_priority_behind_live_traffic(
+    store, make_settings, start_gateway, tmp_path
+) -> None:
+    """One slot, answers released one by one: the second warming request queues (low)
+    before a live request (normal), and the live one is served first."""
+    first, second = unique_system(), unique_system()
+    mark(store, first, occurrences=9)
+    mark(store, second, occurrences=3)
+    answers = threading.Semaphore(0)
+    upstream = FakeOpenAI({MODEL: Answer(hold=answers)}).start()
+    executor = ThreadPoolExecutor(2)
+    try:
+        gateway = start_gateway(make_settings(
+            workers=[upstream.url], database_url=f"sqlite:///{tmp_path / 'store.db'}",
+            cache_enabled=False, max_in_flight_per_worker=1, admission_queue_timeout_s=120))
+        queue = gateway.services.pool.queue_depth
+        assert wait_for(lambda: len(upstream.requests) == 1)  # the first warming request
+        live = [executor.submit(first_request, gateway, unique_system())]
+        assert wait_for(lambda: queue()["normal"] == 1)
+        answers.release()  # the first warming request ends: the live one takes the slot
+        assert wait_for(lambda: len(upstream.requests) == 2 and queue()["low"] == 1)
+        live.append(executor.submit(first_request, gateway, unique_system()))
+        assert wait_for(lambda: queue()["normal"] == 1)  # behind the warming request
+        answers.release(3)
+        assert all(reply.result(60).usage.completion_tokens > 0 for reply in live)
+        assert wait_for(lambda: warm_count(gateway, "warmed") == 2)
+    finally:
+        answers.release(4)  # nothing stays held, whatever failed
+        executor.shutdown()
+        upstream.stop()
+    sent = [r["body"] for r in upstream.requests]
+    warming = {"max_tokens": 1, "model": MODEL}
+    assert sent[0] == {**warming, "messages": [*first, {"role": "user", "content": ""}]}
+    assert [body["messages"][-1]["content"] for body in sent[1:3]] == ["Which rule is first?"] * 2
+    assert sent[3] == {**warming, "messages": [*second, {"role": "user", "content": ""}]}
 
 
 def prefixes(n: int, tokens: int = 100) -> list[WarmPrefix]:

@@ -17,7 +17,7 @@ KEYS = {"gold": "sk-gold", "std": "sk-std", "bulk": "sk-bulk"}
 async def test_queued_requests_are_served_in_the_order_of_their_tenants_priorities(
     make_settings, start_gateway
 ) -> None:
-    release = threading.Event()
+    release = threading.Semaphore(0)
     upstream = FakeOpenAI({"held": Answer(hold=release), "m": Answer()}).start()
     try:
         gateway = start_gateway(make_settings(
@@ -48,10 +48,10 @@ async def test_queued_requests_are_served_in_the_order_of_their_tenants_prioriti
             for n, tenant in enumerate(["bulk", "std", "gold"], start=1):  # low first
                 waiting.append(post(tenant))
                 await asyncio.wait_for(queued(n), 30)
-            release.set()
+            release.release(4)
             replies = await asyncio.gather(holder, *waiting)
     finally:
-        release.set()
+        release.release(4)
         upstream.stop()
     assert [r.status_code for r in replies] == [200] * 4
     arrived = [r["body"]["messages"][0]["content"] for r in upstream.requests]

@@ -28,7 +28,7 @@ class Answer:
     logprob: float | None = None  # each token's logprob, when the request asks for them
     fail_status: int | None = None
     delay_s: float = 0.0  # time to "generate" before answering
-    hold: threading.Event | None = None  # when set: answer only once the event is set
+    hold: threading.Semaphore | None = None  # when set: each answer waits for a release()
     other_samples: list[str] | None = None  # choices 2..n (default: the same text)
 
     def samples(self, n: int) -> list[str]:
@@ -89,7 +89,7 @@ class FakeOpenAI:
         if answer is None:
             return _error(404, f"The model `{body.get('model')}` does not exist", "not_found")
         if answer.hold is not None:
-            await asyncio.to_thread(answer.hold.wait)
+            await asyncio.to_thread(answer.hold.acquire)
         if answer.delay_s:
             await asyncio.sleep(answer.delay_s)
             if request.transport is None or request.transport.is_closing():
