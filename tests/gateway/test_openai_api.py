@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import httpx
 import openai
+import orjson
 import pytest
 from sqlalchemy import select
 
@@ -54,7 +57,8 @@ def test_chat_completion_usage_matches_the_worker(vllm_gateway, vllm_worker) -> 
     assert 0 < row.upstream_ms <= row.latency_ms
     assert 0 <= row.gateway_overhead_ms < row.latency_ms
     assert row.cost_usd > 0 and row.baseline_cost_usd > 0
-    assert row.prompt_hash and row.prompt_text is None  # raw prompts are not stored
+    assert row.prompt_hash == hashlib.sha256(orjson.dumps(messages)).hexdigest()
+    assert row.prompt_text is None  # raw prompts are not stored
 
 
 def test_completion_non_streaming(vllm_gateway: RunningGateway) -> None:
