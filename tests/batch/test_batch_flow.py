@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
@@ -114,6 +115,43 @@ def test_cancelled_batch_stops_and_reports_unrun_lines(batch_store, vllm_worker)
     assert [e["error"]["code"] for e in errors] == ["batch_cancelled"] * 5
     assert batch_store.output(summary["output_file_id"]) == []
     assert run_flow(batch_id) is None  # over: a rerun does nothing
+
+
+def cancel(batch_store, batch_id: str) -> None:
+    store.request_cancel(batch_store.engine, batch_id, tenant="default")
+
+
+def expire(batch_store, batch_id: str) -> None:
+    with batch_store.engine.begin() as conn:  # the completion window ran out
+        conn.execute(update(Batch).where(Batch.id == batch_id)
+                     .values(expires_at=store.now() - timedelta(seconds=1)))
+
+
+@pytest.mark.parametrize(("stop", "status", "code"), [
+    (cancel, "cancelled", "batch_cancelled"), (expire, "expired", "batch_expired")])
+def test_a_running_batch_stops_and_reports_what_it_did_not_run(
+    batch_store, vllm_worker, stop, status, code
+):
+    lines = 400  # 256 tokens each: minutes of generation, far more than the 10 awaited
+    batch_id = batch_store.submit(jsonl(vllm_worker.served_model_name, lines, max_tokens=256))
+    with ThreadPoolExecutor(1) as executor:
+        running = executor.submit(run_flow, batch_id)
+        deadline = time.monotonic() + 240
+        while store.get_batch(batch_store.engine, batch_id).completed < 10:
+            assert not running.done(), "the run ended before it was stopped"
+            assert time.monotonic() < deadline, "the run made no progress"
+            time.sleep(0.05)
+        stop(batch_store, batch_id)
+        summary = running.result(240)
+    assert summary is not None and summary["status"] == status
+    output = batch_store.output(summary["output_file_id"])
+    errors = batch_store.output(summary["error_file_id"])
+    assert 10 <= len(output) < lines and len(output) + len(errors) == lines
+    assert all(r["response"]["status_code"] == 200 for r in output)
+    assert {e["error"]["code"] for e in errors} == {code}
+    ids = sorted(int(r["custom_id"][4:]) for r in output + errors)
+    assert ids == list(range(lines))  # every line once: answered or reported
+    assert log_rows(batch_store.engine, batch_id) == len(output)
 
 
 def test_expired_batch_is_finalized_as_expired(batch_store, vllm_worker):
