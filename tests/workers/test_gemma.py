@@ -1,5 +1,6 @@
 """Gemma preparation: the skip-when-done logic and failure reporting with a fake converter;
-the real conversion (about 70 s, 3.4 GB RAM) only when OPTENGINE_TEST_GEMMA=1."""
+the folder ``make demo`` converted, whenever it exists; the real conversion (about 70 s,
+3.4 GB RAM) only when OPTENGINE_TEST_GEMMA=1."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer
 
+from services.settings import load_settings
 from services.workers import prepare_gemma
 from services.workers.gemma import is_prepared
 
 ROOT = Path(__file__).resolve().parents[2]
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
+DEMO_GEMMA = load_settings().data_dir / "models" / "gemma-3-270m"  # where make demo writes it
 
 
 def _fake_python(tmp_path: Path, body: str) -> Path:
@@ -73,12 +76,8 @@ def test_missing_interpreter(tmp_path: Path) -> None:
         prepare_gemma(tmp_path / "gemma", tmp_path / "no" / "python")
 
 
-@pytest.mark.skipif(
-    os.environ.get("OPTENGINE_TEST_GEMMA") != "1" or not VLLM_PYTHON.exists(),
-    reason="real Gemma conversion is slow: set OPTENGINE_TEST_GEMMA=1 (needs .venv-vllm)",
-)
-def test_real_conversion(tmp_path: Path) -> None:
-    out = prepare_gemma(tmp_path / "gemma-3-270m", VLLM_PYTHON)
+def assert_servable_gemma(out: Path) -> None:
+    """What vLLM needs from a converted Gemma 3 folder, and the GGUF's pitfalls mended."""
     config = json.loads((out / "config.json").read_text())
     assert config["architectures"] == ["Gemma3ForCausalLM"]
     assert "quantization_config" not in config
@@ -89,3 +88,19 @@ def test_real_conversion(tmp_path: Path) -> None:
     assert ids[0] == tokenizer.token_to_id("<bos>") == 2
     assert tokenizer.id_to_token(106) == "<end_of_turn>"
     assert "<start_of_turn>model" in (out / "chat_template.jinja").read_text()
+
+
+@pytest.mark.skipif(
+    os.environ.get("OPTENGINE_TEST_GEMMA") != "1" or not VLLM_PYTHON.exists(),
+    reason="real Gemma conversion is slow: set OPTENGINE_TEST_GEMMA=1 (needs .venv-vllm)",
+)
+def test_real_conversion(tmp_path: Path) -> None:
+    assert_servable_gemma(prepare_gemma(tmp_path / "gemma-3-270m", VLLM_PYTHON))
+
+
+@pytest.mark.skipif(not is_prepared(DEMO_GEMMA),
+                    reason=f"no converted Gemma in {DEMO_GEMMA} (make demo writes it)")
+def test_the_model_make_demo_serves() -> None:
+    """The folder ``make demo`` converted once and serves: checked on every run where it
+    exists, without converting again."""
+    assert_servable_gemma(DEMO_GEMMA)
