@@ -40,8 +40,8 @@ def served(reason=None, model="base", tenant="other", requested=None) -> dict:
 
 def traffic(decisions: int = 20) -> list[dict]:
     """acme: 10 unrouted requests on the strong model (half named in the routing config:
-    "explicit"). Elsewhere: requests to auto (a quarter end on the strong model), 20
-    cascade requests (4 escalated), 2 batch lines at 1/12 of the baseline."""
+    "explicit"). Elsewhere: requests to auto (a quarter end on the strong model, no
+    cascade), 20 cascade requests (4 escalated), 2 batch lines at 1/12 of the baseline."""
     rows = [served("explicit" if i % 2 else None, tenant="acme") for i in range(10)]
     rows += [served("auto: router 0.400 >= 0.255", requested="auto")
              for _ in range(decisions // 4)]
@@ -66,10 +66,12 @@ def test_routing_cascade_and_batch_estimates(any_store, catalog) -> None:
     # routing: 3/4 of the 10 requests move to cheap
     assert acme["routing"].window_saving_usd == pytest.approx(0.75 * 10 * (BASE_COST - CHEAP_COST))
     assert "strong share 25.0% (20 requests to auto in the window)" in acme["routing"].method
-    # cascade: every request pays the cheap attempt, 4 of 20 escalate to the strong model
+    # cascade: the 5 requests to auto the router sent strong skip it (5 of 25); the rest
+    # pay the cheap attempt and 4 of 20 escalate to the strong model
     assert acme["cascade"].window_saving_usd == pytest.approx(
-        10 * BASE_COST * 0.8 - 10 * CHEAP_COST)
-    assert "20.0% escalated" in acme["cascade"].method
+        0.8 * (10 * BASE_COST * 0.8 - 10 * CHEAP_COST))
+    assert "20.0% straight to the strong model" in acme["cascade"].method
+    assert "20.0% of those escalated" in acme["cascade"].method
     # batch: 1/12 of the baseline instead of the online cost
     assert acme["batch"].window_saving_usd == pytest.approx(10 * BASE_COST * 11 / 12)
     assert acme["batch"].monthly_saving_usd == pytest.approx(

@@ -98,24 +98,31 @@ def test_optimize_command_writes_the_proposed_settings(fake, make_settings, star
     assert CliRunner().invoke(app, ["optimize", "--days", "0"]).exit_code == 2
 
 
-def test_the_routing_estimate_is_what_substitution_then_saves(make_settings, start_gateway,
-                                                              tmp_path) -> None:
-    """acme asks for the strong model by name; probe sends the same prompts to ``auto``.
-    The planner's routing estimate for acme (from probe's strong share) against what acme
-    then saves once the router may substitute its model."""
-    from tests.routing.conftest import EASY, HARD, routing_config
+@pytest.fixture
+def tiers():
     from tests.routing.conftest import PRICES as TIERS
 
     workers = FakeOpenAI({name: Answer() for name in TIERS}).start()
-    catalog = PriceCatalog(overrides={n: ModelPrice(**p) for n, p in TIERS.items()})
-    prompts = [EASY, HARD] * 10
+    yield workers, PriceCatalog(overrides={n: ModelPrice(**p) for n, p in TIERS.items()})
+    workers.stop()
 
-    def run(name: str, model: str, key: str, **routing) -> tuple[float, object]:
+
+@pytest.fixture
+def run_tenant(tiers, make_settings, start_gateway, tmp_path):
+    """``run(name, model, key, prompts, before=None, **routing)``: the prompts sent to
+    ``model`` with ``key`` (``ka``: acme, ``kp``: probe) through a gateway on the three
+    fake tiers, ``before(i)`` called before request i; returns (cost spent, store)."""
+    from tests.routing.conftest import PRICES as TIERS
+    from tests.routing.conftest import routing_config
+
+    def run(name, model, key, prompts, before=None, **routing):
         url = f"sqlite:///{tmp_path / f'{name}.db'}"
         gateway = start_gateway(make_settings(
-            workers=[workers.url], routing=routing_config(**routing), price_overrides=TIERS,
+            workers=[tiers[0].url], routing=routing_config(**routing), price_overrides=TIERS,
             cache_enabled=False, database_url=url, api_keys=["ka:acme", "kp:probe"]))
-        for text in prompts:
+        for i, text in enumerate(prompts):
+            if before is not None:
+                before(i)
             response = post_chat(gateway, model, text,
                                  headers={"Authorization": f"Bearer {key}"})
             assert response.status_code == 200, response.text
@@ -124,22 +131,70 @@ def test_the_routing_estimate_is_what_substitution_then_saves(make_settings, sta
         with engine.connect() as conn:
             return conn.scalar(select(func.sum(RequestLog.cost_usd))), engine
 
-    try:
-        since = datetime.now(UTC) - timedelta(minutes=1)
-        spent_explicit, explicit = run("explicit", "large", "ka")
-        _, probe = run("probe", "auto", "kp")
-        until = datetime.now(UTC) + timedelta(minutes=1)
-        with explicit.begin() as conn, probe.connect() as source:  # one store, as in production
-            rows = [dict(r._mapping) for r in source.execute(select(RequestLog.__table__))]
-            conn.execute(RequestLog.__table__.insert(), rows)
-        estimates = plan(explicit, catalog, since, until, RoutingConfig.model_validate(
-            routing_config()))
-        [routing] = [e for e in estimates if e.lever == "routing"]
-        assert routing.tenant == "acme" and "strong share 50.0%" in routing.method
-        assert proposed_settings(estimates)["routing"] == {"substitution_tenants": ["acme"]}
-        spent_routed, _ = run("routed", "large", "ka", substitution_tenants=["acme"])
-    finally:
-        workers.stop()
+    return run
+
+
+def merged(into, source) -> None:
+    """``source``'s rows copied into ``into``: one store, as in production."""
+    with into.begin() as conn, source.connect() as rows:
+        conn.execute(RequestLog.__table__.insert(),
+                     [dict(r._mapping) for r in rows.execute(select(RequestLog.__table__))])
+
+
+def test_the_routing_estimate_is_what_substitution_then_saves(tiers, run_tenant) -> None:
+    """acme asks for the strong model by name; probe sends the same prompts to ``auto``.
+    The planner's routing estimate for acme (from probe's strong share) against what acme
+    then saves once the router may substitute its model."""
+    from tests.routing.conftest import EASY, HARD, routing_config
+
+    prompts = [EASY, HARD] * 10
+    since = datetime.now(UTC) - timedelta(minutes=1)
+    spent_explicit, explicit = run_tenant("explicit", "large", "ka", prompts)
+    _, probe = run_tenant("probe", "auto", "kp", prompts)
+    until = datetime.now(UTC) + timedelta(minutes=1)
+    merged(explicit, probe)
+    estimates = plan(explicit, tiers[1], since, until, RoutingConfig.model_validate(
+        routing_config()))
+    [routing] = [e for e in estimates if e.lever == "routing"]
+    assert routing.tenant == "acme" and "strong share 50.0%" in routing.method
+    assert proposed_settings(estimates)["routing"] == {"substitution_tenants": ["acme"]}
+    spent_routed, _ = run_tenant("routed", "large", "ka", prompts, substitution_tenants=["acme"])
     # the estimate spreads the saving over all prompts; substitution moves the easy ones,
     # which are two tokens (of about 23) shorter than the hard ones
     assert spent_explicit - spent_routed == pytest.approx(routing.window_saving_usd, rel=0.1)
+
+
+def test_the_cascade_estimate_is_what_the_cascade_then_saves(tiers, run_tenant) -> None:
+    """acme asks for the strong model by name; probe sends the same prompts to ``auto``
+    with the cascade on: the router sends the hard third straight to the strong model
+    (sure it is needed), the cheap model answers the rest, weakly for a quarter of them
+    (escalated). The planner's cascade estimate for acme against what acme then saves
+    sending the same prompts to ``auto`` through the same cascade."""
+    from tests.routing.conftest import EASY, HARD, routing_config
+
+    workers, catalog = tiers
+    prompts = [HARD if i % 3 == 2 else EASY for i in range(30)]
+
+    def answer(i: int) -> None:  # every 6th request (an easy one) gets a weak cheap answer
+        workers.models["small"].logprob = -2.0 if i % 6 == 0 else -0.05
+
+    cascade = {"cascade": {"enabled": True, "threshold": 0.5}}
+    since = datetime.now(UTC) - timedelta(minutes=1)
+    spent_explicit, explicit = run_tenant("explicit", "large", "ka", prompts)
+    _, probe = run_tenant("probe", "auto", "kp", prompts, answer, **cascade)
+    until = datetime.now(UTC) + timedelta(minutes=1)
+    merged(explicit, probe)
+    estimates = plan(explicit, catalog, since, until, RoutingConfig.model_validate(
+        routing_config(**cascade)))
+    [estimate] = [e for e in estimates if e.lever == "cascade"]
+    assert estimate.tenant == "acme"
+    assert "33.3% straight to the strong model" in estimate.method
+    assert "25.0% of those escalated" in estimate.method
+    spent_cascade, cascaded = run_tenant("cascaded", "auto", "ka", prompts, answer, **cascade)
+    with cascaded.connect() as conn:  # the cheap attempts' cost is in what acme spent
+        attempts = conn.scalar(select(func.count()).where(
+            RequestLog.route_reason.startswith("cascade: cheap attempt escalated")))
+    assert attempts == 5
+    # the estimate spreads skips and escalations over all prompts; the skipped (hard)
+    # prompts are two tokens (of about 23) longer than the easy ones
+    assert spent_explicit - spent_cascade == pytest.approx(estimate.window_saving_usd, rel=0.1)

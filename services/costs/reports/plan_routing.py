@@ -13,10 +13,15 @@ tokens.
   the window's requests to ``auto`` (the quality target substitution uses) that ended on
   a model above the cheap tier (at least ``MIN_SAMPLES``), else the ``strong_fraction``
   the active router version measured on its labels; with neither, no estimate.
-* **cascade** (non-streamed requests only: the cascade never judges a stream): every
-  request pays the cheap attempt and a share ``e`` escalates to the strong model:
-  saving ``sum(actual) x (1 - e) - sum(cheap)``. ``e`` is escalated attempts / cascade
-  requests (accepted + escalated) in the window, at least ``MIN_SAMPLES`` of them.
+* **cascade** (non-streamed requests to ``auto`` only: the cascade never judges a stream,
+  nor a model asked for by name): a share ``k`` goes straight to the strong model (the
+  router is sure it is needed), the rest pays the cheap attempt and a share ``e`` of
+  those escalates to the strong model: saving ``(1 - k) x (sum(actual) x (1 - e) -
+  sum(cheap))``. ``e`` is escalated attempts / cascade requests (accepted + escalated),
+  ``k`` the window's non-streamed requests to a virtual model that ended above the cheap
+  tier without a cascade / (those + cascade requests), with at least ``MIN_SAMPLES``
+  cascade requests in the window (a window that turned the cascade on midway counts its
+  earlier strong requests as skipped: the estimate errs low).
   Tenants whose requests already take routing decisions get neither estimate.
 * **batch**: non-streamed online requests (routed or not) sent through ``/v1/batches``
   instead, at the batch path's measured cost/baseline ratio ``r`` (batch lines of the
@@ -40,7 +45,7 @@ from services.caching import HIT_LAYERS
 from services.costs.catalog import PriceCatalog
 from services.costs.rates import UnknownModelPrice
 from services.costs.reports.attribution import BATCH_PREFIX, ESCALATED_PREFIX
-from services.routing.config import ModelConfig, RoutingConfig
+from services.routing.config import VIRTUAL_TARGETS, ModelConfig, RoutingConfig
 
 MIN_SAMPLES = 20
 ACCEPTED = "cascade: accepted"  # in the final row's reason, after the router's verdict
@@ -70,6 +75,7 @@ class RoutingLevers:
         self.tenants: dict[str, _Tenant] = defaultdict(_Tenant)
         self.decisions = [0, 0]  # router decisions: strong, all
         self.cascades = [0, 0]  # escalated, all
+        self.skipped = 0  # non-streamed requests to a virtual model sent strong, no cascade
         self.batch = [0.0, 0.0, 0]  # batch lines: cost, baseline, count
         self.routed: set[str] = set()
 
@@ -82,6 +88,9 @@ class RoutingLevers:
         self.cascades[1] += ACCEPTED in reason
         if row.model_requested == "auto":
             self._decision(row.model_served)
+        if (row.model_requested in VIRTUAL_TARGETS and not row.stream
+                and "cascade" not in reason and self._strong(row.model_served)):
+            self.skipped += 1
         if row.status_code != 200 or row.cost_usd is None or row.cache_layer in HIT_LAYERS:
             return
         if reason.startswith(BATCH_PREFIX):
@@ -110,10 +119,15 @@ class RoutingLevers:
     def _decision(self, served: str | None) -> None:
         """A request to ``auto`` (the default quality target, as substitution uses):
         strong when it ended on a model above the cheap tier."""
-        model = self.routing.served_as(served) if self.routing and served else None
-        if model is not None and self.cheap is not None:
-            self.decisions[0] += self.routing.rank(model) > self.routing.rank(self.cheap)
+        if self.cheap is not None and served and self.routing.served_as(served):
+            self.decisions[0] += self._strong(served)
             self.decisions[1] += 1
+
+    def _strong(self, served: str | None) -> bool:
+        """Served by a model of the routing config above the cheap tier."""
+        model = self.routing.served_as(served) if self.routing and served else None
+        return (model is not None and self.cheap is not None
+                and self.routing.rank(model) > self.routing.rank(self.cheap))
 
     def estimates(self) -> list[tuple[str, str, float, str]]:
         """``(tenant, lever, window saving, method)`` for every positive estimate."""
@@ -131,12 +145,14 @@ class RoutingLevers:
                     f"{1 - share:.1%} of them on {cheap} (${t.cheap:,.6f} for all) at the "
                     f"router's strong share {share:.1%} ({source})")))
             if cascades >= MIN_SAMPLES and t.unstreamed and unrouted:
-                rate = escalated / cascades
-                saved = t.actual_unstreamed * (1 - rate) - t.cheap_unstreamed
+                rate, skip = escalated / cascades, self.skipped / (self.skipped + cascades)
+                saved = (1 - skip) * (t.actual_unstreamed * (1 - rate) - t.cheap_unstreamed)
                 found.append((name, "cascade", saved, (
                     f"{t.unstreamed} unrouted non-streamed requests (${t.actual_unstreamed:,.6f})"
-                    f" each first tried on {cheap} (${t.cheap_unstreamed:,.6f}), "
-                    f"{rate:.1%} escalated as in the window's {cascades} cascade requests")))
+                    f" sent to auto: {skip:.1%} straight to the strong model, the rest first "
+                    f"tried on {cheap} (${t.cheap_unstreamed:,.6f} for all), {rate:.1%} of "
+                    f"those escalated, as in the window's {cascades} cascade requests and "
+                    f"{self.skipped} skipped")))
             if ratio is not None:
                 gaps = [a - ratio * b for a, b in t.online if a > ratio * b]
                 found.append((name, "batch", sum(gaps), (
