@@ -5,20 +5,28 @@ JSONL with ``timestamp`` in ms, ``input_length``, ``output_length``), time-compr
 ``--speedup``, with ShareGPT prompts: request i arrives at the trace's i-th time and
 repeats request ``i % --pool`` (ShareGPT prompt k padded with the following prompts'
 text to row k's context length, ``max_tokens`` = row k's generated tokens, temperature
-0), so ``1 - pool / limit`` of the requests are exact repeats. They go through a real
-gateway process, once per lever configuration, each on a fresh SQLite store. Upstreams
+0), so ``1 - pool / limit`` of the requests are repeats; every ``--reword-every``-th
+repeat is retyped (``retyped``: the first letter's case flipped, ending in "?"): no
+exact hit, a semantic candidate. (A polite prefix or suffix instead is never accepted
+by the default verifier at its precision-0.95 threshold on these long prompts: 0 of 30
+tried.) They go
+through a real gateway process, once per lever configuration, each on a fresh SQLite
+store; every run sends the same requests. Upstreams
 are ``bench/fake_upstream.py --usage-from-request`` (usage follows each request: 4
 characters a prompt token, ``max_tokens`` completion tokens): one posing as the hosted
 OpenAI API, one as our own vLLM worker serving ``llama-3.1-8b-instruct``.
 
 Configurations: ``all_off`` (every request to the baseline, gpt-4o-mini, hosted),
-``cache`` (exact response cache), ``token_optimization`` (``--token-policy``),
+``cache`` (exact response cache), ``semantic_cache`` (exact and semantic cache, the
+semantic one on for the replay's tenant), ``token_optimization`` (``--token-policy``),
 ``routing`` (``auto`` between gpt-4.1-nano and gpt-4o-mini, cascade on), ``self_hosting``
-(the self-hosted model), ``all_on`` (cache, tokens, ``auto`` between the self-hosted
-model and gpt-4o-mini with the cascade). Batch is not replayed: a trace of online
-arrivals has no batch jobs. The self-hosted model is priced from the settings' GPU-hour
-($2, 1,000 output tokens/s by default) with ``measure_throughput`` off: the fake
-worker's measured throughput would be the machine's load, not a GPU's.
+(the self-hosted model), ``batch`` (every ``--batch-every``-th request goes into one
+``/v1/batches`` job on the self-hosted model, submitted after the online replay, instead
+of online), ``all_on`` (both caches, tokens, the batch part, ``auto`` between the
+self-hosted model and gpt-4o-mini with the cascade). The self-hosted model is priced
+from the settings' GPU-hour ($2, 1,000 output tokens/s by default) with
+``measure_throughput`` off: the fake worker's measured throughput would be the
+machine's load, not a GPU's.
 
 From each store: cost, baseline and the saving of every lever (``live_summary``, the
 reports' attribution); the final JSON line holds ``runs`` and ``attribution_gap`` (all-on
@@ -67,6 +75,7 @@ SELF_HOSTED = "llama-3.1-8b-instruct"
 BASELINE = "gpt-4o-mini"
 CHEAP_HOSTED = "gpt-4.1-nano"
 SPEC_CLAIMS = {"cache": "70-90%", "token_optimization": "40%", "routing": "40-60%"}
+TERMINAL = ("completed", "failed", "expired", "cancelled")
 
 
 def load_trace(path: Path, limit: int) -> list[tuple[float, int, int]]:
@@ -133,29 +142,59 @@ def configs(hosted_url: str, worker_url: str, policy: str) -> dict[str, dict]:
     return {
         "all_off": {"model": BASELINE, "routing": hosted_only},
         "cache": {"model": BASELINE, "routing": hosted_only, "cache": True},
+        "semantic_cache": {"model": BASELINE, "routing": hosted_only, "cache": True,
+                           "semantic": True},
         "token_optimization": {"model": BASELINE, "routing": hosted_only, "policy": policy},
         "routing": {"model": "auto", "routing": auto(nano)},
         "self_hosting": {"model": SELF_HOSTED, "routing": {}, "workers": worker_url},
+        "batch": {"model": BASELINE, "routing": hosted_only, "workers": worker_url,
+                  "batch": True},
         "all_on": {"model": "auto", "routing": auto(ours), "workers": worker_url,
-                   "cache": True, "policy": policy},
+                   "cache": True, "semantic": True, "policy": policy, "batch": True},
     }
 
 
-async def replay(url: str, model: str, trace, prompts, pool: int, speedup: float,
-                 concurrency: int) -> tuple[int, int]:
-    limit = asyncio.Semaphore(concurrency)
+def request(i: int, model: str, trace, prompts, args) -> dict:
+    """Request ``i``: request ``i % pool`` again (same prompt, length and max_tokens),
+    retyped when it is a repeat picked by ``--reword-every``."""
+    k = i % args.pool
+    _, ctx, gen = trace[k]
+    text = prompt_for(k, ctx, prompts)
+    if i >= args.pool and args.reword_every and i % args.reword_every == 0:
+        text = retyped(text)
+    return {"model": model, "temperature": 0, "max_tokens": max(gen, 1),
+            "messages": [{"role": "user", "content": text}]}
+
+
+def retyped(text: str) -> str:
+    """The same question typed again: first letter's case flipped, ending in "?"."""
+    text = text.strip()
+    return text[:1].swapcase() + text[1:].rstrip(".?!") + "?"
+
+
+def batched(i: int, args) -> bool:
+    return bool(args.batch_every) and i % args.batch_every == 0
+
+
+async def replay(url: str, config: dict, trace, prompts, args) -> tuple[int, int]:
+    """The trace's online arrivals, then (``batch`` configurations) its batch part as
+    one ``/v1/batches`` job; (requests sent, failed)."""
+    limit = asyncio.Semaphore(args.concurrency)
     failures = 0
     started = time.monotonic()
+    lines = []
 
     async def one(client: httpx.AsyncClient, i: int, at: float) -> None:
         nonlocal failures
-        delay = at / speedup - (time.monotonic() - started)
+        if config.get("batch") and batched(i, args):
+            lines.append({"custom_id": f"req-{i}", "method": "POST",
+                          "url": "/v1/chat/completions",
+                          "body": request(i, SELF_HOSTED, trace, prompts, args)})
+            return
+        delay = at / args.speedup - (time.monotonic() - started)
         if delay > 0:
             await asyncio.sleep(delay)
-        k = i % pool  # the request repeats request k: same prompt, length and max_tokens
-        _, ctx, gen = trace[k]
-        body = {"model": model, "temperature": 0, "max_tokens": max(gen, 1),
-                "messages": [{"role": "user", "content": prompt_for(k, ctx, prompts)}]}
+        body = request(i, config["model"], trace, prompts, args)
         async with limit:
             try:
                 response = await client.post(f"{url}/v1/chat/completions", json=body)
@@ -167,7 +206,30 @@ async def replay(url: str, model: str, trace, prompts, pool: int, speedup: float
 
     async with httpx.AsyncClient(timeout=120) as client:
         await asyncio.gather(*(one(client, i, row[0]) for i, row in enumerate(trace)))
+        if lines:
+            failures += await run_batch(client, url, lines)
     return len(trace), failures
+
+
+async def run_batch(client: httpx.AsyncClient, url: str, lines: list[dict]) -> int:
+    """One batch job of ``lines``, waited for; its failed lines."""
+    content = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+    upload = await client.post(f"{url}/v1/files", data={"purpose": "batch"},
+                               files={"file": ("trace.jsonl", content)})
+    upload.raise_for_status()
+    created = await client.post(f"{url}/v1/batches", json={
+        "input_file_id": upload.json()["id"], "endpoint": "/v1/chat/completions",
+        "completion_window": "24h"})
+    created.raise_for_status()
+    batch = created.json()
+    deadline = time.monotonic() + 900
+    while batch["status"] not in TERMINAL:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"batch {batch['id']} still {batch['status']}")
+        await asyncio.sleep(1)
+        batch = (await client.get(f"{url}/v1/batches/{batch['id']}")).json()
+    counts = batch.get("request_counts") or {}
+    return len(lines) - int(counts.get("completed") or 0)
 
 
 def run_config(name: str, config: dict, args, hosted_url: str, trace, prompts, workdir: Path
@@ -181,7 +243,8 @@ def run_config(name: str, config: dict, args, hosted_url: str, trace, prompts, w
         "OPTENGINE_CONFIG": str(yaml_path), "OPTENGINE_OPENAI_API_KEY": "bench",
         "OPTENGINE_OPENAI_BASE_URL": hosted_url, "OPTENGINE_BASELINE_MODEL": BASELINE,
         "OPTENGINE_CACHE_ENABLED": str(bool(config.get("cache"))).lower(),
-        "OPTENGINE_CACHE_SEMANTIC_ENABLED": "false",
+        "OPTENGINE_CACHE_SEMANTIC_ENABLED": str(bool(config.get("semantic"))).lower(),
+        "OPTENGINE_CACHE_SEMANTIC_TENANTS": "default" if config.get("semantic") else "",
         "OPTENGINE_TOKEN_OPTIMIZATION_DEFAULT": config.get("policy", "off"),
         "OPTENGINE_TOKEN_COUNT_WITH_WORKER": "false",
         "OPTENGINE_WORKERS": config.get("workers", ""),
@@ -200,8 +263,7 @@ def run_config(name: str, config: dict, args, hosted_url: str, trace, prompts, w
         ready = "/readyz" if config.get("workers") else "/healthz"
         gateway.wait_http(f"{url}{ready}", timeout_s=180)
         since = datetime.now(UTC) - timedelta(seconds=1)
-        sent, failed = asyncio.run(replay(url, config["model"], trace, prompts, args.pool,
-                                          args.speedup, args.concurrency))
+        sent, failed = asyncio.run(replay(url, config, trace, prompts, args))
         engine = create_store_engine(env["OPTENGINE_DATABASE_URL"])
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -233,6 +295,11 @@ def main() -> int:
     parser.add_argument("--speedup", type=float, default=20.0)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--token-policy", default="lossless")
+    parser.add_argument("--reword-every", type=int, default=2,
+                        help="reword every N-th repeat (0: none), for the semantic cache")
+    parser.add_argument("--batch-every", type=int, default=5,
+                        help="batch configurations send every N-th request through "
+                             "/v1/batches (0: none)")
     parser.add_argument("--only", nargs="*", help="run only these configurations")
     args = parser.parse_args()
     stop_on_signals()
@@ -274,7 +341,8 @@ def main() -> int:
     print(f"attribution gap (all_on): {gap}")
     print_json_line({"runs": runs, "attribution_gap": gap, "trace": str(args.trace),
                      "limit": args.limit, "pool": args.pool, "speedup": args.speedup,
-                     "token_policy": args.token_policy, "machine": machine_info()})
+                     "token_policy": args.token_policy, "reword_every": args.reword_every,
+                     "batch_every": args.batch_every, "machine": machine_info()})
     return 0
 
 
