@@ -137,8 +137,9 @@ def proposed_settings(estimates: list[LeverEstimate]) -> dict[str, Any]:
 
 def _routing_settings(estimates: list[LeverEstimate]) -> dict[str, Any]:
     """The keys to merge into the ``routing`` config: the tenants whose explicit models the
-    router may replace, and the cascade where it beats plain routing for a tenant. (Batch
-    is the caller's choice of ``/v1/batches``: no setting turns it on.)"""
+    router may replace, and the cascade where it beats plain routing for a tenant (the
+    cascade judges the tenant's requests to ``auto``; substituted ones keep the router's
+    guess). (Batch is the caller's choice of ``/v1/batches``: no setting turns it on.)"""
     best: dict[str, LeverEstimate] = {}
     for e in estimates:
         if e.lever in ("routing", "cascade") and (
