@@ -5,11 +5,12 @@ app's: the gateway only loads the exported, int8-quantised graph with ONNX Runti
 The whole pipeline is ``scripts/build_cross_encoder.sh``; this is its training step::
 
     .venv-vllm/bin/python scripts/train_cross_encoder.py --examples EXAMPLES.jsonl \
-        --model-dir MINILM_DIR --out OUT_DIR [--seed 17 --epochs 0.5 --freeze-layers 4]
+        --model-dir MINILM_DIR --out OUT_DIR [--seed 17 --epochs 2 --freeze-layers 2 --lr 5e-5]
 
 ``EXAMPLES.jsonl`` comes from ``services.caching.semantic.cross_data`` (fine-tune pairs
-plus synthetic hard negatives). Deterministic for a seed on one machine: the shuffle,
-the head's initialisation, the pair order flips and dropout all draw from it.
+plus synthetic hard negatives). Deterministic for a seed and a thread count on one
+machine: the shuffle, the head's initialisation, the pair order flips and dropout all
+draw from it.
 Standalone on purpose (stdlib, torch, transformers, tokenizers): the app's packages
 are not installed in the training environment.
 """
@@ -44,6 +45,23 @@ def encode_batch(tokenizer: Tokenizer, pairs: list[tuple[str, str]]
     return ids, mask, types
 
 
+def length_batches(rows: list[dict], batch_size: int, rng: random.Random,
+                   window: int = 8) -> list[list[int]]:
+    """One epoch of batches in random order, each of similar-length pairs: shuffled, then
+    sorted by length within runs of ``window`` batches, so that a batch pads little (a
+    batch is padded to its longest pair) and still mixes the data."""
+    order = list(range(len(rows)))
+    rng.shuffle(order)
+    span = batch_size * window
+    batches = []
+    for start in range(0, len(order), span):
+        run = sorted(order[start : start + span],
+                     key=lambda i: len(rows[i]["a"]) + len(rows[i]["b"]))
+        batches += [run[j : j + batch_size] for j in range(0, len(run), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
 class _Logits(torch.nn.Module):
     """The classifier with plain tensor inputs and one output: the logit of "same question"."""
 
@@ -63,9 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=17)
-    parser.add_argument("--epochs", type=float, default=0.5)
+    parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=4e-5)
+    parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--warmup", type=float, default=0.1, help="fraction of steps")
     parser.add_argument("--max-length", type=int, default=96)
     parser.add_argument("--max-seconds", type=float, default=None,
@@ -76,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="stop after this many of the planned steps")
     parser.add_argument("--threads", type=int, default=1,
                         help="one: on a shared 2-core box two threads wait on each other")
-    parser.add_argument("--freeze-layers", type=int, default=4,
+    parser.add_argument("--freeze-layers", type=int, default=2,
                         help="keep the embeddings and this many lower layers as shipped: "
                              "less backward work per step, and the word table (11.7M of "
                              "the 22.7M weights) needs no optimizer state")
@@ -106,17 +124,15 @@ def main(argv: list[str] | None = None) -> int:
     loss_fn = torch.nn.BCEWithLogitsLoss()
     print(f"{len(rows)} examples, {per_epoch} steps/epoch, {total} steps", flush=True)
 
-    step, started, order, history = 0, time.monotonic(), [], []
+    step, started, batches, history = 0, time.monotonic(), [], []
     stop_at = min(total, args.stop_after_steps or total)
     while step < stop_at:
         if args.max_seconds is not None and time.monotonic() - started > args.max_seconds:
             print(f"time budget reached after {step} steps", flush=True)
             break
-        if not order:
-            order = list(range(len(rows)))
-            rng.shuffle(order)
-        batch = [rows[i] for i in order[: args.batch_size]]
-        order = order[args.batch_size :]
+        if not batches:
+            batches = length_batches(rows, args.batch_size, rng)
+        batch = [rows[i] for i in batches.pop()]
         # either text may be the stored one: show both orders
         pairs = [(r["a"], r["b"]) if rng.random() < 0.5 else (r["b"], r["a"]) for r in batch]
         labels = torch.tensor([float(r["label"]) for r in batch])

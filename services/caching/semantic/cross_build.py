@@ -129,8 +129,8 @@ def calibrate(pairs_path: Path, verifier: CrossEncoderVerifier, *, target: float
     return {
         "threshold": threshold,
         "method": f"lookups over the calibration pairs: search all {len(entries)} calibration "
-                  f"entries, the model scores up to {MODEL_K} of the best {SEARCH_K} the rules "
-                  "let through and the most probable is the answer; correct = own "
+                  f"entries, the model scores up to {verifier.model_k} of the best {SEARCH_K} "
+                  "the rules let through and the most probable is the answer; correct = own "
                   "labelled duplicate; wrong_own = own pair labelled 0; wrong_other = another "
                   "entry (unlabelled)",
         "calibrated_on": "labelled hits (correct / (correct + wrong_own))",
@@ -143,11 +143,11 @@ def calibrate(pairs_path: Path, verifier: CrossEncoderVerifier, *, target: float
 
 
 def build(trained: Path, pairs_path: Path, *, target: float, min_hits: int,
-          embeddings_cache: Path | None, combine: bool = True, model_out: Path = MODEL_PATH,
-          spec_out: Path = SPEC_PATH) -> dict[str, Any]:
+          embeddings_cache: Path | None, combine: bool = True, model_k: int = MODEL_K,
+          model_out: Path = MODEL_PATH, spec_out: Path = SPEC_PATH) -> dict[str, Any]:
     model = export(trained, model_out)
     spec: dict[str, Any] = {"format": 1, "kind": "cross-encoder", "max_tokens": MAX_TOKENS,
-                            "guards": list(GUARDS), "search_k": SEARCH_K, "model_k": MODEL_K,
+                            "guards": list(GUARDS), "search_k": SEARCH_K, "model_k": model_k,
                             "min_cosine": MIN_COSINE, "threshold": 1.0,
                             "target_precision": target, "combine": "fit" if combine else None}
     verifier = CrossEncoderVerifier(spec, encoder=CrossEncoder(model_out, max_tokens=MAX_TOKENS))
@@ -186,6 +186,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--embeddings-cache", type=Path, default=None)
     parser.add_argument("--no-combine", dest="combine", action="store_false",
                         help="the model's probability alone (no cosine combiner)")
+    parser.add_argument("--model-k", type=int, default=MODEL_K,
+                        help="candidates the model scores per lookup at most")
+    parser.add_argument("--out-dir", type=Path, default=MODEL_PATH.parent,
+                        help="where cross_encoder.onnx and .json go (default: the shipped "
+                             "ones, next to this file)")
     parser.add_argument("--examples-out", type=Path, default=None,
                         help="only write the fine-tune examples (JSON lines) here and stop")
     args = parser.parse_args(argv)
@@ -197,8 +202,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.trained is None:
         parser.error("--trained is required (or --examples-out)")
+    args.out_dir.mkdir(parents=True, exist_ok=True)
     build(args.trained, args.pairs, target=args.target_precision, min_hits=args.min_hits,
-          embeddings_cache=args.embeddings_cache, combine=args.combine)
+          embeddings_cache=args.embeddings_cache, combine=args.combine, model_k=args.model_k,
+          model_out=args.out_dir / MODEL_PATH.name, spec_out=args.out_dir / SPEC_PATH.name)
     return 0
 
 
