@@ -6,14 +6,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
-from services.caching.semantic import SemanticCache
+from services.caching.semantic import SemanticCache, load_verifier
 from services.caching.semantic.cross_encoder import (
     MODEL_PATH,
     SPEC_PATH,
@@ -21,8 +24,10 @@ from services.caching.semantic.cross_encoder import (
     guard_refuses,
 )
 from services.embeddings.batcher import EmbeddingBatcher
+from services.settings import Settings
 
 SCOPE = ("tenant/a", "ctx")
+REPO = Path(__file__).resolve().parents[2]
 
 
 def digest(text: str) -> str:
@@ -66,6 +71,44 @@ def test_the_shipped_model_is_small_recorded_and_loads_without_torch() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120, check=False)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_the_record_is_the_build_scripts_recipe_run_to_the_end() -> None:
+    """The shipped weights come from scripts/build_cross_encoder.sh as it stands: the
+    same flags, the whole schedule, and a threshold that reached its target."""
+    spec = json.loads(SPEC_PATH.read_text())
+    run = spec["training"]["run"]
+    script = (REPO / "scripts" / "build_cross_encoder.sh").read_text()
+    flags = dict(re.findall(r"--(epochs|max-length|freeze-layers|lr|threads) (\S+)", script))
+    assert float(flags["epochs"]) == run["epochs"] and float(flags["lr"]) == run["lr"]
+    assert int(flags["max-length"]) == run["max_length"] == spec["max_tokens"]
+    assert int(flags["freeze-layers"]) == run["freeze_layers"]
+    assert int(flags["threads"]) == run["threads"]
+    assert re.search(r"SEED=\$\{SEED:-(\d+)\}", script)[1] == str(run["seed"])
+    assert "--stop-after-steps" not in script and run["steps"] == run["planned_steps"]
+    calibration = spec["calibration"]
+    assert calibration["target_reached"] is True
+    assert calibration["calibrated_precision"] >= spec["target_precision"]
+    assert isinstance(spec["combine"], dict) and spec["combine"]["fitted_on_pairs"] > 0
+    # the threshold's point on the recorded curve is no better than the recorded one
+    # (the curve is on a 0.01 grid; the threshold between two of its points)
+    below = [r for r in calibration["curve"] if r["threshold"] <= spec["threshold"]]
+    assert below and below[-1]["recall"] >= calibration["recall"]
+
+
+def test_the_gateway_default_is_the_feature_verifier_and_a_bad_name_is_refused(
+        monkeypatch) -> None:
+    # the cross-encoder is an option: on LLM rewordings its calibrated threshold serves
+    # less than the feature verifier's (docs/benchmarks.md, "Semantic cache")
+    monkeypatch.delenv("OPTENGINE_CACHE_SEMANTIC_VERIFIER", raising=False)
+    assert Settings().cache_semantic_verifier == "features"
+    monkeypatch.setenv("OPTENGINE_CACHE_SEMANTIC_VERIFIER", "cross-encoder")
+    assert Settings().cache_semantic_verifier == "cross-encoder"
+    monkeypatch.setenv("OPTENGINE_CACHE_SEMANTIC_VERIFIER", "cosine")
+    with pytest.raises(ValidationError, match="cache_semantic_verifier"):
+        Settings()
+    with pytest.raises(ValueError, match="unknown semantic verifier 'cosine'"):
+        load_verifier("cosine")  # type: ignore[arg-type]
 
 
 def test_the_graph_reproduces_the_trainers_logits() -> None:
