@@ -12,7 +12,7 @@ A lookup is two-stage: the vector index proposes the nearest entries in the scop
 ``CrossEncoderVerifier.best`` decides. Cheap rules run first and refuse a candidate
 without the model when a number, a negation or a named entity differs (the known false
 hits of semantic caches, which Quora's pairs rarely teach); the same words in the same
-order are the same question; the model scores the nearest ``model_k`` (2) candidates
+order are the same question; the model scores the nearest ``model_k`` (shipped: 1) candidates
 the rules let through, in one batch, and the most probable is the answer.
 """
 
@@ -133,7 +133,7 @@ class CrossEncoderVerifier:
         self.calibrated_threshold = float(spec["threshold"])
         self.threshold = self.calibrated_threshold if threshold is None else float(threshold)
         self.min_cosine = float(spec.get("min_cosine", 0.0))
-        self.model_k = int(spec.get("model_k", 2))
+        self.model_k = int(spec.get("model_k", 1))
         # optional: P = sigmoid(a * logit + b * cosine + c), fitted on the calibration
         # pairs (the cosine adds what the bi-encoder learnt from a billion pairs)
         combine = spec.get("combine")
