@@ -591,6 +591,21 @@ class CostRollup(Base):
     saved_model_choice_usd: Mapped[float] = mapped_column(
         Double, doc="the caller's own choice of a model other than the baseline (no lever)"
     )
+    # what the cache page draws (every row, priced or not); 0 on rows written before
+    # these columns existed, so adding them resets the watermark (the next run redoes all)
+    hits_l1: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    hits_l2: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    hits_l3: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    hits_semantic: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    cache_misses: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    measured_tokens_before: Mapped[int] = mapped_column(
+        BigInteger, server_default="0",
+        doc="prompt tokens before optimisation, rows with both before and after recorded")
+    measured_tokens_after: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    cascade_accepted: Mapped[int] = mapped_column(
+        BigInteger, server_default="0", doc="cheap attempts the cascade accepted")
+    routed: Mapped[int] = mapped_column(
+        BigInteger, server_default="0", doc="rows the router chose a model for (not batch)")
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     __table_args__ = (Index("ix_cost_rollups_tenant_hour", "tenant", "hour"),)

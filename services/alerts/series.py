@@ -1,11 +1,12 @@
 """Hourly cost and request series per tenant, model and lever, and the anomaly rules'
 readings over them.
 
-The series are read by ``hourly_totals`` alone, over the bounded history window
-(``anomaly_history_days``): from the ``cost_rollups`` table of the cost management flow
-for every hour it holds complete, and from ``request_log`` only for the hours whose rows
-it has not rolled up yet (the current hour, a late replay's). An evaluation costs hours x
-series rows plus the newest requests, not a scan of weeks of requests.
+The series are read by ``hourly_totals`` alone (the cost package's ``hourly_frame``),
+over the bounded history window (``anomaly_history_days``): from the ``cost_rollups``
+table of the cost management flow for every hour it holds complete, and from
+``request_log`` only for the hours whose rows it has not rolled up yet (the current hour,
+a late replay's). An evaluation costs hours x series rows plus the newest requests, not
+a scan of weeks of requests.
 """
 
 from __future__ import annotations
@@ -18,19 +19,15 @@ from sqlalchemy import Engine
 
 from services.alerts.anomaly import detect_anomalies, hourly
 from services.alerts.sources import Reading, threshold_for
-from services.costs.reports.rollup import hourly_paths
+from services.costs.reports.anomalies import hourly_frame
 from services.settings import AlertRuleConfig
-
-COLUMNS = ["hour", "tenant", "model", "lever", "requests", "cost_usd"]
 
 
 def hourly_totals(engine: Engine, *, start: datetime, end: datetime) -> pd.DataFrame:
     """Requests and cost per hour x tenant x model x lever, whole hours from ``start`` to
     ``end``: ``cost_rollups`` for the hours it has complete, ``request_log`` for the rest
-    (``hourly_paths``). Cost is that of the priced rows, as in the cost reports."""
-    frame = pd.DataFrame(hourly_paths(engine, start, end), columns=COLUMNS)
-    frame["hour"] = pd.to_datetime(frame["hour"], utc=True)
-    return frame
+    (``hourly_frame``, the cost reports' series: cost is that of the priced rows)."""
+    return hourly_frame(engine, start, end)
 
 
 _VALUE = {"cost_anomaly": "cost_usd", "request_anomaly": "requests"}

@@ -14,11 +14,13 @@ from models import CostRollup, RequestLog, create_store_engine
 from services.costs import PriceCatalog
 from services.costs.reports import (
     HostedUpstreams,
-    hourly_paths,
+    Pricing,
+    hourly_sums,
     live_summary,
     roll_up,
     summarize,
 )
+from services.costs.reports.rollup import PRICED, SUMMED
 from services.settings import ModelPrice
 from tests.support.cost_rows import HOSTED, PRICES, T0, every_path, insert, row, usage
 
@@ -114,22 +116,34 @@ def test_tenants_are_kept_apart_and_an_empty_store_is_a_no_op(engine, catalog) -
     assert a.saved_by_lever["cache_exact"] == 0 and b.saved_by_lever["cache_exact"] > 0
 
 
-def test_hourly_paths_are_the_same_before_and_after_a_rollup(engine, catalog) -> None:
+def test_hourly_sums_are_the_same_before_and_after_a_rollup(engine, catalog) -> None:
     """Rollups for the hours they hold complete, request_log for the hours with rows not
-    rolled up yet (a new hour, a late row's old one): the same figures either way."""
+    rolled up yet (a new hour, a late row's old one): the same figures, every column of
+    a rollup row (the baseline priced the same way), either way."""
     hosted = HostedUpstreams([HOSTED])
+    pricing = Pricing(catalog, hosted)
     rows = []
     for h in range(6):
         at = T0 + timedelta(hours=h, minutes=5)
         rows += [{**r, "ingested_at": at + timedelta(minutes=1)} for r in every_path(at)]
     insert(engine, rows)
     window = (T0, T0 + timedelta(hours=8))
-    from_log = hourly_paths(engine, *window)
-    assert len({r[0] for r in from_log}) == 6
-    assert {r[3] for r in from_log} == {"cache_exact", "cache_semantic", "batch", "routed",
-                                        "cascade_escalated", "direct"}
+    by = ("time", "tenant", "model", "upstream", "lever")
+
+    def read(*bounds, **kw):  # type: ignore[no-untyped-def]
+        return hourly_sums(engine, *bounds, by=by, columns=SUMMED + PRICED, pricing=pricing,
+                           **kw)
+
+    from_log = read(*window)
+    assert from_log.source == "request_log"
+    assert len({r["time"] for r in from_log.rows}) == 6
+    assert {r["lever"] for r in from_log.rows} == {"cache_exact", "cache_semantic", "batch",
+                                                   "routed", "cascade_escalated", "direct"}
+    assert sum(r["hits_l2"] for r in from_log.rows) == 6
     roll_up(engine, catalog, hosted)
-    assert hourly_paths(engine, *window) == from_log
+    rolled = read(*window)
+    assert rolled.source == "cost_rollups + request_log"
+    assert _same(rolled.rows, from_log.rows)
 
     # a late row for hour 1 and a new row in hour 6, neither rolled up yet
     late = row(T0 + timedelta(hours=1, minutes=50), model_served="cheap", worker=HOSTED,
@@ -137,19 +151,44 @@ def test_hourly_paths_are_the_same_before_and_after_a_rollup(engine, catalog) ->
                **usage(1000, 600, 100))
     new = {**late, "id": "new-row", "created_at": T0 + timedelta(hours=6, minutes=10)}
     insert(engine, [late, new])
-    hybrid = hourly_paths(engine, *window)
-    assert sum(r[4] for r in hybrid) == sum(r[4] for r in from_log) + 2
+    hybrid = read(*window).rows
+    assert sum(r["requests"] for r in hybrid) == sum(r["requests"] for r in from_log.rows) + 2
     roll_up(engine, catalog, hosted)
-    assert hourly_paths(engine, *window) == hybrid
+    assert _same(read(*window).rows, hybrid)
+    # grouped coarser, filtered, bucketed: the same sums
+    day = hourly_sums(engine, *window, columns=("requests", "baseline_usd"), pricing=pricing,
+                      by=("time",), bucket_s=86400, tenant="acme")
+    assert [r["requests"] for r in day.rows] == [sum(r["requests"] for r in hybrid)]
+    assert day.rows[0]["baseline_usd"] == pytest.approx(sum(r["baseline_usd"] for r in hybrid))
+    assert hourly_sums(engine, *window, by=("time",), tenant="nobody").rows == []
 
     # hours held complete are read from the rollups, not from request_log
     with engine.begin() as conn:
         conn.execute(RequestLog.__table__.delete().where(
             RequestLog.created_at < T0 + timedelta(hours=4)))
-    assert hourly_paths(engine, *window) == hybrid
+    assert _same(read(*window).rows, hybrid)
     # a bound inside an hour reads that whole hour, as the rollups hold it
-    inside = hourly_paths(engine, T0 + timedelta(minutes=30), T0 + timedelta(hours=1, minutes=1))
-    assert inside == [r for r in hybrid if r[0] < T0 + timedelta(hours=2)]
+    inside = read(T0 + timedelta(minutes=30), T0 + timedelta(hours=1, minutes=1)).rows
+    assert _same(inside, [r for r in hybrid if r["time"] < T0 + timedelta(hours=2)])
+
+
+def _same(rows: list[dict], expected: list[dict]) -> bool:
+    """The same keys and counts, and sums of money equal to float rounding."""
+    assert [{k: v for k, v in r.items() if not isinstance(v, float)} for r in rows] == [
+        {k: v for k, v in r.items() if not isinstance(v, float)} for r in expected]
+    for got, want in zip(rows, expected, strict=True):
+        assert {k: v for k, v in got.items() if isinstance(v, float)} == pytest.approx(
+            {k: v for k, v in want.items() if isinstance(v, float)}, abs=1e-12)
+    return True
+
+
+def test_hourly_sums_refuses_what_it_cannot_answer(engine) -> None:
+    with pytest.raises(ValueError, match="cannot group by or sum.*'colour'"):
+        hourly_sums(engine, T0, T0 + timedelta(hours=1), by=("colour",))
+    with pytest.raises(ValueError, match="need pricing"):
+        hourly_sums(engine, T0, T0 + timedelta(hours=1), columns=("baseline_usd",))
+    with pytest.raises(ValueError, match="bucket_s must be positive"):
+        hourly_sums(engine, T0, T0 + timedelta(hours=1), bucket_s=0)
 
 
 def test_postgres_reads_new_rows_and_touched_hours_through_indexes(postgres_url) -> None:

@@ -9,8 +9,9 @@ saved the difference. Read API for reports, the dashboard and alerts:
   lever (``saved_by_lever``), per-model costs of a period;
 * ``rollup_rows(engine, since, until, tenant=None)``: the hourly rows themselves;
 * ``tenants(engine, since, until)``: who had traffic;
-* ``hourly_paths(engine, since, until)``: requests and cost per hour x tenant x model x
-  lever, up to the current hour (rollups, plus ``request_log`` for hours not rolled up);
+* ``hourly_sums(engine, since, until, by=..., columns=...)``: any rollup figure per hour
+  (or coarser bucket) x tenant x model x upstream x lever, up to the current hour
+  (rollups, plus ``request_log`` for the hours not rolled up yet, late rows included);
 * ``live_summary(...)``: the same figures straight from ``request_log`` for a short
   window (a demo or benchmark run), to the second;
 * ``build_report(...) -> CostReportDoc`` (``.markdown()``, ``.csv()``, ``.html()``) and
@@ -48,8 +49,10 @@ from services.costs.reports.report import (
 from services.costs.reports.roi import Roi, monthly_rate
 from services.costs.reports.rollup import (
     HostedUpstreams,
+    HourlySums,
+    Pricing,
     RollupRun,
-    hourly_paths,
+    hourly_sums,
     live_summary,
     roll_up,
 )
@@ -57,10 +60,11 @@ from services.settings import Settings
 
 __all__ = [
     "LEVERS", "LEVER_NAMES", "METHOD", "PATHS", "CostReportDoc", "CostSummary",
-    "HostedUpstreams", "Investment", "NaiveDatetime", "Roi", "RollupRun", "build_report",
-    "check_period", "hosted_upstreams", "hourly_paths", "investment", "latest_reports",
-    "live_summary", "monthly_budgets", "monthly_rate", "report_now", "report_options",
-    "roi_section", "roll_up", "rollup_rows", "store_report", "summarize", "tenants",
+    "HostedUpstreams", "HourlySums", "Investment", "NaiveDatetime", "Pricing", "Roi",
+    "RollupRun", "build_report", "check_period", "hosted_upstreams", "hourly_sums",
+    "investment", "latest_reports", "live_summary", "monthly_budgets", "monthly_rate",
+    "pricing", "report_now", "report_options", "roi_section", "roll_up", "rollup_rows",
+    "store_report", "summarize", "tenants",
 ]
 
 
@@ -70,6 +74,11 @@ def hosted_upstreams(settings: Settings) -> HostedUpstreams:
     urls += [m.get("base_url") or "" for m in settings.routing.get("models") or []
              if isinstance(m, dict) and m.get("upstream", "vllm") != "vllm"]
     return HostedUpstreams(urls)
+
+
+def pricing(settings: Settings) -> Pricing:
+    """The rollup's pricing from the settings (catalog and hosted upstreams)."""
+    return Pricing(PriceCatalog.from_settings(settings), hosted_upstreams(settings))
 
 
 def investment(settings: Settings) -> Investment:

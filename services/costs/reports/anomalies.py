@@ -4,7 +4,7 @@ count is outside the expected range, per tenant (the all-tenants report) or per 
 
 The same detector and series as the alert engine's anomaly rules (STL on the square root
 of the hourly series, seasonal over the week, robust threshold: ``services.alerts.
-anomaly``), read the same way (``hourly_paths``: rollups, plus the hours not rolled up
+anomaly``), read the same way (``hourly_frame``: rollups, plus the hours not rolled up
 yet). Each hour of the period is judged against what the history before the period
 predicts, so a busy Monday 9:00 that is busy every week is not listed.
 """
@@ -17,11 +17,22 @@ import pandas as pd
 from sqlalchemy import Engine
 
 from services.alerts.anomaly import DEFAULT_THRESHOLD, Anomaly, detect_anomalies
-from services.costs.reports.rollup import hourly_paths
+from services.costs.reports.rollup import hourly_sums
 
 MAX_ROWS = 20
-_COLUMNS = ["hour", "tenant", "model", "lever", "requests", "cost_usd"]
+COLUMNS = ["hour", "tenant", "model", "lever", "requests", "cost_usd"]
 _METRICS = (("cost_usd", "cost (USD)"), ("requests", "requests"))
+
+
+def hourly_frame(engine: Engine, start: datetime, end: datetime) -> pd.DataFrame:
+    """Requests and cost (of the priced rows) per hour x tenant x model x lever, whole
+    hours of ``[start, end)`` (``hourly_sums``): the series anomalies are judged on."""
+    sums = hourly_sums(engine, start, end, by=("time", "tenant", "model", "lever"),
+                       columns=("requests", "cost_usd"))
+    frame = pd.DataFrame(sums.rows, columns=["time", *COLUMNS[1:]]).rename(
+        columns={"time": "hour"})
+    frame["hour"] = pd.to_datetime(frame["hour"], utc=True)
+    return frame
 
 
 def find_anomalies(engine: Engine, since: datetime, until: datetime, tenant: str | None, *,
@@ -29,13 +40,11 @@ def find_anomalies(engine: Engine, since: datetime, until: datetime, tenant: str
                    ) -> tuple[list[tuple[str, str, Anomaly]], list[str]]:
     """``(series, metric, anomaly)`` for every hour of ``[since, until)`` outside its
     range, largest first, and the series that had too little history to judge."""
-    frame = pd.DataFrame(hourly_paths(engine, since - timedelta(days=history_days), until),
-                         columns=_COLUMNS)
+    frame = hourly_frame(engine, since - timedelta(days=history_days), until)
     if tenant is not None:
         frame = frame[frame["tenant"] == tenant]
     if frame.empty:
         return [], []
-    frame["hour"] = pd.to_datetime(frame["hour"], utc=True)
     key = "model" if tenant is not None else "tenant"
     parts = [("total", frame), *((f"{key} {name or '(none)'}", part)
                                  for name, part in frame.groupby(key))]

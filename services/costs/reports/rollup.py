@@ -29,7 +29,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, case, delete, func, insert, select
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Integer,
+    and_,
+    case,
+    cast,
+    delete,
+    func,
+    insert,
+    select,
+)
 
 from models import CostRollup, CostRollupState, RequestLog
 from services.caching import HIT_LAYERS
@@ -41,10 +52,17 @@ from services.costs.reports.attribution import (
     GroupTotals,
     attribute,
 )
+from services.costs.reports.plan_routing import ACCEPTED
 from services.costs.reports.read import CostSummary, add, check_period
 
 WATERMARK = "request_log"
 HOUR = timedelta(hours=1)
+# cache layer -> its rollup column
+_LAYERS = (("hits_l1", "L1"), ("hits_l2", "L2"), ("hits_l3", "L3"),
+           ("hits_semantic", "SEMANTIC"))
+# the counts of every row (priced or not) a rollup row holds besides tokens and money
+COUNTS = (*(column for column, _ in _LAYERS), "cache_misses", "measured_tokens_before",
+          "measured_tokens_after", "cascade_accepted", "routed")
 _LOG = RequestLog.__table__
 _ROLLUPS = CostRollup.__table__
 
@@ -133,50 +151,131 @@ def live_summary(engine: Engine, catalog: PriceCatalog, hosted: HostedUpstreams,
     return summary
 
 
-def hourly_paths(engine: Engine, since: datetime, until: datetime, *,
-                 overlap: timedelta = timedelta(minutes=10)) -> list[tuple[Any, ...]]:
-    """``(hour, tenant, model, lever, requests, cost_usd)`` for every hour that overlaps
-    ``[since, until)`` (whole hours, as rollups hold them): the figures ``cost_rollups``
-    holds, or will hold once ``roll_up`` has read every row already in ``request_log``.
+# what ``hourly_sums`` can group by and sum; the priced columns need a ``Pricing`` for
+# the hours it reads from ``request_log`` (their baseline is priced as the rollup does it)
+KEYS = ("time", "tenant", "model", "upstream", "lever")
+SUMMED = ("requests", "errors", "unpriced", "priced", "prompt_tokens", "prompt_tokens_before",
+          "completion_tokens", "cached_tokens", "cost_usd", *COUNTS)
+PRICED = ("baseline_usd", *(f"saved_{lever}_usd" for lever in LEVERS))
+_MONEY = frozenset({"cost_usd", *PRICED})
 
-    The hours ``roll_up`` would redo next (those of rows ingested after its watermark less
-    the overlap: the current hour, a late replay's old one) are re-aggregated from
-    ``request_log`` the way ``roll_up`` does it; every other hour is read from
-    ``cost_rollups``. So the answer does not depend on when the rollup last ran, and the
-    raw rows read are the new ones and those of their hours, not the window's history.
-    Before the first rollup every hour comes from ``request_log``."""
+
+@dataclass(frozen=True, slots=True)
+class Pricing:
+    """How the rollup prices a baseline and tells hosted rows from self-hosted ones."""
+
+    catalog: PriceCatalog
+    hosted: HostedUpstreams
+
+
+@dataclass(frozen=True, slots=True)
+class HourlySums:
+    """``hourly_sums``' rows, and whether any hour of them came from ``cost_rollups``."""
+
+    rows: list[dict[str, Any]]
+    from_rollups: bool
+
+    @property
+    def source(self) -> str:
+        return "cost_rollups + request_log" if self.from_rollups else "request_log"
+
+
+def hourly_sums(engine: Engine, since: datetime, until: datetime, *,
+                by: Sequence[str] = (), columns: Sequence[str] = SUMMED,
+                pricing: Pricing | None = None, tenant: str | None = None,
+                model: str | None = None, bucket_s: int = 3600,
+                overlap: timedelta = timedelta(minutes=10)) -> HourlySums:
+    """``columns`` summed per ``by`` (of ``KEYS``; ``time`` is the start of each
+    ``bucket_s`` bucket, epoch-aligned) over ``[since, until)``, one tenant and model or all:
+    the figures ``cost_rollups`` holds, or will hold once ``roll_up`` has read every row
+    already in ``request_log``, whenever the rollup last ran.
+
+    Buckets of whole hours read whole hours: the hours ``roll_up`` would redo next (those
+    of rows ingested after its watermark less the overlap: the current hour, a late
+    replay's old one) are aggregated from ``request_log`` the way ``roll_up`` does it
+    (same paths, same baseline pricing), every other hour is summed by the store from
+    ``cost_rollups``; before the first rollup every hour comes from ``request_log``. So the
+    raw rows read are the new ones and those of their hours, not the range's history.
+    Finer buckets read ``request_log`` alone, to the second."""
     check_period(since, until)
-    first, until = _floor_hour(since), _floor_hour(until - timedelta(microseconds=1)) + HOUR
+    if bad := [k for k in by if k not in KEYS] + [c for c in columns
+                                                   if c not in SUMMED and c not in PRICED]:
+        raise ValueError(f"hourly_sums cannot group by or sum {bad}: keys are {KEYS}, "
+                         f"columns {SUMMED + PRICED}")
+    if pricing is None and any(c in PRICED for c in columns):
+        raise ValueError("baseline and savings need pricing=Pricing(catalog, hosted): "
+                         "hours not rolled up yet are priced the way roll_up prices them")
+    if bucket_s <= 0:
+        raise ValueError(f"bucket_s must be positive, not {bucket_s}")
+    totals: dict[tuple[Any, ...], list[float]] = {}
+
+    def fold(key: tuple[Any, ...], values: Iterable[Any]) -> None:
+        sums = totals.setdefault(key, [0] * len(columns))
+        for i, value in enumerate(values):
+            sums[i] += value or 0
+
+    r = _ROLLUPS.c
     with engine.connect() as conn:
-        watermark = conn.scalar(
-            select(CostRollupState.watermark).where(CostRollupState.name == WATERMARK)
-        )
-        rows: list[tuple[Any, ...]] = []
-        if watermark is None:
-            ranges = [(first, until)]
+        if bucket_s % 3600:
+            ranges, rolled = [(since, until)], False
         else:
-            touched = _touched_hours(conn, _LOG.c.ingested_at > _utc(watermark) - overlap)
-            tail = sorted(h for h in map(_utc, conn.scalars(touched)) if first <= h < until)
-            ranges = _contiguous(tail)
-            r = _ROLLUPS.c
-            rolled = (select(r.hour, r.tenant, r.model, r.lever, func.sum(r.requests),
-                             func.sum(r.cost_usd))
-                      .where(r.hour >= first, r.hour < until)
-                      .group_by(r.hour, r.tenant, r.model, r.lever))
-            skip = set(tail)
-            rows += [(_utc(h), t, m, lever, int(n), float(cost))
-                     for h, t, m, lever, n, cost in conn.execute(rolled) if _utc(h) not in skip]
-        hour = _hour_bucket(conn).label("hour")
+            first = _floor_hour(since)
+            until = _floor_hour(until - timedelta(microseconds=1)) + HOUR
+            watermark = conn.scalar(
+                select(CostRollupState.watermark).where(CostRollupState.name == WATERMARK))
+            if watermark is None:
+                ranges, rolled = [(first, until)], False
+            else:
+                touched = _touched_hours(conn, _LOG.c.ingested_at > _utc(watermark) - overlap)
+                tail = sorted(h for h in map(_utc, conn.scalars(touched)) if first <= h < until)
+                ranges, rolled = _contiguous(tail), True
+                keys = [r.hour if k == "time" else r[k] for k in by]
+                query = (select(*keys, *(func.sum(r[c]) for c in columns))
+                         .where(r.hour >= first, r.hour < until, r.hour.not_in(tail),
+                                *_matching(r.tenant, r.model, tenant, model)).group_by(*keys))
+                for found in conn.execute(query):
+                    key = tuple(_epoch(v, bucket_s) if k == "time" else v
+                                for k, v in zip(by, found, strict=False))
+                    fold(key, found[len(by):])
+        model_of = func.coalesce(_LOG.c.model_served, _LOG.c.model_requested, "")
+        where = _matching(_LOG.c.tenant, model_of, tenant, model)
+        now = datetime.now(UTC)
+        bucket = _epoch_bucket(conn, bucket_s if bucket_s % 3600 else 3600).label("time")
         for start, end in ranges:
-            by_path: dict[tuple[Any, ...], list[float]] = {}
-            for g in conn.execute(_aggregate(start, end, hour)).mappings():
-                sums = by_path.setdefault((_utc(g["hour"]), g["tenant"], g["model"], g["path"]),
-                                          [0, 0.0])
-                sums[0] += int(g["requests"])
-                sums[1] += float(g["cost_usd"])
-            # one row per path, summed over upstreams, as the rollup rows above are
-            rows += [(*key, int(n), cost) for key, (n, cost) in by_path.items()]
-    return sorted(rows)
+            query = _aggregate(start, end, bucket, where=where)
+            for group in conn.execute(query).mappings():
+                row = (dict(group, lever=group["path"]) if pricing is None else
+                       _rollup_row(start, group, pricing.catalog, pricing.hosted, now))
+                row["time"] = _epoch(group["time"], bucket_s)
+                fold(tuple(row[k] for k in by), (row[c] for c in columns))
+    rows = [{**dict(zip(by, key, strict=True)),
+             **{c: float(v) if c in _MONEY else int(v)
+                for c, v in zip(columns, sums, strict=True)}}
+            for key, sums in sorted(totals.items(), key=lambda item: item[0])]
+    for row in rows:
+        if "time" in row:
+            row["time"] = datetime.fromtimestamp(row["time"], UTC)
+    return HourlySums(rows, rolled)
+
+
+def _matching(tenant_column: Any, model_column: Any, tenant: str | None,
+              model: str | None) -> list[Any]:
+    return ([tenant_column == tenant] if tenant else []) + (
+        [model_column == model] if model else [])
+
+
+def _epoch(value: Any, bucket_s: int) -> int:
+    """A bucket's start in epoch seconds, from a rollup hour or an ``_epoch_bucket``."""
+    seconds = int(_utc(value).timestamp()) if isinstance(value, datetime | str) else int(value)
+    return seconds // bucket_s * bucket_s
+
+
+def _epoch_bucket(conn: Connection, seconds: int) -> Any:
+    """Start of each row's ``seconds`` bucket, as epoch seconds, computed by the store."""
+    created = _LOG.c.created_at
+    if conn.dialect.name == "sqlite":
+        return cast(func.strftime("%s", created), Integer) // seconds * seconds
+    return cast(func.floor(func.extract("epoch", created) / seconds) * seconds, Integer)
 
 
 def _floor_hour(value: datetime) -> datetime:
@@ -194,11 +293,14 @@ def _contiguous(hours: Sequence[datetime]) -> list[tuple[datetime, datetime]]:
     return runs
 
 
-def _aggregate(start: datetime, end: datetime, *by: Any) -> Any:
-    """Rows of ``[start, end)`` summed per tenant x model x upstream x path (and ``by``)."""
+def _aggregate(start: datetime, end: datetime, *by: Any, where: Sequence[Any] = ()) -> Any:
+    """Rows of ``[start, end)`` (and ``where``) summed per tenant x model x upstream x path
+    (and ``by``)."""
     c = _LOG.c
     priced = and_(c.cost_usd.is_not(None), c.baseline_cost_usd.is_not(None))
     has_usage = and_(c.prompt_tokens.is_not(None), c.completion_tokens.is_not(None))
+    before, after = c.prompt_tokens_before_optimization, c.prompt_tokens_after_optimization
+    measured = and_(before.is_not(None), after.is_not(None))
 
     def priced_sum(column: Any) -> Any:
         return func.coalesce(func.sum(case((priced, column), else_=0)), 0)
@@ -231,8 +333,16 @@ def _aggregate(start: datetime, end: datetime, *by: Any) -> Any:
             priced_sum(func.coalesce(c.cache_write_tokens, 0)).label("cache_write_tokens"),
             priced_sum(c.cost_usd).label("cost_usd"),
             priced_sum(c.baseline_cost_usd).label("baseline_usd"),
+            *(count(c.cache_layer == layer).label(column) for column, layer in _LAYERS),
+            count(c.cache_layer == "MISS").label("cache_misses"),
+            *(func.coalesce(func.sum(case((measured, column), else_=0)), 0).label(name)
+              for name, column in (("measured_tokens_before", before),
+                                   ("measured_tokens_after", after))),
+            count(c.route_reason.like(f"%{ACCEPTED}%")).label("cascade_accepted"),
+            count(c.route_reason.is_not(None) & ~c.route_reason.like(f"{BATCH_PREFIX}%"))
+            .label("routed"),
         )
-        .where(c.created_at >= start, c.created_at < end)
+        .where(c.created_at >= start, c.created_at < end, *where)
         .group_by(*by, c.tenant, model, upstream, path)
     )
 
@@ -271,6 +381,7 @@ def _rollup_row(hour: datetime, group: Any, catalog: PriceCatalog, hosted: Hoste
         "baseline_usd": baseline,
         "updated_at": now,
     }
+    row.update({name: int(group[name]) for name in COUNTS})
     row.update({f"saved_{lever}_usd": saved[lever] for lever in LEVERS})
     return row
 
