@@ -1,7 +1,9 @@
 """Dashboard page loads on a large PostgreSQL store (``--rows``, default 10 million).
 
 Fills a fresh database with ``request_log`` rows spread evenly over 30 days (one
-``INSERT ... SELECT generate_series``), brings ``cost_rollups`` up to date as the hourly
+``INSERT ... SELECT generate_series``; each row ingested 2 s after it was created, as the
+telemetry writer stores them, so only the newest hour has rows the rollup has not read),
+brings ``cost_rollups`` up to date as the hourly
 cost_management flow does (timed: the one-off backfill), then times, cold (no Streamlit
 cache), each page's query function for the last hour, the last 24 hours and the last 30
 days, and each page's full render through Streamlit's AppTest (first render of the
@@ -38,7 +40,7 @@ FILL = """
 INSERT INTO request_log (id, created_at, tenant, endpoint, stream, model_requested,
     model_served, worker, cache_layer, route_reason, status_code, prompt_tokens,
     completion_tokens, prompt_tokens_before_optimization, prompt_tokens_after_optimization,
-    token_stages, ttft_ms, latency_ms, cost_usd, baseline_cost_usd)
+    token_stages, ttft_ms, latency_ms, cost_usd, baseline_cost_usd, ingested_at)
 SELECT 'r' || g, now() - (g * interval '30 days' / %(rows)s), 'tenant-' || (g %% 8),
     'chat.completions', false, 'm-' || (g %% 3), 'm-' || (g %% 3), 'http://w' || (g %% 4),
     (ARRAY['L1', 'L2', 'L3', 'MISS', 'MISS', NULL])[g %% 6 + 1],
@@ -47,7 +49,8 @@ SELECT 'r' || g, now() - (g * interval '30 days' / %(rows)s), 'tenant-' || (g %%
     CASE WHEN g %% 50 = 0 THEN 500 ELSE 200 END, 100 + g %% 400, 10 + g %% 200,
     CASE WHEN g %% 5 = 0 THEN 300 END, CASE WHEN g %% 5 = 0 THEN 250 END,
     CASE WHEN g %% 5 = 0 THEN '{"dedup": 30, "whitespace": 20}'::json END,
-    20 + g %% 97, 200 + g %% 911, 0.0001 * (g %% 7), 0.0005 * (g %% 7)
+    20 + g %% 97, 200 + g %% 911, 0.0001 * (g %% 7), 0.0005 * (g %% 7),
+    now() - (g * interval '30 days' / %(rows)s) + interval '2 seconds'
 FROM generate_series(1, %(rows)s) g
 """
 QUERIES = [(data, "overview"), (data, "costs"), (data, "cache_tokens_routing"),

@@ -1,12 +1,12 @@
 """What the dashboard shows, read from the metrics store by plain functions.
 
 Pages stay thin: each figure on a page is one call here, tested without Streamlit.
-Every query is bounded: ranges drawn in whole hours read the hourly ``cost_rollups`` and
-``request_log`` only for the hours not rolled up yet (``split``); other counts and sums
-are aggregated by the database per time bucket over the range (never row by row in
-Python), and the few figures SQL cannot aggregate portably
-(percentiles, per-stage token savings held in JSON) are computed from at most
-``Filters.sample_rows`` of the newest matching rows, which the page says when it cuts.
+Every query is bounded: counts and sums come from the cost package's one hourly reader
+(``hourly_sums``: ``cost_rollups`` for the hours rolled up, ``request_log`` only for the
+hours with rows not rolled up yet, and for ranges drawn finer than an hour), and the few
+figures SQL cannot aggregate portably (percentiles, per-stage token savings held in
+JSON) are computed from at most ``Filters.sample_rows`` of the newest matching rows,
+which the page says when it cuts.
 
 The store is opened read-only (``read_only_engine``): ``PRAGMA query_only`` on SQLite, a
 read-only transaction default on PostgreSQL (in production the dashboard also connects
@@ -16,32 +16,30 @@ as its own read-only role, see ``READ_ONLY_ROLE_SQL``).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import (
-    ColumnElement,
-    Engine,
-    and_,
-    case,
-    cast,
-    create_engine,
-    event,
-    func,
-    inspect,
-    select,
-)
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy import ColumnElement, Engine, and_, create_engine, event, inspect, select
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError, ProgrammingError
-from sqlalchemy.types import Integer
 
-from models import Alert, CacheReport, CostReport, CostRollup, CostRollupState, RequestLog
+from models import Alert, CacheReport, CostReport, RequestLog
 from models.tables import RouterVersion
-from services.costs.reports import LEVERS, latest_reports
-from services.costs.reports.rollup import WATERMARK
+from services.costs.reports import (
+    LEVERS,
+    HourlySums,
+    Pricing,
+    hourly_sums,
+    latest_reports,
+    pricing,
+)
+from services.costs.reports.rollup import PRICED
+from services.settings import load_settings
 
 # What "recent" means in the time-range filter, and the bucket each range is drawn in:
 # 24-170 points a chart. Ranges drawn in whole hours read the hourly ``cost_rollups``
@@ -54,11 +52,8 @@ TIME_RANGES: dict[str, tuple[timedelta, int]] = {
     "last 7 days": (timedelta(days=7), 3600),
     "last 30 days": (timedelta(days=30), 6 * 3600),
 }
-HIT_LAYERS = ("L1", "L2", "L3", "SEMANTIC")
-# the saving of hours the cost rollup has not reached yet: baseline - cost, no lever
-NOT_ATTRIBUTED = "not rolled up yet"
-CASCADE_ESCALATED = "cascade: cheap attempt escalated"
-CASCADE_ACCEPTED = "cascade: accepted"
+# cache tier -> its column in the hourly sums
+HIT_LAYERS = {"L1": "hits_l1", "L2": "hits_l2", "L3": "hits_l3", "SEMANTIC": "hits_semantic"}
 
 # The dashboard's role on PostgreSQL: it can read every table and write none.
 READ_ONLY_ROLE_SQL = """\
@@ -177,89 +172,24 @@ def has_table(engine: Engine, name: str) -> bool:
     return name in set(inspect(engine).get_table_names())
 
 
-# -- hourly rollups, and the hours not rolled up yet -----------------------------------
+# -- the hourly figures -------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Split:
-    """Where a window's figures come from: ``cost_rollups`` for the hours
-    ``[start, rolled_until)``, ``request_log`` from ``tail_from`` to the window's end.
-    ``rolled_until`` None: ``request_log`` only (a range drawn finer than an hour, or a
-    store the rollup has not reached)."""
-
-    start: datetime
-    rolled_until: datetime | None = None
-
-    @property
-    def tail_from(self) -> datetime:
-        return self.rolled_until or self.start
-
-    @property
-    def source(self) -> str:
-        return "request_log" if self.rolled_until is None else "cost_rollups + request_log"
+@cache
+def _pricing() -> Pricing:
+    """The rollup's pricing from the settings: the hours not rolled up yet are priced as
+    the rollup will price them, so their baseline matches the rolled-up hours'."""
+    return pricing(load_settings())
 
 
-def split(engine: Engine, filters: Filters) -> Split:
-    """Ranges drawn in whole hours start at a whole hour and read the rollups up to the
-    hour the rollup's watermark (newest ``ingested_at`` it read) is in: every hour before
-    it is rolled up whole, so ``request_log`` is read for an hour or two, not the range."""
+def sums(engine: Engine, filters: Filters, by: Sequence[str], columns: Sequence[str],
+         ) -> HourlySums:
+    """``hourly_sums`` over the filters' window, drawn in its bucket, one tenant and
+    model or all."""
     start, end = filters.window
-    if not filters.hourly:
-        return Split(start)
-    start = start.replace(minute=0, second=0, microsecond=0)
-    if not has_table(engine, CostRollupState.__tablename__):
-        return Split(start)
-    with engine.connect() as conn:
-        watermark = conn.scalar(select(CostRollupState.watermark)
-                                .where(CostRollupState.name == WATERMARK))
-    if watermark is None:
-        return Split(start)
-    rolled = min(utc(watermark), end).replace(minute=0, second=0, microsecond=0)
-    return Split(start, rolled) if rolled > start else Split(start)
-
-
-def _rolled_up(conn: Connection, filters: Filters, part: Split, by: tuple[Any, ...],
-               *sums: ColumnElement[Any]) -> list[Any]:
-    """``cost_rollups`` rows of the split's rolled-up hours, grouped by ``by`` (hour,
-    model ...), with the tenant and model filters; none without rolled-up hours."""
-    if part.rolled_until is None:
-        return []
-    t = CostRollup.__table__.c
-    query = select(*by, *sums).where(t.hour >= part.start, t.hour < part.rolled_until)
-    if filters.tenant:
-        query = query.where(t.tenant == filters.tenant)
-    if filters.model:
-        query = query.where(t.model == filters.model)
-    return list(conn.execute(query.group_by(*by)).all())
-
-
-def _add_up(rows: Any, key: Any) -> dict[Any, list[float]]:
-    """Rows of (key columns..., numbers...) summed per ``key(row)``."""
-    totals: dict[Any, list[float]] = {}
-    for row in rows:
-        k, values = key(row)
-        current = totals.setdefault(k, [0.0] * len(values))
-        for i, value in enumerate(values):
-            current[i] += float(value or 0)
-    return dict(sorted(totals.items(), key=lambda item: item[0]))
-
-
-def _epoch(start: Any, bucket_s: int) -> int:
-    """A bucket's start in epoch seconds, from a rollup hour or a ``_bucket`` value."""
-    seconds = int(utc(start).timestamp()) if isinstance(start, datetime) else int(start)
-    return seconds // bucket_s * bucket_s
-
-
-# -- time buckets ----------------------------------------------------------------------
-
-
-def _bucket(engine: Engine, seconds: int) -> ColumnElement[Any]:
-    """Start of each row's time bucket, as epoch seconds, computed by the database."""
-    if engine.dialect.name == "sqlite":
-        epoch: ColumnElement[Any] = cast(func.strftime("%s", RequestLog.created_at), Integer)
-        return (epoch // seconds) * seconds
-    epoch = func.extract("epoch", RequestLog.created_at)
-    return cast(func.floor(epoch / seconds) * seconds, Integer)
+    return hourly_sums(engine, start, end, by=by, columns=columns, bucket_s=filters.bucket_s,
+                       tenant=filters.tenant, model=filters.model,
+                       pricing=_pricing() if set(columns) & set(PRICED) else None)
 
 
 def _as_time(epoch: Any) -> datetime:
@@ -284,16 +214,11 @@ def percentile(values: Any, q: int) -> float | None:
 
 def filter_choices(engine: Engine, filters: Filters) -> tuple[list[str], list[str]]:
     """Tenants and served models seen in the time range (at most 500 of each)."""
-    part = split(engine, filters)
     unfiltered = Filters(time_range=filters.time_range, end=filters.end)
-    tail = unfiltered.where(since=part.tail_from)
-    r = CostRollup.__table__.c
-    with engine.connect() as conn:
-        tenants = {t for t, in _rolled_up(conn, unfiltered, part, (r.tenant,))}
-        tenants.update(conn.scalars(select(RequestLog.tenant).where(tail).distinct()))
-        models = {m for m, in _rolled_up(conn, unfiltered, part, (r.model,))}
-        models.update(conn.scalars(select(RequestLog.model_served).where(tail).distinct()))
-    return sorted(tenants)[:500], sorted(m for m in models if m)[:500]
+    rows = sums(engine, unfiltered, ("tenant", "model"), ("requests",)).rows
+    tenants = {r["tenant"] for r in rows}
+    models = {r["model"] for r in rows if r["model"]}
+    return sorted(tenants)[:500], sorted(models)[:500]
 
 
 # -- overview ------------------------------------------------------------------------------
@@ -328,47 +253,32 @@ class Overview:
 
 
 def overview(engine: Engine, filters: Filters) -> Overview:
-    part = split(engine, filters)
     size = filters.bucket_s
-    bucket = _bucket(engine, size).label("bucket")
-    tail = filters.where(since=part.tail_from)
-    is_error = case((RequestLog.status_code >= 400, 1), else_=0)
-    r = CostRollup.__table__.c
+    counts = sums(engine, filters, ("time",), ("requests", "errors", "completion_tokens"))
+    load = sums(engine, filters, ("time", "upstream"), ("requests",))
     with engine.connect() as conn:
-        counts = _rolled_up(conn, filters, part, (r.hour,), func.sum(r.requests),
-                            func.sum(r.errors), func.sum(r.completion_tokens))
-        counts += conn.execute(
-            select(bucket, func.count(), func.sum(is_error),
-                   func.sum(RequestLog.completion_tokens))
-            .where(tail).group_by(bucket)).all()
-        load = _rolled_up(conn, filters, part, (r.hour, r.upstream), func.sum(r.requests))
-        load = [row for row in load if row[1]]  # '' = no upstream
-        load += conn.execute(
-            select(bucket, RequestLog.worker, func.count())
-            .where(tail, RequestLog.worker.is_not(None)).group_by(bucket, RequestLog.worker)
-        ).all()
         sample = conn.execute(
-            select(bucket, RequestLog.ttft_ms, RequestLog.latency_ms)
-            .where(filters.where(since=part.start), RequestLog.status_code < 400)
+            select(RequestLog.created_at, RequestLog.ttft_ms, RequestLog.latency_ms)
+            .where(filters.where(), RequestLog.status_code < 400)
             .order_by(RequestLog.created_at.desc()).limit(filters.sample_rows)).all()
-    by_bucket = _add_up(counts, lambda row: (_epoch(row[0], size), row[1:]))
-    series = [{"time": _as_time(b), "bucket_s": size, "requests": int(n), "errors": int(e),
-               "output_tokens_per_s": c / size} for b, (n, e, c) in by_bucket.items()]
-    per_worker = _add_up(load, lambda row: ((_epoch(row[0], size), row[1]), row[2:]))
+    series = [{"time": r["time"], "bucket_s": size, "requests": r["requests"],
+               "errors": r["errors"], "output_tokens_per_s": r["completion_tokens"] / size}
+              for r in counts.rows]
     # columns as float arrays (NULL -> NaN): percentiles over the sample in milliseconds
-    starts = np.fromiter((r[0] for r in sample), dtype=np.int64, count=len(sample))
+    starts = np.fromiter((int(utc(r[0]).timestamp()) // size * size for r in sample),
+                         dtype=np.int64, count=len(sample))
     ttft = np.array([r[1] for r in sample], dtype=float)
     latency = np.array([r[2] for r in sample], dtype=float)
     return Overview(
         requests=sum(s["requests"] for s in series),
         errors=sum(s["errors"] for s in series),
-        completion_tokens=int(sum(c for _, _, c in by_bucket.values())),
+        completion_tokens=sum(r["completion_tokens"] for r in counts.rows),
         ttft_p50_ms=percentile(ttft, 50), ttft_p95_ms=percentile(ttft, 95),
         latency_p50_ms=percentile(latency, 50), latency_p95_ms=percentile(latency, 95),
-        sampled=len(sample), series=series, source=part.source,
+        sampled=len(sample), series=series, source=counts.source,
         percentiles=_percentiles_by_bucket(starts, {"TTFT": ttft, "latency": latency}),
-        worker_load=[{"time": _as_time(b), "worker": w, "requests": int(n)}
-                     for (b, w), (n,) in per_worker.items()],
+        worker_load=[{"time": r["time"], "worker": r["upstream"], "requests": r["requests"]}
+                     for r in load.rows if r["upstream"]],  # '' = no upstream
     )
 
 
@@ -415,55 +325,38 @@ class Costs:
 
 
 def costs(engine: Engine, filters: Filters) -> Costs:
-    """Spend and baseline per bucket and per model, savings by lever: the rolled-up hours
-    from ``cost_rollups`` (levers attributed by the cost rollup), the rest summed from
-    ``request_log`` (its saving shown as not attributed yet)."""
-    part = split(engine, filters)
-    size = filters.bucket_s
-    bucket = _bucket(engine, size).label("bucket")
-    tail = filters.where(since=part.tail_from)
-    cost = func.sum(RequestLog.cost_usd)
-    baseline = func.sum(RequestLog.baseline_cost_usd)
-    r = CostRollup.__table__.c
-    levers = [r[f"saved_{lever}_usd"] for lever in LEVERS]
-    with engine.connect() as conn:
-        rows = _rolled_up(conn, filters, part, (r.hour,), func.sum(r.requests),
-                          func.sum(r.cost_usd), func.sum(r.baseline_usd))
-        rows += conn.execute(select(bucket, func.count(), cost, baseline)
-                             .where(tail).group_by(bucket)).all()
-        models = _rolled_up(conn, filters, part, (r.model,), func.sum(r.requests),
-                            func.sum(r.cost_usd), func.sum(r.baseline_usd))
-        models += conn.execute(
-            select(RequestLog.model_served, func.count(), cost, baseline)
-            .where(tail).group_by(RequestLog.model_served)).all()
-        saved = _rolled_up(conn, filters, part, (), *(func.sum(c) for c in levers))
-    by_bucket = _add_up(rows, lambda row: (_epoch(row[0], size), row[1:]))
-    series = [{"time": _as_time(b), "requests": int(n), "cost_usd": c, "baseline_usd": base}
-              for b, (n, c, base) in by_bucket.items()]
-    by_model = sorted(_add_up(models, lambda row: (row[0] or "(none)", row[1:])).items(),
-                      key=lambda item: -item[1][1])[:50]
-    result = Costs(
-        source=part.source,
-        requests=sum(s["requests"] for s in series),
-        cost_usd=sum(s["cost_usd"] for s in series),
-        baseline_usd=sum(s["baseline_usd"] for s in series),
-        series=series,
-        by_model=[{"model": m, "requests": int(n), "cost_usd": c, "baseline_usd": base,
-                   "cost_per_request_usd": c / n if n else None}
-                  for m, (n, c, base) in by_model],
+    """Spend and baseline per bucket and per model, savings by lever, as the cost rollup
+    attributes them (the hours it has not reached yet priced the way it will)."""
+    saved = [f"saved_{lever}_usd" for lever in LEVERS]
+    found = sums(engine, filters, ("time", "model"),
+                 ("requests", "cost_usd", "baseline_usd", *saved))
+    series: dict[datetime, dict[str, Any]] = {}
+    models: dict[str, dict[str, Any]] = {}
+    for row in found.rows:
+        for into in (series.setdefault(row["time"], {"time": row["time"]}),
+                     models.setdefault(row["model"] or "(none)",
+                                       {"model": row["model"] or "(none)"})):
+            for column in ("requests", "cost_usd", "baseline_usd"):
+                into[column] = into.get(column, 0) + row[column]
+    by_model = sorted(models.values(), key=lambda m: -m["cost_usd"])[:50]
+    for m in by_model:
+        m["cost_per_request_usd"] = m["cost_usd"] / m["requests"] if m["requests"] else None
+    return Costs(
+        source=found.source,
+        requests=sum(r["requests"] for r in found.rows),
+        cost_usd=sum(r["cost_usd"] for r in found.rows),
+        baseline_usd=sum(r["baseline_usd"] for r in found.rows),
+        series=list(series.values()),
+        by_model=by_model,
+        saved_by_lever={lever: sum(r[column] for r in found.rows)
+                        for lever, column in zip(LEVERS, saved, strict=True)},
     )
-    lever_sums = saved[0] if saved else [0.0] * len(LEVERS)
-    result.saved_by_lever = {lever: float(v or 0) for lever, v in zip(LEVERS, lever_sums,
-                                                                      strict=True)}
-    result.saved_by_lever[NOT_ATTRIBUTED] = result.saved_usd - sum(
-        result.saved_by_lever.values())
-    return result
 
 
 @dataclass
 class MonthToDate:
-    """Spend of the calendar month so far, all tenants and per tenant, from the rolled-up
-    hours (``[since, until)``), and the month's length: what budgets are judged on."""
+    """Spend of the calendar month so far (``[since, until)``), all tenants and per
+    tenant, and the month's length: what budgets are judged on."""
 
     since: datetime
     until: datetime
@@ -474,21 +367,17 @@ class MonthToDate:
     def projected(self, spent: float) -> float | None:
         """Month-end spend at the month's rate so far (None before a whole hour)."""
         elapsed = (self.until - self.since) / timedelta(days=1)
-        return spent / elapsed * self.days_in_month if elapsed > 0 else None
+        return spent / elapsed * self.days_in_month if elapsed >= 1 / 24 else None
 
 
 def month_to_date(engine: Engine, filters: Filters) -> MonthToDate:
     _, end = filters.window
     since = end.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     next_month = (since + timedelta(days=32)).replace(day=1)
-    part = split(engine, Filters(time_range="last 30 days", end=end))
-    until = max(since, part.rolled_until or since)
-    r = CostRollup.__table__.c
-    with engine.connect() as conn:
-        rows = _rolled_up(conn, Filters(end=end), Split(since, until), (r.tenant,),
-                          func.sum(r.cost_usd)) if until > since else []
-    by_tenant = {t: float(c or 0) for t, c in rows}
-    return MonthToDate(since, until, (next_month - since) / timedelta(days=1),
+    rows = hourly_sums(engine, since, end, by=("tenant",), columns=("cost_usd",)).rows \
+        if end > since else []
+    by_tenant = {r["tenant"]: r["cost_usd"] for r in rows}
+    return MonthToDate(since, end, (next_month - since) / timedelta(days=1),
                        sum(by_tenant.values()), by_tenant)
 
 
@@ -534,26 +423,11 @@ class CacheTokensRouting:
 
 
 def cache_tokens_routing(engine: Engine, filters: Filters) -> CacheTokensRouting:
+    counts = ("requests", *HIT_LAYERS.values(), "cache_misses", "measured_tokens_before",
+              "measured_tokens_after", "cascade_escalated", "cascade_accepted", "routed")
+    groups = sums(engine, filters, ("model",), counts).rows
     where = filters.where()
-    before = RequestLog.prompt_tokens_before_optimization
-    after = RequestLog.prompt_tokens_after_optimization
-    measured = and_(before.is_not(None), after.is_not(None))
-    reason = RequestLog.route_reason
-
-    def count(condition: ColumnElement[bool]) -> ColumnElement[Any]:
-        return func.sum(case((condition, 1), else_=0))
-
     with engine.connect() as conn:
-        # one pass over the range: per cache layer and model, tokens, cascade outcomes
-        # and routed requests
-        groups = conn.execute(
-            select(RequestLog.cache_layer, RequestLog.model_served, func.count(),
-                   func.sum(case((measured, before), else_=0)),
-                   func.sum(case((measured, after), else_=0)),
-                   count(reason.like(f"{CASCADE_ESCALATED}%")),
-                   count(reason.like(f"%{CASCADE_ACCEPTED}%")),
-                   count(reason.is_not(None) & ~reason.like("batch:%")))
-            .where(where).group_by(RequestLog.cache_layer, RequestLog.model_served)).all()
         stages = conn.scalars(
             select(RequestLog.token_stages).where(where, RequestLog.token_stages.is_not(None))
             .order_by(RequestLog.created_at.desc()).limit(filters.sample_rows)).all()
@@ -571,25 +445,29 @@ def cache_tokens_routing(engine: Engine, filters: Filters) -> CacheTokensRouting
     for entry in stages:
         for stage, tokens in (entry or {}).items():
             saved[stage] += int(tokens)
-    by_layer = _add_up(groups, lambda row: (row[0] or "", row[2:3]))
-    layers = {layer: int(n) for layer, (n,) in by_layer.items() if layer}
-    tokens_before, tokens_after, escalated, accepted = (
-        int(sum(row[i] or 0 for row in groups)) for i in range(3, 7))
-    routed = _add_up(groups, lambda row: (row[1] or "(none)", row[7:8]))
-    share = sorted(((m, int(n)) for m, (n,) in routed.items() if n), key=lambda x: -x[1])[:50]
+
+    def total(column: str) -> int:
+        return sum(g[column] for g in groups)
+
+    routed: Counter[str] = Counter()
+    for g in groups:
+        routed[g["model"] or "(none)"] += g["routed"]
+    share = [(m, n) for m, n in routed.most_common(50) if n]
     total_routed = sum(n for _, n in share)
-    misses = layers.pop("MISS", 0)
+    hits = {layer: total(column) for layer, column in HIT_LAYERS.items()}
     return CacheTokensRouting(
-        lookups=sum(layers.get(layer, 0) for layer in HIT_LAYERS) + misses,
-        hits_by_layer={layer: layers.get(layer, 0) for layer in HIT_LAYERS},
+        lookups=sum(hits.values()) + total("cache_misses"),
+        hits_by_layer=hits,
         latest_report=None if latest is None else _report(latest),
         report_history=[{"time": utc(r.created_at), "hit_rate": r.overall_hit_rate}
                         for r in reversed(reports) if r.overall_hit_rate is not None],
-        tokens_before=tokens_before, tokens_after=tokens_after,
+        tokens_before=total("measured_tokens_before"),
+        tokens_after=total("measured_tokens_after"),
         saved_by_stage=dict(saved.most_common()), stage_rows_sampled=len(stages),
         routing_share=[{"model": m, "requests": n, "share": n / total_routed}
                        for m, n in share],
-        cascade_escalated=escalated, cascade_accepted=accepted,
+        cascade_escalated=total("cascade_escalated"),
+        cascade_accepted=total("cascade_accepted"),
         router_version=None if router is None else {
             "version": router.version, "activated_at": router.activated_at,
             "labels": router.labels, "metrics": router.metrics},

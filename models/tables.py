@@ -602,6 +602,9 @@ class CostRollup(Base):
         BigInteger, server_default="0",
         doc="prompt tokens before optimisation, rows with both before and after recorded")
     measured_tokens_after: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    cascade_escalated: Mapped[int] = mapped_column(
+        BigInteger, server_default="0",
+        doc="cheap attempts the cascade escalated (a cache hit's among them: lever is the path)")
     cascade_accepted: Mapped[int] = mapped_column(
         BigInteger, server_default="0", doc="cheap attempts the cascade accepted")
     routed: Mapped[int] = mapped_column(

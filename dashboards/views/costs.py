@@ -46,7 +46,7 @@ st.altair_chart(alt.Chart(levers).mark_bar().encode(
     x=alt.X("saved_usd:Q", title="USD"), y=alt.Y("lever:N", sort="-x")), width="stretch")
 st.caption("Each lever is credited with what it saved on the traffic the levers before it "
            "left (cost rollups, `services.costs.reports`); the levers add up to the saving. "
-           "Hours the hourly rollup has not reached yet are shown as not rolled up yet.")
+           "Hours the hourly rollup has not reached yet are attributed the same way.")
 
 st.subheader("By model served")
 st.dataframe(pd.DataFrame(c.by_model), hide_index=True, width="stretch")
@@ -74,8 +74,8 @@ if budgets:
                      "projected_month_end_usd": projected,
                      "projected_over": None if projected is None else projected > limit})
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
-    st.caption(f"Spent from {m.since:%Y-%m-%d} to {m.until:%Y-%m-%d %H:%M} UTC (the hours the "
-               "cost rollup has read); projected = spent / days elapsed x days in the month.")
+    st.caption(f"Spent from {m.since:%Y-%m-%d} to {m.until:%Y-%m-%d %H:%M} UTC; "
+               "projected = spent / days elapsed x days in the month.")
 else:
     st.caption("No monthly budget configured (OPTENGINE_COST_MONTHLY_BUDGET_USD, or tenant "
                "budgets in the routing config).")

@@ -27,6 +27,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('cache_misses', sa.BigInteger(), server_default='0', nullable=False))
         batch_op.add_column(sa.Column('measured_tokens_before', sa.BigInteger(), server_default='0', nullable=False))
         batch_op.add_column(sa.Column('measured_tokens_after', sa.BigInteger(), server_default='0', nullable=False))
+        batch_op.add_column(sa.Column('cascade_escalated', sa.BigInteger(), server_default='0', nullable=False))
         batch_op.add_column(sa.Column('cascade_accepted', sa.BigInteger(), server_default='0', nullable=False))
         batch_op.add_column(sa.Column('routed', sa.BigInteger(), server_default='0', nullable=False))
 
@@ -42,6 +43,7 @@ def downgrade() -> None:
     with op.batch_alter_table('cost_rollups', schema=None) as batch_op:
         batch_op.drop_column('routed')
         batch_op.drop_column('cascade_accepted')
+        batch_op.drop_column('cascade_escalated')
         batch_op.drop_column('measured_tokens_after')
         batch_op.drop_column('measured_tokens_before')
         batch_op.drop_column('cache_misses')

@@ -83,7 +83,7 @@ def test_every_page_shows_its_figures_in_a_browser(dashboard, browser, tmp_path:
     expected = {
         "": [f"{seeded.requests():,}", f"{seeded.errors():,}",
                      f"{seeded.latency_p50():,.1f} ms"],
-        "costs": [f"${seeded.cost():,.4f}", f"${seeded.baseline():,.4f}"],
+        "costs": [f"${seeded.cost():,.4f}", f"${seeded.priced_baseline:,.4f}"],
         "cache": [f"{seeded.tokens_saved():,}", "router-v7"],
         "capacity": [],
         "experiments": [],

@@ -62,7 +62,7 @@ _LAYERS = (("hits_l1", "L1"), ("hits_l2", "L2"), ("hits_l3", "L3"),
            ("hits_semantic", "SEMANTIC"))
 # the counts of every row (priced or not) a rollup row holds besides tokens and money
 COUNTS = (*(column for column, _ in _LAYERS), "cache_misses", "measured_tokens_before",
-          "measured_tokens_after", "cascade_accepted", "routed")
+          "measured_tokens_after", "cascade_escalated", "cascade_accepted", "routed")
 _LOG = RequestLog.__table__
 _ROLLUPS = CostRollup.__table__
 
@@ -338,6 +338,7 @@ def _aggregate(start: datetime, end: datetime, *by: Any, where: Sequence[Any] = 
             *(func.coalesce(func.sum(case((measured, column), else_=0)), 0).label(name)
               for name, column in (("measured_tokens_before", before),
                                    ("measured_tokens_after", after))),
+            count(c.route_reason.like(f"{ESCALATED_PREFIX}%")).label("cascade_escalated"),
             count(c.route_reason.like(f"%{ACCEPTED}%")).label("cascade_accepted"),
             count(c.route_reason.is_not(None) & ~c.route_reason.like(f"{BATCH_PREFIX}%"))
             .label("routed"),
