@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
-from migrations import upgrade_to_head
+from migrations import downgrade_to, upgrade_to_head
 from models import CostRollup, RequestLog, create_store_engine
 from services.costs import PriceCatalog
 from services.costs.reports import (
@@ -180,6 +180,26 @@ def _same(rows: list[dict], expected: list[dict]) -> bool:
         assert {k: v for k, v in got.items() if isinstance(v, float)} == pytest.approx(
             {k: v for k, v in want.items() if isinstance(v, float)}, abs=1e-12)
     return True
+
+
+def test_rollups_from_before_the_cache_counts_are_redone(engine, catalog) -> None:
+    """Adding the cache columns forgets the watermark: the hours come from request_log
+    until the next run, which redoes every hour and fills them."""
+    insert(engine, every_path(T0 + timedelta(minutes=5)))
+    roll_up(engine, catalog, HostedUpstreams([HOSTED]))
+    url = engine.url.render_as_string(hide_password=False)
+    engine.dispose()
+    downgrade_to("e4ee92fc05b6", url)
+    upgrade_to_head(url)
+    window = (T0, T0 + timedelta(hours=1))
+    before = hourly_sums(engine, *window, columns=("requests", "hits_l2", "hits_semantic"))
+    assert before.source == "request_log"
+    assert before.rows == [{"requests": 9, "hits_l2": 1, "hits_semantic": 1}]
+    assert roll_up(engine, catalog, HostedUpstreams([HOSTED])).hours == 1
+    after = hourly_sums(engine, *window, columns=("requests", "hits_l2", "hits_semantic"))
+    assert after.source == "cost_rollups + request_log" and after.rows == before.rows
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.sum(CostRollup.hits_l2))) == 1
 
 
 def test_hourly_sums_refuses_what_it_cannot_answer(engine) -> None:
