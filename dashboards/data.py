@@ -254,16 +254,21 @@ class Overview:
 
 def overview(engine: Engine, filters: Filters) -> Overview:
     size = filters.bucket_s
-    counts = sums(engine, filters, ("time",), ("requests", "errors", "completion_tokens"))
-    load = sums(engine, filters, ("time", "upstream"), ("requests",))
+    # one read per bucket and upstream: the per-worker load, and summed, the series
+    load = sums(engine, filters, ("time", "upstream"), ("requests", "errors",
+                                                        "completion_tokens"))
+    buckets: dict[datetime, list[int]] = {}
+    for row in load.rows:
+        into = buckets.setdefault(row["time"], [0, 0, 0])
+        for i, column in enumerate(("requests", "errors", "completion_tokens")):
+            into[i] += row[column]
     with engine.connect() as conn:
         sample = conn.execute(
             select(RequestLog.created_at, RequestLog.ttft_ms, RequestLog.latency_ms)
             .where(filters.where(), RequestLog.status_code < 400)
             .order_by(RequestLog.created_at.desc()).limit(filters.sample_rows)).all()
-    series = [{"time": r["time"], "bucket_s": size, "requests": r["requests"],
-               "errors": r["errors"], "output_tokens_per_s": r["completion_tokens"] / size}
-              for r in counts.rows]
+    series = [{"time": t, "bucket_s": size, "requests": n, "errors": e,
+               "output_tokens_per_s": tokens / size} for t, (n, e, tokens) in buckets.items()]
     # columns as float arrays (NULL -> NaN): percentiles over the sample in milliseconds
     starts = np.fromiter((int(utc(r[0]).timestamp()) // size * size for r in sample),
                          dtype=np.int64, count=len(sample))
@@ -272,10 +277,10 @@ def overview(engine: Engine, filters: Filters) -> Overview:
     return Overview(
         requests=sum(s["requests"] for s in series),
         errors=sum(s["errors"] for s in series),
-        completion_tokens=sum(r["completion_tokens"] for r in counts.rows),
+        completion_tokens=sum(r["completion_tokens"] for r in load.rows),
         ttft_p50_ms=percentile(ttft, 50), ttft_p95_ms=percentile(ttft, 95),
         latency_p50_ms=percentile(latency, 50), latency_p95_ms=percentile(latency, 95),
-        sampled=len(sample), series=series, source=counts.source,
+        sampled=len(sample), series=series, source=load.source,
         percentiles=_percentiles_by_bucket(starts, {"TTFT": ttft, "latency": latency}),
         worker_load=[{"time": r["time"], "worker": r["upstream"], "requests": r["requests"]}
                      for r in load.rows if r["upstream"]],  # '' = no upstream
