@@ -1,7 +1,7 @@
 """cost_rollups: cache, token and cascade counts
 
 Revision ID: 28d31e84871e
-Revises: e4ee92fc05b6
+Revises: 0e2419c1e267
 Create Date: 2026-12-06 17:49:34.526609
 
 """
@@ -12,7 +12,7 @@ from alembic import op
 
 
 revision: str = '28d31e84871e'
-down_revision: str | None = 'e4ee92fc05b6'
+down_revision: str | None = '0e2419c1e267'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -189,7 +189,7 @@ def test_rollups_from_before_the_cache_counts_are_redone(engine, catalog) -> Non
     roll_up(engine, catalog, HostedUpstreams([HOSTED]))
     url = engine.url.render_as_string(hide_password=False)
     engine.dispose()
-    downgrade_to("e4ee92fc05b6", url)
+    downgrade_to("0e2419c1e267", url)
     upgrade_to_head(url)
     window = (T0, T0 + timedelta(hours=1))
     before = hourly_sums(engine, *window, columns=("requests", "hits_l2", "hits_semantic"))
