@@ -149,8 +149,10 @@ class ApiKey(Base):
     key_prefix: Mapped[str] = mapped_column(String(16), doc="first characters, for display")
     tenant: Mapped[str] = mapped_column(String(128), index=True)
     name: Mapped[str | None] = mapped_column(String(128))
-    budget_usd: Mapped[float | None] = mapped_column(Double, doc="None = unlimited")
-    spent_usd: Mapped[float] = mapped_column(Double, default=0.0)
+    budget_usd: Mapped[float | None] = mapped_column(
+        Double, doc="spending limit per budget_period; None = unlimited")
+    budget_period: Mapped[str] = mapped_column(
+        String(8), default="month", server_default="month", doc="day, month or total (UTC)")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 

@@ -16,6 +16,7 @@ from services.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
+    from sqlalchemy.orm import Session, sessionmaker
 
     from models import Batch
 
@@ -207,21 +208,46 @@ def dashboard(
     os.execv(sys.executable, command)
 
 
+def _store_sessions(settings: Settings) -> sessionmaker[Session]:
+    from migrations import upgrade_to_head
+    from models import create_store_engine, session_factory
+
+    upgrade_to_head(settings.database_url)
+    return session_factory(create_store_engine(settings.database_url))
+
+
 @keys_app.command("create")
 def keys_create(
     tenant: Annotated[str, typer.Option(help="tenant the key belongs to")],
     name: Annotated[str | None, typer.Option(help="label")] = None,
-    budget_usd: Annotated[float | None, typer.Option(help="spending limit")] = None,
+    budget_usd: Annotated[float | None, typer.Option(
+        help="spending limit in USD per --budget-period; enforced on every request "
+        "made with the key (429 budget_exceeded past it)")] = None,
+    budget_period: Annotated[str | None, typer.Option(
+        help="day, month (the default) or total; day and month are UTC calendar "
+        "periods, each starting from zero")] = None,
 ) -> None:
     """Create an API key; it is printed once and stored only as a hash."""
-    from migrations import upgrade_to_head
-    from models import create_store_engine, session_factory
-    from services.gateway.auth import create_api_key
+    from services.gateway.auth import create_api_key, key_budget
 
-    settings = _settings()
-    upgrade_to_head(settings.database_url)
-    sessions = session_factory(create_store_engine(settings.database_url))
-    typer.echo(create_api_key(sessions, tenant=tenant, name=name, budget_usd=budget_usd))
+    try:
+        key_budget(budget_usd, budget_period)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--budget-usd/--budget-period") from None
+    sessions = _store_sessions(_settings())
+    typer.echo(create_api_key(sessions, tenant=tenant, name=name, budget_usd=budget_usd,
+                              budget_period=budget_period))
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """The stored keys: id (the ``key:<id>`` budget scope), prefix, tenant, name, budget."""
+    from services.gateway.auth import describe_budget, list_api_keys
+
+    for row in list_api_keys(_store_sessions(_settings())):
+        revoked = f"  revoked {row.revoked_at:%Y-%m-%d}" if row.revoked_at else ""
+        typer.echo(f"{row.id}\t{row.key_prefix}...\t{row.tenant}\t{row.name or '-'}\t"
+                   f"{describe_budget(row)}{revoked}")
 
 
 def _prefect_env() -> None:

@@ -241,14 +241,14 @@ def build_services(settings: Settings) -> AppServices:
                 semantic_ttl_s=settings.cache_l3_ttl_s,
             )
         )
-    routing = build_routing_stage(
+    routing, budget = build_routing_stage(
         settings, catalog, pool,
         lambda ctx: telemetry.submit(build_event(ctx, store_prompts=settings.store_prompts)),
         PromptCounter(worker_counter),
     )
     hosted: dict[str, HostedBackend] = {}  # hosted models are reached through routing
+    stages.append(routing if routing is not None else budget)  # a key's limit holds either way
     if routing is not None:
-        stages.append(routing)
         hosted = hosted_backends(settings, client,
                                  default_max_tokens=routing.policy.config.default_max_tokens)
     if token_stages is not None:
@@ -285,6 +285,7 @@ def build_services(settings: Settings) -> AppServices:
         cache=cache,
         semantic_sync=semantic_sync,
         routing=routing,
+        budget=budget,
         warmer=warmer,
         tokens=token_stages[1] if token_stages is not None else None,
         experiments=experiments,
@@ -336,6 +337,8 @@ def create_app(settings: Settings) -> FastAPI:
                 await services.cache.aclose()
             if services.routing is not None:
                 await services.routing.aclose()
+            if services.budget is not None:
+                await services.budget.aclose()
             if services.tokens is not None:
                 await services.tokens.aclose()
             if services.experiments is not None:

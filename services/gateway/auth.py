@@ -14,12 +14,14 @@ import logging
 import secrets
 from dataclasses import dataclass
 
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import ApiKey
 from services.background import cancel_and_wait, now_and_every
 from services.errors import AuthenticationFailed
+from services.routing.config import BudgetConfig
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,7 @@ KEY_PREFIX = "oe-"
 class Principal:
     tenant: str
     key_id: str | None = None
+    budget: BudgetConfig | None = None  # the key's own spending limit
 
 
 ANONYMOUS = Principal(tenant=DEFAULT_TENANT)
@@ -89,9 +92,16 @@ class KeyRing:
             return
         with self._sessions() as session:
             rows = session.scalars(select(ApiKey).where(ApiKey.revoked_at.is_(None))).all()
-        self._stored = {
-            row.key_hash: Principal(tenant=row.tenant, key_id=str(row.id)) for row in rows
-        }
+        stored = {}
+        for row in rows:
+            try:
+                budget = (None if row.budget_usd is None
+                          else key_budget(row.budget_usd, row.budget_period))
+            except ValueError as exc:  # written before limits were checked: not spent blind
+                log.error("API key %s is refused until its budget is fixed: %s", row.id, exc)
+                continue
+            stored[row.key_hash] = Principal(tenant=row.tenant, key_id=str(row.id), budget=budget)
+        self._stored = stored
 
     async def start(self) -> None:
         if self._sessions is None:
@@ -115,14 +125,34 @@ def _bearer_token(authorization: str | None) -> str | None:
     return token.strip()
 
 
+def key_budget(budget_usd: float | None, budget_period: str | None = None
+               ) -> BudgetConfig | None:
+    """A key's spending limit: ``budget_usd`` per ``budget_period`` (``day``, ``month``,
+    the default, or ``total``), None for no limit. ``ValueError`` for a limit that is not
+    a positive number, an unknown period, or a period without a limit."""
+    if budget_usd is None:
+        if budget_period is not None:
+            raise ValueError("a budget period needs a budget: give the limit in USD too")
+        return None
+    try:
+        return BudgetConfig(limit_usd=budget_usd, period=budget_period or "month")
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                             for e in exc.errors())
+        raise ValueError(f"invalid key budget: {problems}") from None
+
+
 def create_api_key(
     sessions: sessionmaker[Session],
     *,
     tenant: str,
     name: str | None = None,
     budget_usd: float | None = None,
+    budget_period: str | None = None,
 ) -> str:
-    """Create a key in the store and return it in clear (the only time it is shown)."""
+    """Create a key in the store and return it in clear (the only time it is shown);
+    its budget as ``key_budget`` checks it."""
+    budget = key_budget(budget_usd, budget_period)
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     with sessions.begin() as session:
         session.add(
@@ -131,7 +161,23 @@ def create_api_key(
                 key_prefix=key[:10],
                 tenant=tenant,
                 name=name,
-                budget_usd=budget_usd,
+                budget_usd=budget.limit_usd if budget else None,
+                budget_period=budget.period if budget else "month",
             )
         )
     return key
+
+
+def list_api_keys(sessions: sessionmaker[Session]) -> list[ApiKey]:
+    """Every key in the store, oldest first (revoked ones included)."""
+    with sessions() as session:
+        return list(session.scalars(select(ApiKey).order_by(ApiKey.id)))
+
+
+def describe_budget(row: ApiKey) -> str:
+    """``$5/month``, ``$20 total`` or ``unlimited``."""
+    if row.budget_usd is None:
+        return "unlimited"
+    if row.budget_period == "total":
+        return f"${row.budget_usd:g} total"
+    return f"${row.budget_usd:g}/{row.budget_period}"

@@ -15,6 +15,7 @@ from services.caching.semantic_store import SemanticSync
 from services.execution import PrefixWarmer, UpstreamClient, WorkerPool
 from services.gateway.auth import KeyRing, Principal
 from services.gateway.serving import OpenAIServing
+from services.gateway.stages.budget import BudgetStage
 from services.gateway.stages.experiments import ExperimentStage
 from services.gateway.stages.ratelimit import RateLimitStage
 from services.gateway.stages.routing import RoutingStage
@@ -40,6 +41,7 @@ class AppServices:
     cache: ResponseCache | None = None
     semantic_sync: SemanticSync | None = None
     routing: RoutingStage | None = None
+    budget: BudgetStage | None = None  # routing's, or in the pipeline itself
     warmer: PrefixWarmer | None = None
     tokens: TokenOptimizationStage | None = None
     experiments: ExperimentStage | None = None

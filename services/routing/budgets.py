@@ -8,7 +8,11 @@ requests see each other's reservations and together never spend past a limit.
 With Redis (``redis_url``) the counters are shared by every gateway replica and each
 reservation is one Lua script: check and add in one atomic step. Without Redis they are
 in-process (one replica only), atomic because nothing awaits between check and add.
-Counters are per period (``total``, ``day``, ``month``; UTC) and expire after it.
+Counters are per period (``total``, ``day``, ``month``; UTC calendar days and months: a
+new period starts from zero) and expire after it.
+
+A key's own limit (stored with the key, ``optengine keys create --budget-usd``) is the
+``key:<id>`` budget and replaces a ``key:<id>`` entry of the routing config.
 
 Redis gone: a budget that cannot be checked is not spent blind. ``reserve`` (and the
 downgrade check) raise ``BudgetUnavailable``, a 503 ``budget_unavailable`` with
@@ -21,7 +25,7 @@ reservation, which is never less than the real cost), so no spend is forgotten.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -76,8 +80,10 @@ class Reservation:
 
 class BudgetLedger:
     def __init__(self, budgets: dict[str, BudgetConfig], *, redis_url: str = "",
-                 timeout_s: float = 1.0, retry_after_s: int = 5) -> None:
+                 timeout_s: float = 1.0, retry_after_s: int = 5,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self._budgets = budgets
+        self.clock = clock  # picks the period's counter
         self._local: dict[str, float] = {}
         self._pending: dict[str, float] = {}  # settlements Redis refused, per counter key
         self._retry_after_s = retry_after_s
@@ -95,21 +101,23 @@ class BudgetLedger:
         if self._redis is not None:
             await self._redis.aclose()
 
-    def scopes(self, tenant: str, key_id: str | None) -> list[Scope]:
+    def scopes(self, tenant: str, key_id: str | None,
+               key_budget: BudgetConfig | None = None) -> list[Scope]:
+        """The budgets of a request: its tenant's (or ``tenant:*``) and its key's
+        (``key_budget``, the key's stored limit, else the ``key:<id>`` entry)."""
         found = []
-        for name in (f"tenant:{tenant}", f"key:{key_id}" if key_id else None):
-            if name is None:
-                continue
-            config = self._budgets.get(name)
-            if config is None and name.startswith("tenant:"):
-                config = self._budgets.get("tenant:*")
+        config = self._budgets.get(f"tenant:{tenant}") or self._budgets.get("tenant:*")
+        if config is not None:
+            found.append(Scope(f"tenant:{tenant}", config))
+        if key_id:
+            config = key_budget or self._budgets.get(f"key:{key_id}")
             if config is not None:
-                found.append(Scope(name, config))
+                found.append(Scope(f"key:{key_id}", config))
         return found
 
     async def fraction_spent(self, scopes: Sequence[Scope]) -> float:
         """The highest spent/limit of ``scopes`` (reservations in flight included)."""
-        now = datetime.now(UTC)
+        now = self.clock()
         highest = 0.0
         for scope in scopes:
             highest = max(highest, await self._spent(scope.counter(now)) / scope.config.limit_usd)
@@ -121,7 +129,7 @@ class BudgetLedger:
 
     async def reserve(self, scopes: Sequence[Scope], amount: float) -> Reservation:
         """Reserve ``amount`` USD on every scope, or none: raise ``BudgetExceeded``."""
-        now = datetime.now(UTC)
+        now = self.clock()
         taken: list[tuple[Scope, str]] = []
         for scope in scopes:
             key = scope.counter(now)

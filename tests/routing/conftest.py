@@ -13,8 +13,10 @@ from sqlalchemy import select
 
 from models.tables import RequestLog
 from services.settings import Settings
+from services.workers import free_port
 from tests.support.fake_openai import Answer, FakeOpenAI
 from tests.support.gateway import RunningGateway
+from tests.support.redis import ThrowawayRedis
 
 HARD = (
     "Let p = (1, 2, 5, 4)(2, 3) in S_5 . Find the index of <p> in S_5.\n"
@@ -71,6 +73,14 @@ def fake_workers() -> Iterator[FakeOpenAI]:
     server = FakeOpenAI({name: Answer() for name in PRICES}).start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def budget_redis() -> Iterator[ThrowawayRedis]:
+    """A Redis of the test's own, which it may kill and start again."""
+    server = ThrowawayRedis(free_port()).start()
+    yield server
+    server.kill()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -13,7 +12,6 @@ import pytest
 
 from services.tokens import PromptCount, PromptCounter, generations
 from services.tokens.prompt import TEMPLATE_ALLOWANCE, byte_bound
-from services.workers import free_port
 from tests.routing.conftest import HARD, PRICES, post_chat
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.redis import ThrowawayRedis
@@ -129,13 +127,6 @@ async def test_prompt_counts_are_the_serving_models_own() -> None:
 ])
 def test_generations_count_every_sequence_a_request_asks_for(endpoint, request_, expected):
     assert generations(endpoint, request_) == expected
-
-
-@pytest.fixture
-def budget_redis() -> Iterator[ThrowawayRedis]:
-    server = ThrowawayRedis(free_port()).start()
-    yield server
-    server.kill()
 
 
 def test_redis_gone_is_a_503_for_budgeted_tenants_only_and_heals_when_it_returns(
