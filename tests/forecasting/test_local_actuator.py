@@ -1,9 +1,10 @@
 """The local actuator: starts ``optengine worker`` processes, sees them register, stops
 them through SIGTERM (the worker deregisters and drains itself), never starts twice.
 
-The first tests run a stand-in for the worker command (a small script that registers in
-the same ``workers`` table the way ``optengine worker`` does, after a moment); the last
-one runs the real ``optengine worker`` with the tiny model on vLLM."""
+These run a stand-in for the worker command (a small script that registers in the same
+``workers`` table the way ``optengine worker`` does, after a moment); the real
+``optengine worker`` with the tiny model on vLLM is started, served through the gateway
+and drained in ``test_burst_e2e.py``."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import pytest
 from sqlalchemy import select
 
@@ -123,31 +123,3 @@ def test_unknown_model_and_bad_count_are_refused(store, tmp_path) -> None:
     with pytest.raises(ValueError):
         actuator.scale("nope", -1)
     assert launches(store) == []
-
-
-@pytest.mark.vllm
-def test_real_optengine_worker_with_the_tiny_model(store, tiny_model, tmp_path) -> None:
-    """One extra vLLM worker: started by the actuator, serving, registered, then drained
-    and stopped."""
-    env = dict(os.environ, OPTENGINE_DATABASE_URL=str(store.url),
-               OPTENGINE_VLLM_PYTHON=str(ROOT / ".venv-vllm" / "bin" / "python"),
-               OPTENGINE_HEALTH_INTERVAL_S="0.5", OPTENGINE_VLLM_CPU_KVCACHE_GIB="1")
-    actuator = LocalActuator(store, {"tiny": tiny_model}, env=env, log_dir=tmp_path)
-    actuator.scale("tiny", 1)
-    [launch] = launches(store)
-    try:
-        # registered, or the worker gave up (vLLM could not start): stop waiting either way
-        wait_for(lambda: registered(store) == [launch.url] or actuator.current("tiny") == 0,
-                 timeout=300)
-        logs = "\n".join(p.read_text()[-3000:] for p in tmp_path.glob("worker-*.log"))
-        assert registered(store) == [launch.url], f"the worker did not start:\n{logs}"
-        models = httpx.get(f"{launch.url}/v1/models", timeout=10).json()
-        assert [m["id"] for m in models["data"]] == ["tiny"]
-        assert actuator.current("tiny") == 1
-        assert launches(store)[0].healthy_at is not None
-        actuator.scale("tiny", 0)
-        wait_for(lambda: registered(store) == [], timeout=60)
-        wait_for(lambda: not alive(launch.pid), timeout=120)
-    finally:
-        if alive(launch.pid):
-            os.killpg(launch.pid, 9)
