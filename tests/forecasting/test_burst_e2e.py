@@ -13,6 +13,7 @@ step is asked at a clock ten minutes on."""
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import textwrap
 import time
@@ -138,9 +139,12 @@ def test_a_burst_on_the_tiny_model_adds_a_real_vllm_worker(store, make_settings,
               filler="x " * 100)
     finally:
         actuator.scale(model, 1)  # the newest go; the session's worker stays
-        for url, pid in launched(store):
-            if url != first:
-                wait_for(lambda pid=pid: not alive(pid), timeout=120)
+        added = [pid for url, pid in launched(store) if url != first]
+        try:
+            wait_for(lambda: not any(alive(pid) for pid in added), timeout=120)
+        finally:
+            for pid in filter(alive, added):  # one that ignored SIGTERM
+                os.killpg(pid, signal.SIGKILL)
 
 
 def burst(store, make_settings, gateway, actuator, model: str, first: str, *,
