@@ -5,11 +5,14 @@ round trip on the hot path of every new request. The filter answers "certainly n
 there" from memory; only a "maybe" goes to the store. Cache digests are already uniform
 SHA-256 hex, so the k bit positions are slices of the digest itself, no extra hashing.
 A false positive costs one store lookup; there are no false negatives for digests added.
+Digests arrive in batches (a refresh reads thousands, a write-behind batch dozens), so
+``add_many`` sets them with a few array operations instead of a Python loop per bit.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -28,14 +31,23 @@ class DigestBloom:
         return [int(digest[8 * i : 8 * i + 8], 16) % self.size for i in range(self.hashes)]
 
     def add(self, digest: str) -> bool:
-        """Add a digest; ``count`` grows only when it sets a new bit, so adding one again
-        (every refresh re-reads a margin of recent rows) does not fill the filter."""
-        new = False
-        for pos in self._positions(digest):
-            byte, bit = pos >> 3, 1 << (pos & 7)
-            if not self._bits[byte] & bit:
-                self._bits[byte] |= bit
-                new = True
+        """Add a digest; True when it set a new bit (see ``add_many``)."""
+        return self.add_many([digest]) == 1
+
+    def add_many(self, digests: Iterable[str]) -> int:
+        """Add digests; returns how many set a new bit, and ``count`` grows by that much
+        only, so adding one again (every refresh re-reads a margin of recent rows) does
+        not fill the filter. Each digest is judged against the filter as it was before
+        the batch."""
+        unique = list(dict.fromkeys(digests))
+        if not unique:
+            return 0
+        # the same 8-hex-digit slices as ``_positions``, as big-endian 32-bit words
+        words = np.frombuffer(bytes.fromhex("".join(unique)), dtype=">u4").reshape(-1, 8)
+        positions = words[:, : self.hashes].astype(np.int64) % self.size
+        index, masks = positions >> 3, (1 << (positions & 7)).astype(np.uint8)
+        new = int(((self._bits[index] & masks) == 0).any(axis=1).sum())
+        np.bitwise_or.at(self._bits, index.ravel(), masks.ravel())
         self.count += new
         return new
 

@@ -1,9 +1,12 @@
 """The response cache: exact tiers looked up in order, filled upwards, and single flight.
 
 ``lookup`` walks L1 -> L2 -> L3 and copies a hit into the faster tiers it missed, in the
-background; ``store`` writes L1 at once and the shared tiers in the background (the
-client already has its answer in both cases). ``flight`` makes concurrent identical
-misses share one upstream call.
+background; ``store`` writes L1 at once and queues the entry for the shared tiers (the
+client already has its answer in both cases). One background writer empties that queue
+in batches: whatever was stored while it wrote the last batch goes in the next, one
+Redis pipeline and one store transaction per batch, so a miss costs no round trip or
+thread hand-off of its own. ``flight`` makes concurrent identical misses share one
+upstream call.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -23,6 +26,10 @@ from services.caching.keys import CacheKey
 
 log = logging.getLogger(__name__)
 
+TierWrite = tuple[CacheKey, CachedResponse, float | None]  # key, entry, TTL (None: tier's)
+WRITE_BATCH = 256  # most entries per batch
+MAX_PENDING = 20_000  # entries waiting for the shared tiers; past it new ones skip them
+
 
 class CacheTier(Protocol):
     name: str
@@ -32,6 +39,8 @@ class CacheTier(Protocol):
     async def set(
         self, key: CacheKey, entry: CachedResponse, ttl_s: float | None = None
     ) -> bool: ...
+
+    async def set_many(self, items: Sequence[TierWrite]) -> int: ...
 
     async def delete(self, key: CacheKey) -> None: ...
 
@@ -59,6 +68,10 @@ class CacheMetrics:
         self.l1_bytes = Gauge("optengine_cache_l1_bytes", "Bytes held by L1", registry=registry)
         self.l1_evictions = Gauge("optengine_cache_l1_evictions",
                                   "Entries L1 evicted for space", registry=registry)
+        self.writes_skipped = Counter(
+            "optengine_cache_shared_writes_skipped",
+            "Entries kept in L1 only: the shared tiers' write queue was full",
+            registry=registry)
 
 
 class ResponseCache:
@@ -74,6 +87,8 @@ class ResponseCache:
         self._flight_timeout_s = flight_timeout_s
         self._inflight: dict[str, asyncio.Future[CachedResponse | None]] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._pending: list[TierWrite] = []  # stored, not yet in the shared tiers
+        self._writing = False
 
     async def lookup(self, key: CacheKey, *, max_age_s: float | None = None) -> Hit | None:
         missed: list[CacheTier] = []
@@ -84,7 +99,7 @@ class ResponseCache:
             if entry is not None and (max_age_s is None or entry.age_s <= max_age_s):
                 self.metrics.lookups.labels(tier.name, "hit").inc()
                 if missed:
-                    self._in_background(self._fill(missed, key, entry, None))
+                    self._in_background(self._fill(missed, [(key, entry, None)]))
                 return Hit(tier.name, entry)
             self.metrics.lookups.labels(tier.name, "miss").inc()
             missed.append(tier)
@@ -96,20 +111,36 @@ class ResponseCache:
         if await first.set(key, entry, ttl_s):
             self.metrics.stores.labels(first.name).inc()
         self._update_gauges()
-        if shared:
-            self._in_background(self._fill(shared, key, entry, ttl_s))
+        if not shared:
+            return
+        if len(self._pending) >= MAX_PENDING:  # the shared tiers cannot keep up
+            self.metrics.writes_skipped.inc()
+            return
+        self._pending.append((key, entry, ttl_s))
+        if not self._writing:
+            self._writing = True
+            self._in_background(self._write_behind(shared))
+
+    async def _write_behind(self, tiers: list[CacheTier]) -> None:
+        try:
+            while self._pending:
+                batch = self._pending[:WRITE_BATCH]
+                del self._pending[:WRITE_BATCH]
+                await self._fill(tiers, batch)
+        finally:
+            self._writing = False
 
     def _in_background(self, work: Coroutine[object, object, None]) -> None:
         task = asyncio.create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _fill(self, tiers: list[CacheTier], key: CacheKey,
-                    entry: CachedResponse, ttl_s: float | None) -> None:
+    async def _fill(self, tiers: list[CacheTier], items: Sequence[TierWrite]) -> None:
         for tier in tiers:
             try:
-                if await tier.set(key, entry, ttl_s):
-                    self.metrics.stores.labels(tier.name).inc()
+                written = await tier.set_many(items)
+                if written:
+                    self.metrics.stores.labels(tier.name).inc(written)
             except Exception:  # a background write must never take the gateway down
                 log.warning("cache write to %s failed", tier.name, exc_info=True)
         self._update_gauges()

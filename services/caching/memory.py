@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from services.caching.cache import TierWrite
 from services.caching.entry import CachedResponse
 from services.caching.keys import CacheKey
 
@@ -62,6 +64,9 @@ class MemoryCache:
             self._drop(oldest)
             self.evictions += 1
         return True
+
+    async def set_many(self, items: Sequence[TierWrite]) -> int:
+        return sum([await self.set(key, entry, ttl_s) for key, entry, ttl_s in items])
 
     async def delete(self, key: CacheKey) -> None:
         self._drop(str(key))

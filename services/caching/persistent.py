@@ -9,10 +9,10 @@ Another replica's write is invisible here until the next refresh; when Redis is 
 entry is in L2, which is looked up first. Before the first load, and when the store
 could not be read, every lookup asks the store.
 
-Lookups and writes run in a worker thread; a write that fails (store away) is dropped,
-never surfaced: L3 is an optimisation, and the request has already been answered. The
-byte budget is enforced by evicting the least recently hit entries once the running
-total passes it.
+Lookups and writes run in a worker thread, a batch of writes in one transaction; a
+write that fails (store away) is dropped, never surfaced: L3 is an optimisation, and the
+request has already been answered. The byte budget is enforced by evicting the least
+recently hit entries once the running total passes it.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Engine, bindparam, delete, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -28,6 +30,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from models import CacheEntry
 from services.background import cancel_and_wait, now_and_every
 from services.caching.bloom import DigestBloom
+from services.caching.cache import TierWrite
 from services.caching.entry import CachedResponse
 from services.caching.keys import CacheKey
 
@@ -98,16 +101,37 @@ class PersistentCache:
             return None
 
     async def set(self, key: CacheKey, entry: CachedResponse, ttl_s: float | None = None) -> bool:
-        data = entry.compressed()
-        if len(data) > self.max_entry_bytes:
-            return False
-        ttl = self.ttl_s if ttl_s is None else min(ttl_s, self.ttl_s)
+        return await self.set_many([(key, entry, ttl_s)]) == 1
+
+    async def set_many(self, items: Sequence[TierWrite]) -> int:
+        """Write entries in one transaction (one thread hand-off); returns how many were
+        written: 0 when the store is away, entries over the size cap are skipped."""
+        rows: dict[str, dict[str, Any]] = {}  # by digest: an upsert touches a row once
+        now = datetime.now(UTC)
+        for key, entry, ttl_s in items:
+            data = entry.compressed()
+            if len(data) > self.max_entry_bytes:
+                continue
+            ttl = self.ttl_s if ttl_s is None else min(ttl_s, self.ttl_s)
+            rows[key.digest] = {
+                "digest": key.digest,
+                "namespace": key.namespace,
+                "endpoint": entry.endpoint,
+                "value": data,
+                "size_bytes": len(data),
+                "created_at": now,
+                "expires_at": now + timedelta(seconds=ttl),
+                "last_hit_at": None,
+                "hit_count": 0,
+            }
+        if not rows:
+            return 0
         try:
-            await asyncio.to_thread(self._set, key, entry, data, ttl)
+            await asyncio.to_thread(self._set_many, list(rows.values()))
         except SQLAlchemyError as exc:
             log.debug("L3 write failed: %s", exc)
-            return False
-        return True
+            return 0
+        return len(rows)
 
     async def delete(self, key: CacheKey) -> None:
         try:
@@ -120,23 +144,23 @@ class PersistentCache:
         the ones written since the last refresh, by any replica."""
         rebuild = self._filter is None or self._filter.count > self._filter_capacity
         since = None if rebuild else self._filter_seen_until
-        query = select(CacheEntry.digest, CacheEntry.created_at)
+        # the newest time first: a row written between the two reads is read again next
+        # turn, never skipped; only digests are read, no per-row time parsing
+        newest_query = select(func.max(CacheEntry.created_at))
+        query = select(CacheEntry.digest)
         if since is not None:  # with a margin for clock skew between replicas
             query = query.where(CacheEntry.created_at >= since - timedelta(seconds=60))
         with self._engine.connect() as conn:
-            rows = conn.execute(query).all()
+            newest = conn.scalar(newest_query)
+            digests = conn.scalars(query).all()
         target = (
-            DigestBloom(max(self._filter_capacity, 2 * len(rows))) if rebuild else self._filter
+            DigestBloom(max(self._filter_capacity, 2 * len(digests))) if rebuild
+            else self._filter
         )
         assert target is not None
-        newest = since
-        for digest, created_at in rows:
-            target.add(digest)  # re-adding a digest seen before changes nothing
-            created_at = _aware(created_at)
-            if newest is None or created_at > newest:
-                newest = created_at
+        target.add_many(digests)  # re-adding a digest seen before changes nothing
         self._filter = target
-        self._filter_seen_until = newest
+        self._filter_seen_until = _aware(newest) if newest is not None else since
 
     # --- blocking parts, run in a thread ----------------------------------------------
 
@@ -179,33 +203,26 @@ class PersistentCache:
             raise
         return len(rows)
 
-    def _set(self, key: CacheKey, entry: CachedResponse, data: bytes, ttl_s: float) -> None:
-        now = datetime.now(UTC)
-        values = {
-            "namespace": key.namespace,
-            "endpoint": entry.endpoint,
-            "value": data,
-            "size_bytes": len(data),
-            "created_at": now,
-            "expires_at": now + timedelta(seconds=ttl_s),
-            "last_hit_at": None,
-            "hit_count": 0,
-        }
+    def _set_many(self, rows: list[dict[str, Any]]) -> None:
+        table = CacheEntry.__table__
+        if self._engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        statement = insert(table)
+        statement = statement.on_conflict_do_update(
+            index_elements=["digest"],
+            set_={name: statement.excluded[name] for name in rows[0] if name != "digest"},
+        )
         with self._engine.begin() as conn:
-            if self._engine.dialect.name == "postgresql":
-                from sqlalchemy.dialects.postgresql import insert
-            else:
-                from sqlalchemy.dialects.sqlite import insert
-            statement = insert(CacheEntry).values(digest=key.digest, **values)
-            conn.execute(
-                statement.on_conflict_do_update(index_elements=["digest"], set_=values)
-            )
+            conn.execute(statement, rows)
         if self._filter is not None:
-            self._filter.add(key.digest)
+            self._filter.add_many(row["digest"] for row in rows)
+        written = sum(row["size_bytes"] for row in rows)
         if self._approx_bytes is None:
             self._approx_bytes = self.total_bytes()
         else:
-            self._approx_bytes += len(data)
+            self._approx_bytes += written
         if self._approx_bytes > self.max_bytes:
             self.evict_to_budget()
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from services.caching.cache import TierWrite
 from services.caching.entry import CachedResponse
 from services.caching.keys import CacheKey
 
@@ -85,19 +87,31 @@ class RedisCache:
         return CachedResponse.decompressed(data) if data else None
 
     async def set(self, key: CacheKey, entry: CachedResponse, ttl_s: float | None = None) -> bool:
+        return await self.set_many([(key, entry, ttl_s)]) == 1
+
+    async def set_many(self, items: Sequence[TierWrite]) -> int:
+        """Write entries in one pipeline (one round trip, not a transaction: the
+        commands are independent); returns how many were written, 0 when Redis is away.
+        Entries over the size cap are skipped."""
         if not self.breaker.allows:
-            return False
-        data = entry.compressed()
-        if len(data) > self.max_entry_bytes:
-            return False
-        ttl = self.ttl_s if ttl_s is None else min(ttl_s, self.ttl_s)
+            return 0
+        pipe = self._redis.pipeline(transaction=False)
+        for key, entry, ttl_s in items:
+            data = entry.compressed()
+            if len(data) > self.max_entry_bytes:
+                continue
+            ttl = self.ttl_s if ttl_s is None else min(ttl_s, self.ttl_s)
+            pipe.set(self.redis_key(key), data, px=max(1, int(ttl * 1000)))
+        written = len(pipe)
+        if not written:
+            return 0
         try:
-            await self._redis.set(self.redis_key(key), data, px=max(1, int(ttl * 1000)))
+            await pipe.execute()
         except (RedisError, OSError) as exc:
             self._failed("set", exc)
-            return False
+            return 0
         self.breaker.success()
-        return True
+        return written
 
     async def delete(self, key: CacheKey) -> None:
         if self.breaker.allows:

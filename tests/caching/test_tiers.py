@@ -1,13 +1,15 @@
-"""The exact tiers on their own: keys, L1 bounds and expiry, L2 breaker, L3 budget."""
+"""The exact tiers on their own: keys, L1 bounds and expiry, L2 breaker, L3 budget, and
+the batched writes to the shared tiers."""
 
 from __future__ import annotations
 
 import asyncio
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from migrations import upgrade_to_head
 from models import CacheEntry, create_store_engine
@@ -241,3 +243,91 @@ async def test_a_hit_in_a_slower_tier_fills_the_faster_ones(store_engine) -> Non
     await cache.drain()
     refilled = await cache.lookup(key)
     assert refilled.layer == "L1" and refilled.entry.body == entry().body
+
+
+def test_bloom_filter_adds_a_batch_as_one_by_one() -> None:
+    import hashlib
+
+    from services.caching.bloom import DigestBloom
+
+    digests = [hashlib.sha256(f"d-{i}".encode()).hexdigest() for i in range(500)]
+    batch, single = DigestBloom(2000), DigestBloom(2000)
+    assert batch.add_many([*digests, *digests[:50]]) == 500  # repeats count once
+    for digest in digests:
+        single.add(digest)
+    assert np.array_equal(batch._bits, single._bits) and batch.count == single.count == 500
+    assert all(d in batch for d in digests)
+    assert batch.add_many(digests[:10]) == 0 and batch.add_many([]) == 0
+
+
+class CountingL3(PersistentCache):
+    """L3 that records the size of every batch written."""
+
+    batches: list[int]
+
+    async def set_many(self, items):
+        self.batches = [*getattr(self, "batches", []), len(items)]
+        return await super().set_many(items)
+
+
+async def test_stored_entries_reach_the_shared_tiers_in_batches(any_store) -> None:
+    from tests.support.redis import ThrowawayRedis
+
+    server = ThrowawayRedis(free_port()).start()
+    l2 = RedisCache(server.url, ttl_s=60, max_entry_bytes=1 << 20, timeout_s=0.5)
+    l3 = CountingL3(any_store, ttl_s=60, max_bytes=1 << 30, max_entry_bytes=1 << 20)
+    metrics = CacheMetrics(CollectorRegistry())
+    cache = ResponseCache([MemoryCache(max_bytes=1 << 20, ttl_s=60, max_entry_bytes=1 << 20),
+                           l2, l3], metrics)
+    keys = [cache_key("t", "chat.completions", {"n": i}) for i in range(100)]
+    try:
+        # concurrent misses: each stores its answer once it has it, the same key twice
+        await asyncio.gather(*(cache.store(key, entry()) for key in [*keys, keys[0]]))
+        await cache.drain()
+        assert len(l3.batches) < len(keys) and sum(l3.batches) == len(keys) + 1
+        with any_store.connect() as conn:
+            assert conn.scalar(select(func.count()).select_from(CacheEntry)) == len(keys)
+        for key in keys:
+            assert (await l2.get(key)).body == entry().body
+            assert (await l3.get(key)).body == entry().body
+        assert metrics.stores.labels("L3")._value.get() == len(keys)
+    finally:
+        server.kill()
+        await cache.aclose()
+
+
+async def test_shared_tiers_away_lose_nothing_but_their_copy(tmp_path) -> None:
+    from sqlalchemy import create_engine
+
+    gone = create_engine(f"sqlite:///{tmp_path / 'no' / 'such' / 'dir.db'}")
+    l2 = RedisCache(f"redis://127.0.0.1:{free_port()}", ttl_s=60, max_entry_bytes=1 << 20,
+                    timeout_s=0.05)
+    l3 = PersistentCache(gone, ttl_s=60, max_bytes=1 << 30, max_entry_bytes=1 << 20)
+    metrics = CacheMetrics(CollectorRegistry())
+    cache = ResponseCache([MemoryCache(max_bytes=1 << 20, ttl_s=60, max_entry_bytes=1 << 20),
+                           l2, l3], metrics)
+    key = cache_key("t", "chat.completions", {"q": "kept"})
+    await cache.store(key, entry())
+    await cache.drain()  # the failed writes end quietly
+    assert (await cache.lookup(key)).layer == "L1"
+    assert await l2.set_many([(key, entry(), None)]) == 0
+    assert await l3.set_many([(key, entry(), None)]) == 0
+    assert metrics.stores.labels("L3")._value.get() == 0
+    await cache.aclose()
+
+
+async def test_a_full_write_queue_keeps_new_entries_in_l1_only(store_engine, monkeypatch):
+    from services.caching import cache as cache_module
+
+    monkeypatch.setattr(cache_module, "MAX_PENDING", 2)
+    l3 = PersistentCache(store_engine, ttl_s=60, max_bytes=1 << 30, max_entry_bytes=1 << 20)
+    metrics = CacheMetrics(CollectorRegistry())
+    cache = ResponseCache([MemoryCache(max_bytes=1 << 20, ttl_s=60, max_entry_bytes=1 << 20),
+                           l3], metrics)
+    keys = [cache_key("t", "chat.completions", {"n": i}) for i in range(5)]
+    for key in keys:  # no await yields to the writer in between: the queue fills
+        await cache.store(key, entry())
+    await cache.drain()
+    assert metrics.writes_skipped._value.get() == 3
+    assert [await l3.get(key) is not None for key in keys] == [True, True, False, False, False]
+    assert [(await cache.lookup(key)).layer for key in keys] == ["L1"] * 5
