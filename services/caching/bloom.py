@@ -24,6 +24,7 @@ class DigestBloom:
         self.hashes = max(1, min(7, round(bits / capacity * math.log(2))))
         self.size = bits
         self._bits = np.zeros((bits + 7) // 8, dtype=np.uint8)
+        self._bytes = memoryview(self._bits)  # same memory; a lookup reads plain ints
         self.count = 0
 
     def _positions(self, digest: str) -> list[int]:
@@ -52,7 +53,7 @@ class DigestBloom:
         return new
 
     def __contains__(self, digest: str) -> bool:
-        return all(self._bits[pos >> 3] & (1 << (pos & 7)) for pos in self._positions(digest))
+        return all(self._bytes[pos >> 3] & (1 << (pos & 7)) for pos in self._positions(digest))
 
     @property
     def nbytes(self) -> int:

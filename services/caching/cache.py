@@ -89,19 +89,23 @@ class ResponseCache:
         self._background: set[asyncio.Task[None]] = set()
         self._pending: list[TierWrite] = []  # stored, not yet in the shared tiers
         self._writing = False
+        # each tier's metric children, resolved once rather than by label on every lookup
+        self._timers = {t.name: metrics.lookup_seconds.labels(t.name) for t in tiers}
+        self._results = {(t.name, r): metrics.lookups.labels(t.name, r)
+                         for t in tiers for r in ("hit", "miss")}
 
     async def lookup(self, key: CacheKey, *, max_age_s: float | None = None) -> Hit | None:
         missed: list[CacheTier] = []
         for tier in self.tiers:
             started = time.perf_counter()
             entry = await tier.get(key)
-            self.metrics.lookup_seconds.labels(tier.name).observe(time.perf_counter() - started)
+            self._timers[tier.name].observe(time.perf_counter() - started)
             if entry is not None and (max_age_s is None or entry.age_s <= max_age_s):
-                self.metrics.lookups.labels(tier.name, "hit").inc()
+                self._results[tier.name, "hit"].inc()
                 if missed:
                     self._in_background(self._fill(missed, [(key, entry, None)]))
                 return Hit(tier.name, entry)
-            self.metrics.lookups.labels(tier.name, "miss").inc()
+            self._results[tier.name, "miss"].inc()
             missed.append(tier)
         return None
 
