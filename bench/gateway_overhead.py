@@ -96,6 +96,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--gateway-cache", choices=("off", "on"), default="off",
                         help="the gateway's response cache: off measures the proxy path; on "
                              "(with --unique) measures the cache-miss path")
+    parser.add_argument("--gateway-redis", default=None, metavar="URL",
+                        help="with --gateway-cache on: Redis as every gateway's L2 (its "
+                             "entries expire after 5 minutes); default: no L2")
     parser.add_argument("--semantic-gateway", action="store_true",
                         help="with --gateway-cache on: also measure a gateway with the "
                              "semantic cache on for every tenant (target 'gateway-semantic')")
@@ -146,7 +149,7 @@ def start_upstream(workdir: Path, model: str, processes: int) -> tuple[Service, 
 def start_gateway(
     workdir: Path, upstream_url: str, model: str, *, name: str = "gateway",
     src: Path | None = None, python: Path | None = None, cache: bool = False,
-    semantic_tenants: str | None = None,
+    semantic_tenants: str | None = None, redis_url: str | None = None,
 ) -> tuple[Service, str]:
     """``optengine serve`` as an operator runs it: auth on, telemetry into SQLite.
 
@@ -167,6 +170,9 @@ def start_gateway(
     }
     if semantic_tenants is not None:
         env["OPTENGINE_CACHE_SEMANTIC_TENANTS"] = semantic_tenants
+    if redis_url is not None:
+        env["OPTENGINE_REDIS_URL"] = redis_url
+        env["OPTENGINE_CACHE_L2_TTL_S"] = "300"
     if src is None:
         cmd = [str(REPO_ROOT / ".venv" / "bin" / "optengine"), *serve]
     else:
@@ -396,16 +402,21 @@ def main(argv: list[str] | None = None) -> int:
     urls = {"direct": upstream_url}
     keys: dict[str, str | None] = {"direct": "direct-needs-no-key"}
     cache = args.gateway_cache == "on"
-    gateway, urls["gateway"] = start_gateway(workdir, upstream_url, model, cache=cache)
+    if args.gateway_redis and not cache:
+        raise SystemExit("--gateway-redis needs --gateway-cache on")
+    redis_url = args.gateway_redis
+    gateway, urls["gateway"] = start_gateway(workdir, upstream_url, model, cache=cache,
+                                             redis_url=redis_url)
     services["gateway"], keys["gateway"] = gateway, GATEWAY_KEY
     for name, src, python in variants:
         services[name], urls[name] = start_gateway(
-            workdir, upstream_url, model, name=name, src=src, python=python, cache=cache
+            workdir, upstream_url, model, name=name, src=src, python=python, cache=cache,
+            redis_url=redis_url,
         )
         keys[name] = GATEWAY_KEY
     if args.experiment:
         services["experiment"], urls["experiment"] = start_gateway(
-            workdir, upstream_url, model, name="experiment", cache=cache)
+            workdir, upstream_url, model, name="experiment", cache=cache, redis_url=redis_url)
         seed_experiment(workdir / "experiment-data" / "optengine.db")
         keys["experiment"] = GATEWAY_KEY
         probe = httpx.post(f"{urls['experiment']}/v1/chat/completions", content=body,
@@ -416,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.semantic_gateway:
         services["gateway-semantic"], urls["gateway-semantic"] = start_gateway(
             workdir, upstream_url, model, name="gateway-semantic", cache=cache,
-            semantic_tenants="*")
+            semantic_tenants="*", redis_url=redis_url)
         keys["gateway-semantic"] = GATEWAY_KEY
     if "litellm" in targets:
         services["litellm"], urls["litellm"] = start_litellm(
@@ -472,7 +483,8 @@ def main(argv: list[str] | None = None) -> int:
         "config": {
             "concurrency": concurrencies, "duration_s": args.duration, "warmup_s": args.warmup,
             "rounds": args.rounds, "upstream_processes": args.upstream_processes,
-            "gateway_cache": args.gateway_cache, "unique_bodies": args.unique,
+            "gateway_cache": args.gateway_cache, "gateway_redis": args.gateway_redis,
+            "unique_bodies": args.unique,
             "variants": {name: [str(src), str(py)] for name, src, py in variants},
             "litellm": litellm_version(args.litellm_python) if "litellm" in targets else None,
         },
