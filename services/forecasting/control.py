@@ -69,6 +69,14 @@ class Measured:
     series: pd.Series  # tokens per 10-s bin, up to now
     demand_tokens_s: float | None
     latency_p95_ms: float | None
+    tokens_per_request: float | None = None  # over the series' hour
+
+    def backlog_tokens(self, queue: float | None) -> float | None:
+        """Tokens waiting, from the fleet's queue depth in requests (None if either is
+        unknown)."""
+        if queue is None or self.tokens_per_request is None:
+            return None
+        return queue * self.tokens_per_request
 
 
 def measure(engine: Engine, model: str, now: datetime, interval_s: float) -> Measured:
@@ -87,7 +95,8 @@ def measure(engine: Engine, model: str, now: datetime, interval_s: float) -> Mea
                 RequestLog.created_at >= now - timedelta(seconds=max(interval_s, 60)))
         ).scalars().all()
     p95 = float(np.percentile(latencies, 95)) if latencies else None
-    return Measured(series.astype(float), demand, p95)
+    per_request = float((events["prompt_tokens"] + events["output_tokens"]).mean())
+    return Measured(series.astype(float), demand, p95, per_request)
 
 
 def worker_capacity(engine: Engine, model: str, slo_ms: float, default: float,
@@ -217,9 +226,10 @@ def decide(engine: Engine, model: str, current: int, config: PolicyConfig, *,
     decision = policy.decide(
         0.0, current, capacity,
         Signals(demand_tokens_s=measured.demand_tokens_s, queue_depth=queue,
-                latency_p95_ms=measured.latency_p95_ms),
+                latency_p95_ms=measured.latency_p95_ms,
+                backlog_tokens=measured.backlog_tokens(queue)),
         forecast, bin_s=BIN_S, forecaster=forecaster.name if forecast else None,
-        recent_wape=recent_wape)
+        recent_wape=recent_wape, recent=measured.series.to_numpy())
     decision.at = now.timestamp()
     decision.inputs["target"] = policy.targets[-1][1] if policy.targets else decision.desired
     low = policy.reactive.low_since

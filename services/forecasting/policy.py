@@ -9,6 +9,14 @@ Two parts, the larger wins:
   benchmark compares against.
 - **predictive**: the upper bound of the demand forecast over the next cold start plus
   lead time, divided by what one worker serves at the target utilisation.
+- **burst memory** (``burst_half_life_s``, off by default): the largest recent 10-s bin,
+  its weight halving every half-life, sized like the forecast's bound. Bursts that cannot
+  be timed may still come in clusters; this term keeps the fleet sized for the last one
+  while the cluster may last, and lets it go as the burst ages.
+- **backlog drain** (``drain_target_s``, off by default): when work is waiting, enough
+  workers to serve the current rate and clear the backlog in that many seconds. This
+  capacity is not remembered by the stabilisation window: it goes as soon as the backlog
+  is gone.
 
 Guards: min/max replicas; scale to zero only when enabled (the next request then waits a
 whole cold start, stated in every such decision); at most ``max_step_up`` /
@@ -57,6 +65,8 @@ class PolicyConfig:
     max_forecast_wape: float = 1.5
     cold_start_s: float = 60.0
     lead_s: float = 300.0
+    burst_half_life_s: float | None = None
+    drain_target_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.min_replicas < 0 or self.max_replicas < max(1, self.min_replicas):
@@ -65,6 +75,12 @@ class PolicyConfig:
             raise ValueError("target_utilisation must be in (0, 1]")
         if self.max_step_up < 1 or self.max_step_down < 1:
             raise ValueError("step caps must be >= 1")
+        if not 0 < self.predictive_utilisation <= 1:
+            raise ValueError("predictive_utilisation must be in (0, 1]")
+        for name in ("burst_half_life_s", "drain_target_s"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive (or None: off)")
 
     @property
     def floor(self) -> int:
@@ -79,6 +95,7 @@ class Signals:
     demand_tokens_s: float | None = None
     queue_depth: float | None = None
     latency_p95_ms: float | None = None
+    backlog_tokens: float | None = None  # tokens waiting to be served (the drain term's)
 
 
 @dataclass
@@ -170,8 +187,33 @@ class HybridPolicy:
         lead time, and that bound (tokens/s)."""
         steps = max(1, math.ceil((self.config.cold_start_s + self.config.lead_s) / bin_s))
         peak = float(np.max(forecast.upper[:steps])) / bin_s
-        need = math.ceil(peak / (capacity_tokens_s * self.config.predictive_utilisation) - 1e-9)
-        return need, peak
+        return self._sized(peak, capacity_tokens_s), peak
+
+    def _sized(self, tokens_s: float, capacity_tokens_s: float) -> int:
+        return math.ceil(tokens_s / (capacity_tokens_s * self.config.predictive_utilisation)
+                         - 1e-9)
+
+    def burst_replicas(self, recent: np.ndarray, bin_s: float,
+                       capacity_tokens_s: float) -> tuple[int, float]:
+        """Workers for the largest recent bin, its weight halving every
+        ``burst_half_life_s`` (the newest bin, last in ``recent``, has age 0), and that
+        decayed peak (tokens/s)."""
+        half_life = self.config.burst_half_life_s
+        if half_life is None or len(recent) == 0:
+            return 0, 0.0
+        age_s = np.arange(len(recent) - 1, -1, -1) * bin_s
+        peak = float(np.max(np.asarray(recent, float) * 0.5 ** (age_s / half_life))) / bin_s
+        return self._sized(peak, capacity_tokens_s), peak
+
+    def drain_replicas(self, signals: Signals, capacity_tokens_s: float) -> int:
+        """Workers that serve the current rate and clear the backlog within
+        ``drain_target_s`` (at full capacity: draining is what the headroom is for); 0
+        without a backlog."""
+        if self.config.drain_target_s is None or not signals.backlog_tokens:
+            return 0
+        rate = (signals.demand_tokens_s or 0.0) + signals.backlog_tokens / \
+            self.config.drain_target_s
+        return math.ceil(rate / capacity_tokens_s - 1e-9)
 
     def decide(
         self,
@@ -184,7 +226,11 @@ class HybridPolicy:
         bin_s: float = 10.0,
         forecaster: str | None = None,
         recent_wape: float | None = None,
+        recent: np.ndarray | None = None,
     ) -> Decision:
+        """``recent``: the last bins of demand (tokens per ``bin_s``, oldest first), for
+        the burst memory; the forecast guard does not switch that term off (it reads
+        measurements, not the forecast)."""
         config = self.config
         if capacity_tokens_s <= 0:
             raise ValueError("capacity_tokens_s must be positive")
@@ -217,6 +263,12 @@ class HybridPolicy:
             # measurements need right now (demand at target, queue, latency) still wins
             target = max(predictive, self.reactive.need)
             reason = f"{why}; measured need {self.reactive.need} ({reactive_reason})"
+        burst, burst_peak = (0, 0.0) if recent is None else \
+            self.burst_replicas(recent, bin_s, capacity_tokens_s)
+        if burst > target:
+            target = burst
+            inputs["burst_peak_tokens_s"] = round(burst_peak, 3)
+            reason += (f"; burst memory: decayed peak {burst_peak:.0f} tok/s needs {burst}")
         self.targets = [(at, t) for at, t in self.targets if now - at < config.stabilisation_s]
         self.targets.append((now, target))
         stable = max(t for _, t in self.targets)
@@ -224,6 +276,12 @@ class HybridPolicy:
             target = min(stable, current)
             reason += (f"; held at {target}, the highest target of the last "
                        f"{config.stabilisation_s:.0f} s")
+        drain = self.drain_replicas(signals, capacity_tokens_s)
+        if drain > target:
+            target = drain
+            inputs["backlog_tokens"] = signals.backlog_tokens
+            reason += (f"; backlog {signals.backlog_tokens:.0f} tokens: {drain} drain it "
+                       f"in {config.drain_target_s:.0f} s")
         desired = _clip(target, config)
         if desired > target:
             reason += f"; raised to the floor of {config.floor}"
