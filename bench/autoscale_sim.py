@@ -19,18 +19,22 @@ ms, ``input_length``, ``output_length``). Load = prompt + output tokens.
      ``--period`` s (the ``demand_forecasting`` flow's interval), fed the forecaster the
      backtest picked at the 5-minute horizon, refit at every decision.
    ``static_N`` (context): a fixed fleet of ours' average size, i.e. the same cost.
+   ``--window START:END`` also counts these runs on those seconds only (the controllers
+   still see everything before them as history).
    Reactive and ours start from the static fleet (a fleet handed over, not a cold start
    from one worker: both would otherwise pay the same warm-up violations).
 
 3. ``--tune-on first|second``: an out-of-sample check. The trace is cut in two halves;
-   on the tuning half the backtest picks the forecaster and a grid of ours' two knobs
-   (safety margin = ``predictive_utilisation``, scale-down ``stabilisation_s``) is
-   simulated; the chosen setting is the cheapest whose violation-seconds do not exceed
-   the tuning half's p99 fleet's (else the one with the fewest). Every policy then runs
-   over the whole trace (ours sees the tuning half only as history) and is judged on the
-   other half only: static sized at that half's p99 (hindsight), reactive, ours as
-   tuned, and the trade-off curve (static 3-10 workers, reactive at several targets,
-   ours' whole grid) so the reader sees where each family stands.
+   on the tuning half the backtest picks the forecaster and a grid of ours' knobs (safety
+   margin = ``predictive_utilisation``, scale-down ``stabilisation_s``, burst memory off
+   or on) is simulated; three rules each pick a setting from those runs alone (``select``:
+   ``p99``, the cheapest with no more violation-seconds than the half's p99 fleet;
+   ``frontier``, the one furthest inside the half's static curve; ``robust``, the same on
+   the worst of three sub-windows). Every policy then runs over the whole trace (ours
+   sees the tuning half only as history) and is judged on the other half only: static
+   sized at that half's p99 (hindsight), reactive, ours as each rule chose it (and with
+   the backlog-drain term added), with the target's two tests, and the trade-off curve
+   (static 3-10 workers, reactive at several targets, ours' whole grid).
 
 The last line printed is one JSON object: ``policies`` (replica_seconds,
 violation_seconds per policy), ``forecast`` (per forecaster and horizon), the config.
@@ -62,8 +66,12 @@ HORIZONS = {"10s": 1, "5min": 30}
 MINUTE_HORIZONS = {"1min": 1, "5min": 5}
 MARGINS = (1.0, 0.85, 0.7, 0.55)  # predictive_utilisation: the forecast's bound / this
 STABILISATION_S = (60.0, 300.0, 600.0)
+BURST_HALF_LIVES = (None, 600.0)  # burst memory off, or a 10-minute half-life
+DRAIN_TARGET_S = 20.0  # the backlog-drain term, tried on the chosen setting
 STATIC_CURVE = range(3, 11)
 REACTIVE_TARGETS = (0.8, 0.5, 0.3, 0.2)
+RULES = ("p99", "frontier", "robust")
+ROBUST_WINDOWS = 3
 
 
 def main() -> None:
@@ -77,6 +85,8 @@ def main() -> None:
                         help="use this forecaster for ours instead of the backtest's pick")
     parser.add_argument("--tune-on", choices=["first", "second"], default=None,
                         help="tune ours on this half of the trace, judge on the other")
+    parser.add_argument("--window", type=window_arg, default=None, metavar="START:END",
+                        help="also count the whole-trace runs on seconds START to END only")
     args = parser.parse_args()
 
     events = load_trace(args.trace)
@@ -125,6 +135,18 @@ def main() -> None:
         [[name, f"{r.replica_seconds:,}", r.violation_seconds, r.max_replicas]
          for name, r in runs.items()]))
     print(f"ours simulated in {ours_s:.0f} s ({len(tokens) // args.period} decisions)")
+    window = None
+    if args.window:
+        start, end = args.window
+        if end > len(tokens):
+            parser.error(f"--window ends at {end} s, after the trace's {len(tokens)} s")
+        window = {name: r.summary(start, end) for name, r in runs.items()}
+        verdicts = verdict(window["ours"], window["static"], window["reactive"])
+        print(f"seconds {start}-{end} of the same runs (static {static_n}); ours beats static "
+              f"on both axes: {verdicts[0]}; dominates reactive: {verdicts[1]}")
+        print(markdown_table(["policy", "replica-seconds", "violation-seconds"],
+                             [[name, f"{r['replica_seconds']:,}", r["violation_seconds"]]
+                              for name, r in window.items()]))
     held_out = None
     if args.tune_on:
         held_out = tune_and_judge(series, tokens, requests, capacity_s, config, args)
@@ -141,9 +163,22 @@ def main() -> None:
         "policies": {name: r.summary() for name, r in runs.items()},
         "forecast": forecast,
         "forecast_per_minute": forecast_minute,
+        "window": None if window is None else {"seconds": list(args.window), **window},
         "held_out": held_out,
         "machine": machine_info(),
     })
+
+
+def window_arg(text: str) -> tuple[int, int]:
+    """``START:END`` in whole seconds from the trace's start, START < END."""
+    try:
+        start, end = (int(part) for part in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected START:END in seconds, got {text!r}") \
+            from None
+    if not 0 <= start < end:
+        raise argparse.ArgumentTypeError(f"need 0 <= START < END, got {text!r}")
+    return start, end
 
 
 def forecast_errors(series, horizons: dict[str, int], *, min_train: int, stride: int):
@@ -165,12 +200,67 @@ def forecast_errors(series, horizons: dict[str, int], *, min_train: int, stride:
     return result, forecast
 
 
+def setting(config: PolicyConfig) -> str:
+    burst = "-" if config.burst_half_life_s is None else f"{config.burst_half_life_s:.0f}"
+    drain = "" if config.drain_target_s is None else f"/drain {config.drain_target_s:.0f}"
+    return (f"{config.predictive_utilisation}/{config.stabilisation_s:.0f}/{burst}{drain}")
+
+
+def static_cost(static: list[dict[str, int]], violations: float) -> float:
+    """Replica-seconds a fixed fleet needs for ``violations`` violation-seconds: the
+    static curve (one summary per fleet size) interpolated, clamped at its ends."""
+    best: dict[int, int] = {}
+    for point in static:
+        v = point["violation_seconds"]
+        best[v] = min(best.get(v, point["replica_seconds"]), point["replica_seconds"])
+    xs = sorted(best)
+    return float(np.interp(violations, xs, [best[x] for x in xs]))
+
+
+def select(rule: str, tried, static_runs: dict[int, object], tune: tuple[int, int],
+           p99_fleet: int):
+    """The setting a rule picks from the tuning half's runs (``tried``: config, SimResult).
+
+    - ``p99``: the cheapest with no more violation-seconds than the half's p99 fleet
+      (else the fewest violation-seconds);
+    - ``frontier``: the one furthest inside the half's static curve: least
+      replica-seconds over what a fixed fleet with as many violation-seconds costs;
+    - ``robust``: ``frontier`` scored on each of ``ROBUST_WINDOWS`` equal sub-windows of
+      the half, the one whose worst sub-window is best.
+    """
+    def summary(result, window):
+        return result.summary(*window)
+
+    if rule == "p99":
+        bar = summary(static_runs[p99_fleet], tune)["violation_seconds"]
+        scored = [(c, summary(r, tune)) for c, r in tried]
+        feasible = [t for t in scored if t[1]["violation_seconds"] <= bar]
+        return (min(feasible, key=lambda t: t[1]["replica_seconds"]) if feasible else
+                min(scored, key=lambda t: (t[1]["violation_seconds"],
+                                           t[1]["replica_seconds"])))[0]
+    parts = 1 if rule == "frontier" else ROBUST_WINDOWS
+    edges = np.linspace(tune[0], tune[1], parts + 1).astype(int)
+    windows = list(zip(edges[:-1], edges[1:], strict=True))
+
+    def score(result) -> float:
+        ratios = []
+        for window in windows:
+            own = summary(result, window)
+            cost = static_cost([summary(r, window) for r in static_runs.values()],
+                               own["violation_seconds"])
+            ratios.append(own["replica_seconds"] / cost if cost else math.inf)
+        return max(ratios)
+
+    return min(tried, key=lambda t: (score(t[1]), summary(t[1], tune)["replica_seconds"]))[0]
+
+
 def tune_and_judge(series, tokens: np.ndarray, requests: np.ndarray, capacity_s: float,
                    base: PolicyConfig, args: argparse.Namespace) -> dict[str, object]:
     """Tune ours on one half of the trace, judge every policy on the other (see 3. above)."""
     split = len(tokens) // 2 // 10 * 10  # on a 10-s bin boundary
     tune, judge = ((0, split), (split, len(tokens))) if args.tune_on == "first" else \
         ((split, len(tokens)), (0, split))
+    whole = (0, len(tokens))
 
     def bins(part):
         return series.iloc[part[0] // 10: part[1] // 10]
@@ -182,30 +272,33 @@ def tune_and_judge(series, tokens: np.ndarray, requests: np.ndarray, capacity_s:
         return simulate(tokens[part[0]:part[1]], requests[part[0]:part[1]], controller,
                         capacity_tokens_s=capacity_s, period_s=period, initial=initial)
 
+    def ours(config, part, initial):
+        return run(hybrid_controller("trace", config, forecaster, capacity_s, args.period),
+                   part, args.period, initial)
+
     picked = backtest(bins(tune), all_forecasters(), [HORIZONS["5min"]], min_train=60,
                       stride=args.stride).best(HORIZONS["5min"])
     forecaster = by_name(args.forecaster or (picked.forecaster if picked else "last_value"))
-    grid = [dataclasses.replace(base, predictive_utilisation=m, stabilisation_s=st)
-            for m in MARGINS for st in STABILISATION_S]
+    grid = [dataclasses.replace(base, predictive_utilisation=m, stabilisation_s=st,
+                                burst_half_life_s=half_life)
+            for half_life in BURST_HALF_LIVES for m in MARGINS for st in STABILISATION_S]
     tune_static = fleet(tune)
-    static_tuned = run(static_controller(tune_static), tune, 30, tune_static).summary()
-    tried = []
-    for config in grid:
-        result = run(hybrid_controller("trace", config, forecaster, capacity_s, args.period),
-                     tune, args.period, tune_static).summary()
-        tried.append((config, result))
-    feasible = [t for t in tried if t[1]["violation_seconds"] <= static_tuned["violation_seconds"]]
-    chosen, _ = (min(feasible, key=lambda t: t[1]["replica_seconds"]) if feasible else
-                 min(tried, key=lambda t: (t[1]["violation_seconds"], t[1]["replica_seconds"])))
+    # the static curve over the whole trace, summarised on either half (a fixed fleet
+    # has no state, so this equals running it on the half alone)
+    static_runs = {n: run(static_controller(n), whole, 30, n)
+                   for n in range(1, 2 * max(tune_static, fleet(judge)) + 1)}
+    # ours on the tuning half only (it has no other history while tuned)
+    tried = [(config, ours(config, tune, tune_static)) for config in grid]
+    chosen = {rule: select(rule, tried, {n: _shift(r, tune) for n, r in static_runs.items()},
+                           (0, tune[1] - tune[0]), tune_static) for rule in RULES}
     print(f"tuned on the {args.tune_on} half with {forecaster.name}: p99 fleet "
-          f"{tune_static} = {static_tuned}; chosen margin {chosen.predictive_utilisation}, "
-          f"stabilisation {chosen.stabilisation_s:.0f} s")
-    print(markdown_table(["margin", "stabilisation s", "replica-seconds", "violation-seconds"],
-                         [[c.predictive_utilisation, c.stabilisation_s,
-                           f"{r['replica_seconds']:,}", r["violation_seconds"]]
+          f"{tune_static} = {static_runs[tune_static].summary(*tune)}; chosen "
+          + ", ".join(f"{rule} {setting(c)}" for rule, c in chosen.items()))
+    print(markdown_table(["margin/stabilisation/burst half-life", "replica-seconds",
+                          "violation-seconds"],
+                         [[setting(c), f"{r.replica_seconds:,}", r.violation_seconds]
                           for c, r in tried]))
 
-    whole = (0, len(tokens))
     judge_static = fleet(judge)
 
     def judged(result):
@@ -213,40 +306,68 @@ def tune_and_judge(series, tokens: np.ndarray, requests: np.ndarray, capacity_s:
 
     curve: list[dict[str, object]] = []
     for n in STATIC_CURVE:
-        curve.append({"policy": "static", "setting": n,
-                      **judged(run(static_controller(n), whole, 30, n))})
+        curve.append({"policy": "static", "setting": n, **judged(static_runs[n])})
     for target in REACTIVE_TARGETS:
         config = dataclasses.replace(base, target_utilisation=target)
         curve.append({"policy": "reactive", "setting": target, **judged(run(
             reactive_controller(config, capacity_s, 30), whole, 30, judge_static))})
-    for config in grid:
-        curve.append({"policy": "ours", "setting": f"{config.predictive_utilisation}/"
-                      f"{config.stabilisation_s:.0f}", **judged(run(hybrid_controller(
-                          "trace", config, forecaster, capacity_s, args.period), whole,
-                          args.period, judge_static))})
+    drained = {dataclasses.replace(c, drain_target_s=DRAIN_TARGET_S) for c in chosen.values()}
+    for config in [*grid, *sorted(drained, key=setting)]:
+        curve.append({"policy": "ours", "setting": setting(config),
+                      **judged(ours(config, whole, judge_static))})
 
-    def find(policy, setting):
+    def find(policy, label):
         return next({k: v for k, v in c.items() if k not in ("policy", "setting")}
-                    for c in curve if c["policy"] == policy and c["setting"] == setting)
+                    for c in curve if c["policy"] == policy and c["setting"] == label)
 
-    policies = {"static": find("static", judge_static), "reactive": find("reactive", 0.8),
-                "ours": find("ours", f"{chosen.predictive_utilisation}/"
-                                     f"{chosen.stabilisation_s:.0f}")}
+    static = find("static", judge_static) if judge_static in STATIC_CURVE else \
+        judged(static_runs[judge_static])
+    reactive = find("reactive", 0.8)
+    policies = {"static": static,
+                f"static ({tune_static}, the tuning half's p99)": judged(
+                    static_runs[tune_static]),
+                "reactive": reactive}
+    verdicts = {}
+    for rule, config in chosen.items():
+        for variant in (config, dataclasses.replace(config, drain_target_s=DRAIN_TARGET_S)):
+            name = f"ours ({rule}{', drain' if variant.drain_target_s else ''})"
+            policies[name] = result = find("ours", setting(variant))
+            verdicts[name] = verdict(result, static, reactive)
     print(f"judged on seconds {judge[0]}-{judge[1]}; static = p99 fleet of that half "
           f"({judge_static})")
-    print(markdown_table(["policy", "replica-seconds", "violation-seconds"],
-                         [[name, f"{r['replica_seconds']:,}", r["violation_seconds"]]
-                          for name, r in policies.items()]))
+    print(markdown_table(["policy", "replica-seconds", "violation-seconds",
+                          "beats static on both axes", "dominates reactive"],
+                         [[name, f"{r['replica_seconds']:,}", r["violation_seconds"],
+                           *verdicts.get(name, ("", ""))] for name, r in policies.items()]))
     print(markdown_table(["policy", "setting", "replica-seconds", "violation-seconds"],
                          [[c["policy"], c["setting"], f"{c['replica_seconds']:,}",
                            c["violation_seconds"]] for c in curve]))
     return {"tune_on": args.tune_on, "tune_seconds": list(tune), "judge_seconds": list(judge),
             "forecaster": forecaster.name, "tune_static_replicas": tune_static,
-            "chosen": {"predictive_utilisation": chosen.predictive_utilisation,
-                       "stabilisation_s": chosen.stabilisation_s},
-            "tuning": [{"predictive_utilisation": c.predictive_utilisation,
-                        "stabilisation_s": c.stabilisation_s, **r} for c, r in tried],
-            "static_replicas": judge_static, "policies": policies, "curve": curve}
+            "chosen": {rule: setting(c) for rule, c in chosen.items()},
+            "tuning": [{"setting": setting(c), **r.summary()} for c, r in tried],
+            "static_replicas": judge_static, "policies": policies,
+            "verdicts": {k: {"beats_static": a, "dominates_reactive": b}
+                         for k, (a, b) in verdicts.items()},
+            "curve": curve}
+
+
+def verdict(ours: dict[str, int], static: dict[str, int], reactive: dict[str, int]
+            ) -> tuple[str, str]:
+    """The target's two tests: fewer replica- and violation-seconds than the static
+    fleet; fewer violation-seconds than reactive at no more replica-seconds."""
+    beats = (ours["replica_seconds"] < static["replica_seconds"]
+             and ours["violation_seconds"] < static["violation_seconds"])
+    dominates = (ours["replica_seconds"] <= reactive["replica_seconds"]
+                 and ours["violation_seconds"] < reactive["violation_seconds"])
+    return ("yes" if beats else "no"), ("yes" if dominates else "no")
+
+
+def _shift(result, part: tuple[int, int]):
+    """A whole-trace run seen as if it had run on ``part`` alone (seconds from 0)."""
+    return dataclasses.replace(
+        result, replicas=result.replicas[part[0]:part[1]],
+        violations=[at - part[0] for at in result.violations if part[0] <= at < part[1]])
 
 
 if __name__ == "__main__":
