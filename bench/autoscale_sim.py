@@ -135,6 +135,11 @@ def main() -> None:
         [[name, f"{r.replica_seconds:,}", r.violation_seconds, r.max_replicas]
          for name, r in runs.items()]))
     print(f"ours simulated in {ours_s:.0f} s ({len(tokens) // args.period} decisions)")
+    episodes = backlog_episodes(tokens, static_n * capacity_s)
+    print(f"backlog episodes under the static fleet of {static_n}: {len(episodes)}, "
+          f"median {np.median(episodes):.0f} s, longest {episodes.max()} s, "
+          f"{int((episodes > config.cold_start_s).sum())} longer than the "
+          f"{config.cold_start_s:.0f}-s cold start")
     window = None
     if args.window:
         start, end = args.window
@@ -163,10 +168,27 @@ def main() -> None:
         "policies": {name: r.summary() for name, r in runs.items()},
         "forecast": forecast,
         "forecast_per_minute": forecast_minute,
+        "backlog_episodes_s": {"count": len(episodes), "median": float(np.median(episodes)),
+                               "max": int(episodes.max())},
         "window": None if window is None else {"seconds": list(args.window), **window},
         "held_out": held_out,
         "machine": machine_info(),
     })
+
+
+def backlog_episodes(tokens: np.ndarray, capacity_s: float) -> np.ndarray:
+    """Lengths (s) of the runs of seconds with work waiting, for a fixed fleet serving
+    ``capacity_s`` tokens/s: a worker asked for when a backlog appears is ready only
+    after the cold start, so capacity added for a backlog helps only the longer ones."""
+    backlog, run, lengths = 0.0, 0, []
+    for arrived in tokens:
+        backlog = max(0.0, backlog + arrived - capacity_s)
+        if backlog > 0:
+            run += 1
+        elif run:
+            lengths.append(run)
+            run = 0
+    return np.array(lengths + ([run] if run else []) or [0])
 
 
 def window_arg(text: str) -> tuple[int, int]:
