@@ -32,8 +32,8 @@ ms, ``input_length``, ``output_length``). Load = prompt + output tokens.
    ``frontier``, the one furthest inside the half's static curve; ``robust``, the same on
    the worst of three sub-windows). Every policy then runs over the whole trace (ours
    sees the tuning half only as history) and is judged on the other half only: static
-   sized at that half's p99 (hindsight), reactive, ours as each rule chose it (and with
-   the backlog-drain term added), with the target's two tests, and the trade-off curve
+   sized at that half's p99 (hindsight), reactive, ours as each rule chose it, with the
+   target's two tests, and the trade-off curve
    (static 3-10 workers, reactive at several targets, ours' whole grid).
 
 The last line printed is one JSON object: ``policies`` (replica_seconds,
@@ -67,7 +67,6 @@ MINUTE_HORIZONS = {"1min": 1, "5min": 5}
 MARGINS = (1.0, 0.85, 0.7, 0.55)  # predictive_utilisation: the forecast's bound / this
 STABILISATION_S = (60.0, 300.0, 600.0)
 BURST_HALF_LIVES = (None, 600.0)  # burst memory off, or a 10-minute half-life
-DRAIN_TARGET_S = 20.0  # the backlog-drain term, tried on the chosen setting
 STATIC_CURVE = range(3, 11)
 REACTIVE_TARGETS = (0.8, 0.5, 0.3, 0.2)
 RULES = ("p99", "frontier", "robust")
@@ -224,8 +223,7 @@ def forecast_errors(series, horizons: dict[str, int], *, min_train: int, stride:
 
 def setting(config: PolicyConfig) -> str:
     burst = "-" if config.burst_half_life_s is None else f"{config.burst_half_life_s:.0f}"
-    drain = "" if config.drain_target_s is None else f"/drain {config.drain_target_s:.0f}"
-    return (f"{config.predictive_utilisation}/{config.stabilisation_s:.0f}/{burst}{drain}")
+    return f"{config.predictive_utilisation}/{config.stabilisation_s:.0f}/{burst}"
 
 
 def static_cost(static: list[dict[str, int]], violations: float) -> float:
@@ -333,8 +331,7 @@ def tune_and_judge(series, tokens: np.ndarray, requests: np.ndarray, capacity_s:
         config = dataclasses.replace(base, target_utilisation=target)
         curve.append({"policy": "reactive", "setting": target, **judged(run(
             reactive_controller(config, capacity_s, 30), whole, 30, judge_static))})
-    drained = {dataclasses.replace(c, drain_target_s=DRAIN_TARGET_S) for c in chosen.values()}
-    for config in [*grid, *sorted(drained, key=setting)]:
+    for config in grid:
         curve.append({"policy": "ours", "setting": setting(config),
                       **judged(ours(config, whole, judge_static))})
 
@@ -351,10 +348,9 @@ def tune_and_judge(series, tokens: np.ndarray, requests: np.ndarray, capacity_s:
                 "reactive": reactive}
     verdicts = {}
     for rule, config in chosen.items():
-        for variant in (config, dataclasses.replace(config, drain_target_s=DRAIN_TARGET_S)):
-            name = f"ours ({rule}{', drain' if variant.drain_target_s else ''})"
-            policies[name] = result = find("ours", setting(variant))
-            verdicts[name] = verdict(result, static, reactive)
+        name = f"ours ({rule})"
+        policies[name] = result = find("ours", setting(config))
+        verdicts[name] = verdict(result, static, reactive)
     print(f"judged on seconds {judge[0]}-{judge[1]}; static = p99 fleet of that half "
           f"({judge_static})")
     print(markdown_table(["policy", "replica-seconds", "violation-seconds",

@@ -626,6 +626,19 @@ class Settings(BaseSettings):
     scaling_latency_slo_ms: float = Field(default=200.0, gt=0)
     scaling_cold_start_s: float = Field(
         default=60.0, gt=0, description="until measured from the workers this actuator started")
+    # unset: services.forecasting.PolicyConfig's defaults (0.7 and 300 s, chosen in
+    # bench/autoscale_sim.py; docs/benchmarks.md, Autoscaling)
+    scaling_safety_utilisation: float | None = Field(
+        default=None, gt=0, le=1,
+        description="predictive part: the forecast's 95% bound is served at this share of "
+        "one worker's capacity (lower: more headroom, more replica-seconds)")
+    scaling_stabilisation_s: float | None = Field(
+        default=None, ge=0,
+        description="scale down only to the highest target of this many seconds")
+    scaling_burst_half_life_s: float | None = Field(
+        default=None, gt=0,
+        description="burst memory: size for the largest recent 10-s bin, its weight halving "
+        "every this many seconds (unset: off)")
     scaling_k8s_namespace: str = "default"
     scaling_k8s_deployments: dict[str, str] = Field(
         default_factory=dict, description="kubernetes actuator: model name -> Deployment")

@@ -69,14 +69,6 @@ class Measured:
     series: pd.Series  # tokens per 10-s bin, up to now
     demand_tokens_s: float | None
     latency_p95_ms: float | None
-    tokens_per_request: float | None = None  # over the series' hour
-
-    def backlog_tokens(self, queue: float | None) -> float | None:
-        """Tokens waiting, from the fleet's queue depth in requests (None if either is
-        unknown)."""
-        if queue is None or self.tokens_per_request is None:
-            return None
-        return queue * self.tokens_per_request
 
 
 def measure(engine: Engine, model: str, now: datetime, interval_s: float) -> Measured:
@@ -95,8 +87,7 @@ def measure(engine: Engine, model: str, now: datetime, interval_s: float) -> Mea
                 RequestLog.created_at >= now - timedelta(seconds=max(interval_s, 60)))
         ).scalars().all()
     p95 = float(np.percentile(latencies, 95)) if latencies else None
-    per_request = float((events["prompt_tokens"] + events["output_tokens"]).mean())
-    return Measured(series.astype(float), demand, p95, per_request)
+    return Measured(series.astype(float), demand, p95)
 
 
 def worker_capacity(engine: Engine, model: str, slo_ms: float, default: float,
@@ -226,8 +217,7 @@ def decide(engine: Engine, model: str, current: int, config: PolicyConfig, *,
     decision = policy.decide(
         0.0, current, capacity,
         Signals(demand_tokens_s=measured.demand_tokens_s, queue_depth=queue,
-                latency_p95_ms=measured.latency_p95_ms,
-                backlog_tokens=measured.backlog_tokens(queue)),
+                latency_p95_ms=measured.latency_p95_ms),
         forecast, bin_s=BIN_S, forecaster=forecaster.name if forecast else None,
         recent_wape=recent_wape, recent=measured.series.to_numpy())
     decision.at = now.timestamp()
@@ -291,10 +281,14 @@ def policy_config(settings: Settings, engine: Engine, model: str) -> PolicyConfi
                             settings.vllm_startup_timeout_s)
     except SQLAlchemyError:
         cold = settings.scaling_cold_start_s
+    tuned = {name: value for name, value in (
+        ("predictive_utilisation", settings.scaling_safety_utilisation),
+        ("stabilisation_s", settings.scaling_stabilisation_s)) if value is not None}
     return PolicyConfig(min_replicas=settings.scaling_min_replicas,
                         max_replicas=settings.scaling_max_replicas,
                         scale_to_zero=settings.scaling_scale_to_zero,
-                        latency_p95_up_ms=settings.scaling_latency_slo_ms, cold_start_s=cold)
+                        latency_p95_up_ms=settings.scaling_latency_slo_ms, cold_start_s=cold,
+                        burst_half_life_s=settings.scaling_burst_half_life_s, **tuned)
 
 
 def build_actuator(settings: Settings, engine: Engine) -> Actuator | None:

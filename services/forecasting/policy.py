@@ -13,10 +13,6 @@ Two parts, the larger wins:
   its weight halving every half-life, sized like the forecast's bound. Bursts that cannot
   be timed may still come in clusters; this term keeps the fleet sized for the last one
   while the cluster may last, and lets it go as the burst ages.
-- **backlog drain** (``drain_target_s``, off by default): when work is waiting, enough
-  workers to serve the current rate and clear the backlog in that many seconds. This
-  capacity is not remembered by the stabilisation window: it goes as soon as the backlog
-  is gone.
 
 Guards: min/max replicas; scale to zero only when enabled (the next request then waits a
 whole cold start, stated in every such decision); at most ``max_step_up`` /
@@ -66,7 +62,6 @@ class PolicyConfig:
     cold_start_s: float = 60.0
     lead_s: float = 300.0
     burst_half_life_s: float | None = None
-    drain_target_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.min_replicas < 0 or self.max_replicas < max(1, self.min_replicas):
@@ -77,10 +72,8 @@ class PolicyConfig:
             raise ValueError("step caps must be >= 1")
         if not 0 < self.predictive_utilisation <= 1:
             raise ValueError("predictive_utilisation must be in (0, 1]")
-        for name in ("burst_half_life_s", "drain_target_s"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ValueError(f"{name} must be positive (or None: off)")
+        if self.burst_half_life_s is not None and self.burst_half_life_s <= 0:
+            raise ValueError("burst_half_life_s must be positive (or None: off)")
 
     @property
     def floor(self) -> int:
@@ -95,7 +88,6 @@ class Signals:
     demand_tokens_s: float | None = None
     queue_depth: float | None = None
     latency_p95_ms: float | None = None
-    backlog_tokens: float | None = None  # tokens waiting to be served (the drain term's)
 
 
 @dataclass
@@ -205,16 +197,6 @@ class HybridPolicy:
         peak = float(np.max(np.asarray(recent, float) * 0.5 ** (age_s / half_life))) / bin_s
         return self._sized(peak, capacity_tokens_s), peak
 
-    def drain_replicas(self, signals: Signals, capacity_tokens_s: float) -> int:
-        """Workers that serve the current rate and clear the backlog within
-        ``drain_target_s`` (at full capacity: draining is what the headroom is for); 0
-        without a backlog."""
-        if self.config.drain_target_s is None or not signals.backlog_tokens:
-            return 0
-        rate = (signals.demand_tokens_s or 0.0) + signals.backlog_tokens / \
-            self.config.drain_target_s
-        return math.ceil(rate / capacity_tokens_s - 1e-9)
-
     def decide(
         self,
         now: float,
@@ -276,12 +258,6 @@ class HybridPolicy:
             target = min(stable, current)
             reason += (f"; held at {target}, the highest target of the last "
                        f"{config.stabilisation_s:.0f} s")
-        drain = self.drain_replicas(signals, capacity_tokens_s)
-        if drain > target:
-            target = drain
-            inputs["backlog_tokens"] = signals.backlog_tokens
-            reason += (f"; backlog {signals.backlog_tokens:.0f} tokens: {drain} drain it "
-                       f"in {config.drain_target_s:.0f} s")
         desired = _clip(target, config)
         if desired > target:
             reason += f"; raised to the floor of {config.floor}"

@@ -11,8 +11,8 @@ fleet's capacity (with no ready worker, any backlog).
 Controllers are called every ``period_s`` with a ``FleetView`` and return the number of
 workers wanted. ``hybrid_controller`` drives the shipped ``HybridPolicy`` exactly as the
 ``demand_forecasting`` flow does: a 10-s demand series, a forecaster refit each period,
-the forecaster's recent error, measured demand, queue depth and backlog, and the recent
-bins for the burst memory.
+the forecaster's recent error, measured demand and queue depth, and the recent bins for
+the burst memory.
 """
 
 from __future__ import annotations
@@ -189,8 +189,7 @@ def hybrid_controller(
                 forecast = None
         decision = policy.decide(
             float(view.now), view.active, capacity_tokens_s,
-            Signals(demand_tokens_s=demand, queue_depth=queue,
-                    backlog_tokens=view.backlog_tokens), forecast, bin_s=bin_s,
+            Signals(demand_tokens_s=demand, queue_depth=queue), forecast, bin_s=bin_s,
             forecaster=name, recent_wape=tracker.wape(), recent=bins[-window_bins:])
         if decisions is not None:
             decisions.append(decision)

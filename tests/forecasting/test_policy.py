@@ -156,31 +156,6 @@ def test_reactive_baseline_scales_up_on_demand_and_down_after_five_minutes() -> 
     assert run.replicas[120 + 299] == 5  # still held under 5 minutes after the load stopped
 
 
-def test_backlog_driven_capacity_is_released_when_the_backlog_drains() -> None:
-    config = PolicyConfig(drain_target_s=20, stabilisation_s=300, cooldown_down_s=0)
-    policy = HybridPolicy("m", config)
-    # 100 tok/s arriving and 6,000 tokens waiting: (100 + 6000 / 20) / 100 = 4 workers,
-    # where forecast and demand alone ask for 2 (100 / (0.8 * 100))
-    up = policy.decide(0, 2, CAP, Signals(demand_tokens_s=100, backlog_tokens=6000), flat(0))
-    assert up.desired == 4 and "drain it in 20 s" in up.reason
-    assert up.inputs["backlog_tokens"] == 6000
-    # the backlog is gone a minute later: the stabilisation window does not hold those 4
-    down = policy.decide(60, 4, CAP, Signals(demand_tokens_s=100, backlog_tokens=0), flat(0))
-    assert down.desired == 2 and "highest target" not in down.reason
-    # a forecast-driven 4 is held by the same window (the contrast)
-    policy = HybridPolicy("m", config)
-    policy.decide(0, 2, CAP, Signals(demand_tokens_s=100), flat(2800))
-    assert policy.decide(60, 4, CAP, Signals(demand_tokens_s=100), flat(0)).desired == 4
-
-
-def test_drain_is_off_by_default_and_needs_a_backlog() -> None:
-    busy = Signals(demand_tokens_s=100, backlog_tokens=60_000)
-    assert HybridPolicy("m").decide(0, 2, CAP, busy, flat(0)).desired == 2
-    drain = HybridPolicy("m", PolicyConfig(drain_target_s=20))
-    assert drain.drain_replicas(Signals(demand_tokens_s=100, backlog_tokens=0), CAP) == 0
-    assert drain.drain_replicas(Signals(demand_tokens_s=100), CAP) == 0
-
-
 def test_burst_memory_sizes_for_the_last_burst_and_decays() -> None:
     config = PolicyConfig(burst_half_life_s=60, predictive_utilisation=1.0,
                           stabilisation_s=0, cooldown_down_s=0, max_step_down=16)
@@ -201,8 +176,8 @@ def test_burst_memory_sizes_for_the_last_burst_and_decays() -> None:
     assert off.desired == 1 and "burst" not in off.reason
 
 
-def test_forecast_guard_falls_back_to_reactive_with_the_new_terms_on() -> None:
-    config = PolicyConfig(burst_half_life_s=600, drain_target_s=20)
+def test_forecast_guard_falls_back_to_reactive_with_burst_memory_on() -> None:
+    config = PolicyConfig(burst_half_life_s=600)
     decision = HybridPolicy("m", config).decide(
         0, 2, CAP, Signals(demand_tokens_s=50), flat(90_000), recent_wape=3.0,
         recent=np.zeros(30))
@@ -211,19 +186,18 @@ def test_forecast_guard_falls_back_to_reactive_with_the_new_terms_on() -> None:
 
 
 def test_new_knobs_refuse_bad_values() -> None:
-    for bad in ({"burst_half_life_s": 0}, {"drain_target_s": -1},
+    for bad in ({"burst_half_life_s": 0}, {"burst_half_life_s": -1},
                 {"predictive_utilisation": 0}, {"predictive_utilisation": 1.5}):
         with pytest.raises(ValueError):
             PolicyConfig(**bad)
 
 
-def test_simulated_hybrid_feeds_backlog_and_recent_bins() -> None:
+def test_simulated_hybrid_feeds_the_recent_bins() -> None:
     # a sustained overload: 1 worker, 300 tok/s for 3 minutes
     tokens = np.concatenate([np.zeros(60), np.full(180, 300.0), np.zeros(60)])
-    config = PolicyConfig(drain_target_s=20, burst_half_life_s=600, max_replicas=8)
+    config = PolicyConfig(burst_half_life_s=600, max_replicas=8)
     log: list = []
     simulate(tokens, (tokens > 0).astype(float),
              hybrid_controller("m", config, LastValue(), CAP, 30, decisions=log),
              capacity_tokens_s=CAP, period_s=30, initial=1)
-    assert any("backlog_tokens" in d.inputs for d in log)
     assert any("burst_peak_tokens_s" in d.inputs for d in log)
