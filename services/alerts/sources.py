@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import shutil
 import subprocess
 from collections import defaultdict
@@ -35,6 +34,7 @@ from services.routing import BudgetLedger
 from services.routing.budgets import Scope
 from services.routing.config import BudgetConfig
 from services.settings import AlertRuleConfig
+from services.workers import vllm_metrics
 
 log = logging.getLogger(__name__)
 
@@ -197,16 +197,6 @@ def _spent_from_store(engine: Engine, scope: str, period: str, now: datetime) ->
 
 # --- workers and GPUs ---------------------------------------------------------------------
 
-_KV_USAGE = re.compile(r"^vllm:kv_cache_usage_perc(?:\{[^}]*\})?\s+([0-9.eE+-]+)", re.MULTILINE)
-
-
-def kv_cache_usage(metrics_text: str) -> float | None:
-    """The worker's KV-cache usage (0-1) from its Prometheus text, the highest over its
-    engines (data-parallel workers export one line each)."""
-    values = [float(v) for v in _KV_USAGE.findall(metrics_text)]
-    return max(values) if values else None
-
-
 async def kv_cache_readings(workers: Iterable[str], *, timeout_s: float = 3.0
                             ) -> dict[str, Reading]:
     readings = {}
@@ -218,9 +208,10 @@ async def kv_cache_readings(workers: Iterable[str], *, timeout_s: float = 3.0
             except httpx.HTTPError as exc:
                 log.warning("alerts: no /metrics from worker %s: %s", url, exc)
                 continue
-            usage = kv_cache_usage(response.text)
-            if usage is not None:
-                readings[f"worker={url}"] = Reading(usage, {"worker": url})
+            # the fullest engine of a data-parallel worker
+            usage = vllm_metrics.values(response.text, vllm_metrics.KV_CACHE_USAGE)
+            if usage:
+                readings[f"worker={url}"] = Reading(max(usage), {"worker": url})
     return readings
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +48,7 @@ from services.caching.prefix import (
 from services.errors import EngineError
 from services.execution.client import UpstreamClient
 from services.execution.pool import WorkerPool, WorkerState
+from services.workers import vllm_metrics
 
 log = logging.getLogger(__name__)
 CHAT_PATH = "/v1/chat/completions"
@@ -107,9 +107,6 @@ def _hashes_to(messages: object, prefix_hash: str) -> bool:
     return cacheable_prefix_hash(messages) == prefix_hash
 
 
-_CACHE_CONFIG = re.compile(r"^vllm:cache_config_info\{([^}]*)\}", re.MULTILINE)
-
-
 async def kv_cache_tokens(client: UpstreamClient, worker: str) -> int | None:
     """How many tokens a vLLM worker's KV cache holds (``num_gpu_blocks`` x
     ``block_size`` of its ``vllm:cache_config_info``), or None when it does not say (not
@@ -118,10 +115,9 @@ async def kv_cache_tokens(client: UpstreamClient, worker: str) -> int | None:
         text = (await client.get(worker, "/metrics")).decode(errors="replace")
     except EngineError:
         return None
-    match = _CACHE_CONFIG.search(text)
-    if match is None:
+    labels = vllm_metrics.labels(text, vllm_metrics.CACHE_CONFIG)
+    if labels is None:
         return None
-    labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1)))
     try:
         blocks, size = int(labels["num_gpu_blocks"]), int(labels["block_size"])
     except (KeyError, ValueError):

@@ -11,25 +11,14 @@ treats as "queue not measured", never as an empty queue that would allow a scale
 from __future__ import annotations
 
 import logging
-import re
 
 import httpx
 from sqlalchemy import Engine, select
 
 from models import Worker
+from services.workers import vllm_metrics
 
 log = logging.getLogger(__name__)
-
-_WAITING = re.compile(r"^vllm:num_requests_waiting(?:\{[^}]*\})?\s+([0-9.eE+-]+)\s*$",
-                      re.MULTILINE)
-
-
-def waiting_requests(metrics_text: str) -> float | None:
-    """Requests waiting in one worker, from its Prometheus text (summed over the lines of
-    a data-parallel worker's engines); None when the gauge is not there."""
-    values = [float(v) for v in _WAITING.findall(metrics_text)]
-    return sum(values) if values else None
-
 
 def model_workers(engine: Engine, model: str) -> list[str]:
     """URLs of the registered workers that serve ``model``."""
@@ -51,7 +40,7 @@ def queue_depth(engine: Engine, model: str, *, timeout_s: float = 2.0) -> float 
             except httpx.HTTPError as exc:
                 log.info("no queue depth from %s: %s", url, exc)
                 continue
-            waiting = waiting_requests(response.text)
+            waiting = vllm_metrics.total(response.text, vllm_metrics.WAITING)
             if waiting is not None:
                 readings.append(waiting)
     return sum(readings) if readings else None

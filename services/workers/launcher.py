@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any, Self
 
 import httpx
 
+from services.workers import vllm_metrics
+
 if TYPE_CHECKING:
     from services.settings import Settings
 
@@ -373,11 +375,7 @@ class VllmWorker:
             text = httpx.get(f"{self.base_url}/metrics", timeout=5).text
         except httpx.HTTPError:
             return None
-        total = 0.0
-        for line in text.splitlines():
-            if line.startswith(("vllm:num_requests_running", "vllm:num_requests_waiting")):
-                total += float(line.rsplit(" ", 1)[1])
-        return int(total)
+        return int(vllm_metrics.total(text, vllm_metrics.RUNNING, vllm_metrics.WAITING) or 0)
 
     def drain(self, *, notice_s: float, timeout_s: float, poll_s: float = 0.5) -> bool:
         """Wait until vLLM has no request left, after giving gateways ``notice_s`` to

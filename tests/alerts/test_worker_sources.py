@@ -3,9 +3,13 @@ utilisation from an ``nvidia-smi`` (a stand-in script where the machine has no G
 
 from __future__ import annotations
 
+from aiohttp import web
+
 from services.alerts import AlertEngine
-from services.alerts.sources import gpu_readings, kv_cache_readings, kv_cache_usage
+from services.alerts.sources import gpu_readings, kv_cache_readings
 from services.settings import DeliverySettings
+from services.workers import free_port
+from tests.support.aio_server import BackgroundServer
 
 VLLM_METRICS = """# HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.
 # TYPE vllm:kv_cache_usage_perc gauge
@@ -15,9 +19,21 @@ vllm:num_requests_running{engine="0",model_name="m"} 3.0
 """
 
 
-def test_kv_cache_usage_is_the_busiest_engine() -> None:
-    assert kv_cache_usage(VLLM_METRICS) == 0.5
-    assert kv_cache_usage("# no vllm here\nprocess_cpu_seconds_total 1.0\n") is None
+async def test_kv_cache_usage_is_the_busiest_engine_and_silent_workers_are_left_out(
+        ) -> None:
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(text=VLLM_METRICS)
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    server = BackgroundServer(app, "vllm-metrics").start()
+    down = f"http://127.0.0.1:{free_port()}"
+    try:
+        readings = await kv_cache_readings([server.url, down], timeout_s=1)
+    finally:
+        server.stop()
+    assert list(readings) == [f"worker={server.url}"]
+    assert readings[f"worker={server.url}"].value == 0.5
 
 
 async def test_a_real_vllm_worker_exports_its_kv_cache_usage(vllm_worker, make_settings,

@@ -10,7 +10,7 @@ from aiohttp import web
 from models import session_factory
 from services.execution import register_worker
 from services.forecasting.control import step
-from services.forecasting.queue import model_workers, queue_depth, waiting_requests
+from services.forecasting.queue import model_workers, queue_depth
 from services.workers import free_port
 from tests.forecasting.test_control import NOW, FakeActuator, traffic
 from tests.support.aio_server import BackgroundServer
@@ -40,11 +40,6 @@ def metrics_worker():
     yield start
     for server in servers:
         server.stop()
-
-
-def test_waiting_requests_sums_the_engines_and_ignores_other_gauges() -> None:
-    assert waiting_requests(vllm_metrics({"0": 4.0, "1": 2.0})) == 6.0
-    assert waiting_requests("process_cpu_seconds_total 1.0\n") is None
 
 
 def test_queue_depth_sums_the_models_workers_and_skips_silent_ones(store,
