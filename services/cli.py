@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
     from sqlalchemy.orm import Session, sessionmaker
 
-    from models import Batch
+    from models import ApiKey, Batch
 
 app = typer.Typer(help="Performance Optimization Engine", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys kept (hashed) in the metrics store")
@@ -216,19 +216,22 @@ def _store_sessions(settings: Settings) -> sessionmaker[Session]:
     return session_factory(create_store_engine(settings.database_url))
 
 
+_BUDGET_USD_HELP = ("spending limit in USD per --budget-period; enforced on every request "
+                    "made with the key (429 budget_exceeded past it)")
+_BUDGET_PERIOD_HELP = ("day, month (the default) or total; day and month are UTC calendar "
+                       "periods, each starting from zero")
+
+
 @keys_app.command("create")
 def keys_create(
     tenant: Annotated[str, typer.Option(help="tenant the key belongs to")],
     name: Annotated[str | None, typer.Option(help="label")] = None,
-    budget_usd: Annotated[float | None, typer.Option(
-        help="spending limit in USD per --budget-period; enforced on every request "
-        "made with the key (429 budget_exceeded past it)")] = None,
-    budget_period: Annotated[str | None, typer.Option(
-        help="day, month (the default) or total; day and month are UTC calendar "
-        "periods, each starting from zero")] = None,
+    budget_usd: Annotated[float | None, typer.Option(help=_BUDGET_USD_HELP)] = None,
+    budget_period: Annotated[str | None, typer.Option(help=_BUDGET_PERIOD_HELP)] = None,
 ) -> None:
     """Create an API key; it is printed once and stored only as a hash."""
-    from services.gateway.auth import create_api_key, key_budget
+    from services.gateway.auth import create_api_key
+    from services.routing.keys import key_budget
 
     try:
         key_budget(budget_usd, budget_period)
@@ -239,15 +242,67 @@ def keys_create(
                               budget_period=budget_period))
 
 
+def _key_line(row: ApiKey) -> str:
+    from services.routing.keys import describe_budget
+
+    revoked = f"  revoked {row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else ""
+    return (f"{row.id}\t{row.key_prefix}...\t{row.tenant}\t{row.name or '-'}\t"
+            f"{describe_budget(row.budget_usd, row.budget_period)}{revoked}")
+
+
 @keys_app.command("list")
 def keys_list() -> None:
-    """The stored keys: id (the ``key:<id>`` budget scope), prefix, tenant, name, budget."""
-    from services.gateway.auth import describe_budget, list_api_keys
+    """The stored keys: id (the ``key:<id>`` budget scope), prefix, tenant, name, budget,
+    and when a revoked key was revoked."""
+    from services.gateway.auth import list_api_keys
 
     for row in list_api_keys(_store_sessions(_settings())):
-        revoked = f"  revoked {row.revoked_at:%Y-%m-%d}" if row.revoked_at else ""
-        typer.echo(f"{row.id}\t{row.key_prefix}...\t{row.tenant}\t{row.name or '-'}\t"
-                   f"{describe_budget(row)}{revoked}")
+        typer.echo(_key_line(row))
+
+
+@keys_app.command("update")
+def keys_update(
+    key_id: Annotated[int, typer.Argument(help="the key's id (optengine keys list)")],
+    name: Annotated[str | None, typer.Option(help="new label ('' clears it)")] = None,
+    budget_usd: Annotated[float | None, typer.Option(help=_BUDGET_USD_HELP)] = None,
+    budget_period: Annotated[str | None, typer.Option(help=_BUDGET_PERIOD_HELP)] = None,
+    unlimited: Annotated[bool, typer.Option(
+        "--unlimited", help="drop the key's spending limit")] = False,
+) -> None:
+    """Change a key's label or spending limit; what is not given stays. Every gateway
+    enforces the change within ``api_key_refresh_s`` (10 s by default)."""
+    from services.errors import EngineError
+    from services.gateway.auth import update_api_key
+
+    try:
+        row = update_api_key(_store_sessions(_settings()), key_id, name=name,
+                             budget_usd=budget_usd, budget_period=budget_period,
+                             unlimited=unlimited)
+    except EngineError as exc:
+        raise typer.BadParameter(exc.message, param_hint=_hint(exc.param)) from None
+    typer.echo(_key_line(row))
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[int, typer.Argument(help="the key's id (optengine keys list)")],
+) -> None:
+    """Revoke a key: every gateway refuses it (401) within ``api_key_refresh_s``. The key
+    stays in the store, so its requests and costs keep their key id."""
+    from services.errors import EngineError
+    from services.gateway.auth import revoke_api_key
+
+    try:
+        row, revoked = revoke_api_key(_store_sessions(_settings()), key_id)
+    except EngineError as exc:
+        raise typer.BadParameter(exc.message, param_hint=_hint(exc.param)) from None
+    if not revoked:
+        typer.echo(f"key {key_id} was already revoked")
+    typer.echo(_key_line(row))
+
+
+def _hint(param: str | None) -> str | None:
+    return {"key_id": "KEY_ID", None: None}.get(param, f"--{(param or '').replace('_', '-')}")
 
 
 def _prefect_env() -> None:

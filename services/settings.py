@@ -299,6 +299,10 @@ class Settings(BaseSettings):
     require_auth: bool | None = Field(
         default=None, description="None = required when any key exists or env is prod"
     )
+    api_key_refresh_s: float = Field(
+        default=10.0, gt=0, description="how often each gateway re-reads the stored API keys: "
+        "a new, updated or revoked key takes effect within this many seconds",
+    )
     admin_api_key: str = Field(
         default="", description="Bearer key of the admin API; empty = open in dev, off otherwise"
     )

@@ -161,3 +161,17 @@ def any_store(request, tmp_path):
     engine = create_store_engine(url)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture(params=STORE_KINDS)
+def each_store_url(request, tmp_path, monkeypatch) -> str:
+    """A migrated store of each kind (SQLite, then PostgreSQL), also found by code that
+    reads its store from settings (the CLI) through ``OPTENGINE_DATABASE_URL``."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'store.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url").replace(
+            "postgresql://", "postgresql+psycopg://")
+    upgrade_to_head(url)
+    monkeypatch.setenv("OPTENGINE_DATABASE_URL", url)
+    return url

@@ -46,6 +46,7 @@ from services.gateway.routes import (
     experiments_router,
     feedback_router,
     flow_runs_router,
+    keys_router,
     openai_router,
     ops_router,
 )
@@ -204,7 +205,8 @@ def build_services(settings: Settings) -> AppServices:
         batch_size=settings.telemetry_batch_size,
         replay_interval_s=settings.telemetry_spill_replay_interval_s,
     )
-    keyring = KeyRing(settings.api_keys, required=settings.auth_required, sessions=sessions)
+    keyring = KeyRing(settings.api_keys, required=settings.auth_required, sessions=sessions,
+                      refresh_interval_s=settings.api_key_refresh_s)
     cache = build_cache(settings, engine, metrics) if settings.cache_enabled else None
     semantic_sync = None
     stages: list[Stage] = []
@@ -364,6 +366,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(feedback_router)
     app.include_router(ops_router)
     app.include_router(admin_router)
+    app.include_router(keys_router)
     app.include_router(experiments_router)
     app.include_router(flow_runs_router)
     return app

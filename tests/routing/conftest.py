@@ -11,7 +11,10 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from migrations import upgrade_to_head
+from models import create_store_engine, session_factory
 from models.tables import RequestLog
+from services.gateway.auth import create_api_key
 from services.settings import Settings
 from services.workers import free_port
 from tests.support.fake_openai import Answer, FakeOpenAI
@@ -97,3 +100,43 @@ def routed_gateway(
         return start_gateway(settings)
 
     return start
+
+
+MAX_TOKENS = 4
+# the most one request may cost on "large": its prompt (the fake's count) and MAX_TOKENS
+MOST = ((len(HARD) // 4 + 1) * PRICES["large"]["input_per_mtok"]
+        + MAX_TOKENS * PRICES["large"]["output_per_mtok"]) / 1e6
+
+
+@pytest.fixture
+def keyed_gateway(fake_workers: FakeOpenAI, budget_redis: ThrowawayRedis, make_settings,
+                  start_gateway) -> Callable[..., tuple[RunningGateway, dict[str, str]]]:
+    """A gateway without routing, and keys of tenant team-a made in its store first:
+    name -> (budget_usd, budget_period) or None for no limit. Overrides are settings
+    (``database_url`` for another store)."""
+    fake_workers.models["large"].text = "one two three four"  # every answer costs MOST
+
+    def start(keys: dict[str, tuple[float, str] | None], **overrides: object
+              ) -> tuple[RunningGateway, dict[str, str]]:
+        settings = make_settings(workers=[fake_workers.url], price_overrides=PRICES,
+                                 cache_enabled=False, require_auth=True,
+                                 redis_url=budget_redis.url, **overrides)
+        upgrade_to_head(settings.database_url)
+        engine = create_store_engine(settings.database_url)
+        try:
+            sessions = session_factory(engine)
+            made = {name: create_api_key(sessions, tenant="team-a", name=name,
+                                         **({"budget_usd": limit[0], "budget_period": limit[1]}
+                                            if limit else {}))
+                    for name, limit in keys.items()}
+        finally:
+            engine.dispose()
+        return start_gateway(settings), made
+
+    return start
+
+
+def post_with_key(gateway: RunningGateway, key: str) -> httpx.Response:
+    """One request on "large" costing MOST, made with ``key``."""
+    return post_chat(gateway, "large", HARD, max_tokens=MAX_TOKENS,
+                     headers={"authorization": f"Bearer {key}"})

@@ -4,10 +4,8 @@ budget, 429 past it, 503 while its Redis is gone, and a new period starts from z
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-import httpx
 import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
@@ -17,43 +15,11 @@ from models import create_store_engine, session_factory
 from models.tables import ApiKey
 from services.cli import app
 from services.gateway.auth import create_api_key, hash_key
-from tests.routing.conftest import HARD, PRICES, post_chat
+from tests.routing.conftest import MOST
+from tests.routing.conftest import post_with_key as _post
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.gateway import RunningGateway
 from tests.support.redis import ThrowawayRedis
-
-MAX_TOKENS = 4
-# the most one request may cost on "large": its prompt (the fake's count) and MAX_TOKENS
-MOST = ((len(HARD) // 4 + 1) * PRICES["large"]["input_per_mtok"]
-        + MAX_TOKENS * PRICES["large"]["output_per_mtok"]) / 1e6
-
-
-@pytest.fixture
-def keyed_gateway(fake_workers: FakeOpenAI, budget_redis: ThrowawayRedis, make_settings,
-                  start_gateway) -> Callable[..., tuple[RunningGateway, dict[str, str]]]:
-    """A gateway without routing, and keys of tenant team-a made in its store first:
-    name -> (budget_usd, budget_period) or None for no limit."""
-    fake_workers.models["large"].text = "one two three four"  # every answer costs MOST
-
-    def start(keys: dict[str, tuple[float, str] | None], **overrides: object
-              ) -> tuple[RunningGateway, dict[str, str]]:
-        settings = make_settings(workers=[fake_workers.url], price_overrides=PRICES,
-                                 cache_enabled=False, require_auth=True,
-                                 redis_url=budget_redis.url, **overrides)
-        upgrade_to_head(settings.database_url)
-        sessions = session_factory(create_store_engine(settings.database_url))
-        made = {name: create_api_key(sessions, tenant="team-a", name=name,
-                                     **({"budget_usd": limit[0], "budget_period": limit[1]}
-                                        if limit else {}))
-                for name, limit in keys.items()}
-        return start_gateway(settings), made
-
-    return start
-
-
-def _post(gateway: RunningGateway, key: str) -> httpx.Response:
-    return post_chat(gateway, "large", HARD, max_tokens=MAX_TOKENS,
-                     headers={"authorization": f"Bearer {key}"})
 
 
 def _key_id(gateway: RunningGateway, key: str) -> int:
