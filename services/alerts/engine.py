@@ -39,6 +39,7 @@ from services.alerts.state import AlertState, Condition, step
 from services.alerts.store import Judgement, load_open, record_delivery, save, undelivered
 from services.delivery import Deliverer, Notification
 from services.routing import RoutingConfig
+from services.routing.keys import key_budgets
 from services.settings import AlertRuleConfig, Settings
 
 log = logging.getLogger(__name__)
@@ -205,12 +206,18 @@ class AlertEngine:
             value = reading.value if reading else None
             after, change = step(before, value, condition, now, rule=rule.name,
                                  subject=subject)
+            gone = before is not None and reading is None and rule.metric == "budget_used"
+            if gone:  # every budget is read: this one is gone (a key revoked, a limit removed)
+                after, change = None, "resolved" if before.state == "firing" else "cleared"
             if before is None and after is None and change is None:
                 continue
             shown = value if value is not None else (before.value if before else None)
             message = (f"{rule.metric} {_format(rule.metric, shown)} for {subject} "
                        f"(rule {rule.name}: {condition.describe()}"
                        f"{f' for {rule.for_s:g} s' if rule.for_s else ''})")
+            if gone:
+                message += "; the budget no longer exists (its key was revoked or its limit "\
+                    "removed)"
             if "description" in context:
                 message += f"; {context['description']}"
             if "lever" in context:
@@ -247,13 +254,11 @@ class AlertEngine:
             return request_readings(rule, cache["requests"])
         if rule.metric == "budget_used":
             routing = self.settings.routing
-            if not routing:
-                return {}
-            budgets = RoutingConfig.model_validate(routing).budgets
+            budgets = RoutingConfig.model_validate(routing).budgets if routing else {}
             tenants, _ = known_names(self.settings, self.store)
             return await budget_readings(budgets, engine=self.store,
                                          redis_url=self.settings.redis_url, now=now,
-                                         tenants=tenants)
+                                         tenants=tenants, keys=key_budgets(self.store))
         if rule.metric == "gpu_utilization":
             return self.gpu_reader()
         if rule.metric == "kv_cache_usage":

@@ -2,9 +2,10 @@
 
 - request metrics: ``request_log`` rows of the last ``window_minutes`` (on its
   ``created_at`` index), grouped overall, per tenant or per model;
-- budgets: the shared counters of ``services/routing/budgets`` (Redis) when the
-  gateways share them, else the period's spend summed from ``request_log`` on its
-  (tenant, created_at) index;
+- budgets (the routing config's and the keys' stored limits): the shared counters of
+  ``services/routing/budgets`` (Redis) when the gateways share them, else the period's
+  spend summed from ``request_log`` (a tenant's on its (tenant, created_at) index, a
+  key's on ``created_at``);
 - KV-cache usage: each vLLM worker's own ``/metrics`` (``vllm:kv_cache_usage_perc``,
   0-1; vLLM exports no GPU utilisation of its own);
 - GPU utilisation: ``nvidia-smi`` on the machine running the evaluation, where there is
@@ -33,6 +34,7 @@ from services.caching.optimization import LOOKED_UP
 from services.routing import BudgetLedger
 from services.routing.budgets import Scope
 from services.routing.config import BudgetConfig
+from services.routing.keys import KeyBudget
 from services.settings import AlertRuleConfig
 from services.workers import vllm_metrics
 
@@ -153,14 +155,19 @@ def _period_start(period: str, now: datetime) -> datetime | None:
 
 async def budget_readings(
     budgets: dict[str, BudgetConfig], *, engine: Engine, redis_url: str, now: datetime,
-    tenants: Iterable[str] = (),
+    tenants: Iterable[str] = (), keys: Iterable[KeyBudget] = (),
 ) -> dict[str, Reading]:
-    """Share of each budget spent (``budget=tenant:acme``); ``tenant:*`` is read for
-    every known tenant without a budget of its own."""
+    """Share of each budget spent (``budget=tenant:acme``, ``budget=key:42``); ``tenant:*``
+    is read for every known tenant without a budget of its own, and a key's stored limit
+    (``keys``) replaces a ``key:<id>`` entry of the routing config, as the gateway does."""
     scopes = {name: config for name, config in budgets.items() if name != "tenant:*"}
     if "tenant:*" in budgets:
         for tenant in tenants:
             scopes.setdefault(f"tenant:{tenant}", budgets["tenant:*"])
+    labels = {}
+    for key in keys:
+        scopes[key.scope] = key.config
+        labels[key.scope] = {"key_tenant": key.tenant, "description": key.label}
     readings: dict[str, Reading] = {}
     if not scopes:
         return readings
@@ -175,7 +182,8 @@ async def budget_readings(
                 spent / config.limit_usd,
                 {"spent_usd": round(spent, 6), "limit_usd": config.limit_usd,
                  "period": config.period,
-                 "source": "redis" if ledger is not None else "request_log"},
+                 "source": "redis" if ledger is not None else "request_log",
+                 **labels.get(name, {})},
             )
     finally:
         if ledger is not None:
