@@ -616,6 +616,25 @@ class CostRollup(Base):
     __table_args__ = (Index("ix_cost_rollups_tenant_hour", "tenant", "hour"),)
 
 
+class KeyCostRollup(Base):
+    """``request_log`` spend per hour x API key, written by the same rollup run and
+    transaction as ``cost_rollups`` (rows without a key are left out): what the cost
+    reports hold against each key's budget. A revoked key's rows stay."""
+
+    __tablename__ = "key_cost_rollups"
+
+    hour: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    api_key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(128), primary_key=True)
+    requests: Mapped[int] = mapped_column(
+        BigInteger, doc="requests made with the key (escalated cascade attempts not counted)")
+    errors: Mapped[int] = mapped_column(BigInteger, doc="rows with status >= 400")
+    cost_usd: Mapped[float] = mapped_column(
+        Double, doc="actual spend, escalated attempts included (as the key's budget counts)")
+
+    __table_args__ = (Index("ix_key_cost_rollups_api_key_id_hour", "api_key_id", "hour"),)
+
+
 class CostRollupState(Base):
     """The cost rollup's watermark: the newest ``request_log.ingested_at`` it has read."""
 

@@ -150,23 +150,10 @@ def store(tmp_path, monkeypatch):
 
 
 @pytest.fixture(params=STORE_KINDS)
-def any_store(request, tmp_path):
-    """A migrated store, once on SQLite and once on PostgreSQL (marked ``postgres``)."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'store.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url").replace(
-            "postgresql://", "postgresql+psycopg://")
-    upgrade_to_head(url)
-    engine = create_store_engine(url)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture(params=STORE_KINDS)
 def each_store_url(request, tmp_path, monkeypatch) -> str:
-    """A migrated store of each kind (SQLite, then PostgreSQL), also found by code that
-    reads its store from settings (the CLI) through ``OPTENGINE_DATABASE_URL``."""
+    """A migrated store of each kind (SQLite, then PostgreSQL, marked ``postgres``), also
+    found by code that reads its store from settings (the CLI) through
+    ``OPTENGINE_DATABASE_URL``."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'store.db'}"
     else:
@@ -175,3 +162,11 @@ def each_store_url(request, tmp_path, monkeypatch) -> str:
     upgrade_to_head(url)
     monkeypatch.setenv("OPTENGINE_DATABASE_URL", url)
     return url
+
+
+@pytest.fixture
+def any_store(each_store_url):
+    """A migrated store, once on SQLite and once on PostgreSQL (marked ``postgres``)."""
+    engine = create_store_engine(each_store_url)
+    yield engine
+    engine.dispose()

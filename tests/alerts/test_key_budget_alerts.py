@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
-from models import ApiKey, create_store_engine, session_factory
+from models import ApiKey, session_factory
 from services.alerts import AlertEngine, open_alerts
 from services.gateway.auth import create_api_key, hash_key, revoke_api_key, update_api_key
 from services.routing import BudgetLedger
@@ -25,10 +25,8 @@ RULES = [{"name": "budget-80", "metric": "budget_used", "above": 0.8},
 
 
 @pytest.fixture
-def store(each_store_url):
-    engine = create_store_engine(each_store_url)
-    yield engine
-    engine.dispose()
+def store(any_store):
+    return any_store
 
 
 def _engine(make_settings, store, clock, **settings) -> AlertEngine:

@@ -30,7 +30,8 @@ def priced_store(store, monkeypatch):
 def test_daily_run_rolls_up_and_reports_every_tenant(priced_store, prefect_harness) -> None:
     insert(priced_store, every_path(T0 + timedelta(minutes=5)))
     insert(priced_store, [row(T0 + timedelta(hours=3), tenant="globex", model_served="cheap",
-                              worker=HOSTED, cost_usd=0.0004, **usage(1000, 600, 100))])
+                              worker=HOSTED, cost_usd=0.0004, api_key_id="static:ci",
+                              **usage(1000, 600, 100))])
     result = cost_management(mode="daily", now=T0 + timedelta(days=1))
     assert result["rollup"]["hours"] == 2
     by_tenant = {r["tenant"]: r["summary"] for r in result["reports"]}
@@ -45,6 +46,7 @@ def test_daily_run_rolls_up_and_reports_every_tenant(priced_store, prefect_harne
                                               ("daily", "globex")}
     overall_md = next(md for _, t, md in stored if t is None)
     assert "## ROI" in overall_md and "mystery (1)" in overall_md
+    assert "| key:static:ci | - | globex | 1 | $0.0004 | unlimited |" in overall_md
     with get_client(sync_client=True) as client:
         keys = {a.key for a in client.read_artifacts(artifact_filter=ArtifactFilter(
             key=ArtifactFilterKey(like_="cost-daily-")))}

@@ -17,7 +17,7 @@ TABLES = {
     "router_versions", "request_ratings",
     "files", "batches", "batch_results", "telemetry_quarantine",
     "config_versions", "config_audit", "experiments", "experiment_arms", "experiment_results",
-    "cost_rollups", "cost_rollup_state", "cost_reports",
+    "cost_rollups", "cost_rollup_state", "cost_reports", "key_cost_rollups",
     "scaling_decisions", "forecast_scores", "worker_launches",
     "alert_events",
 }

@@ -27,7 +27,7 @@ def row(created_at: datetime, **values) -> dict:
 _OPTIONAL = (
     "cache_layer", "route_reason", "model_requested", "model_served", "worker", "cost_usd",
     "prompt_tokens", "prompt_tokens_before_optimization", "completion_tokens",
-    "baseline_cost_usd", "error_type", "ingested_at",
+    "baseline_cost_usd", "error_type", "ingested_at", "api_key_id",
 )
 
 

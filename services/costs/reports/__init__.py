@@ -14,6 +14,7 @@ saved the difference. Read API for reports, the dashboard and alerts:
   (rollups, plus ``request_log`` for the hours not rolled up yet, late rows included);
 * ``live_summary(...)``: the same figures straight from ``request_log`` for a short
   window (a demo or benchmark run), to the second;
+* ``key_spend(...)``: spend per API key against its budget (``key_cost_rollups``);
 * ``build_report(...) -> CostReportDoc`` (``.markdown()``, ``.csv()``, ``.html()``) and
   ``store_report``; ``latest_reports`` reads stored ones back;
 * ``Roi``: payback and ROI with their formulas.
@@ -29,6 +30,7 @@ from sqlalchemy import Engine, select
 from models import CostReport
 from services.costs.catalog import PriceCatalog
 from services.costs.reports.attribution import LEVERS, PATHS
+from services.costs.reports.keys import KeySpend, key_spend
 from services.costs.reports.read import (
     CostSummary,
     NaiveDatetime,
@@ -56,15 +58,17 @@ from services.costs.reports.rollup import (
     live_summary,
     roll_up,
 )
+from services.routing.config import BudgetConfig
 from services.settings import Settings
 
 __all__ = [
     "LEVERS", "LEVER_NAMES", "METHOD", "PATHS", "CostReportDoc", "CostSummary",
-    "HostedUpstreams", "HourlySums", "Investment", "NaiveDatetime", "Pricing", "Roi",
-    "RollupRun", "build_report", "check_period", "hosted_upstreams", "hourly_sums",
-    "investment", "latest_reports", "live_summary", "monthly_budgets", "monthly_rate",
-    "pricing", "report_now", "report_options", "roi_section", "roll_up", "rollup_rows",
-    "store_report", "summarize", "tenants",
+    "HostedUpstreams", "HourlySums", "Investment", "KeySpend", "NaiveDatetime", "Pricing",
+    "Roi", "RollupRun", "build_report", "check_period", "configured_key_budgets",
+    "hosted_upstreams", "hourly_sums", "investment", "key_spend", "latest_reports",
+    "live_summary", "monthly_budgets", "monthly_rate", "pricing", "report_now",
+    "report_options", "roi_section", "roll_up", "rollup_rows", "store_report", "summarize",
+    "tenants",
 ]
 
 
@@ -129,4 +133,12 @@ def report_options(settings: Settings) -> dict[str, Any]:
     many models to list, the anomaly detector's history."""
     return {"budgets": monthly_budgets(settings), "investment": investment(settings),
             "top_models": settings.cost_report_top_models,
-            "anomaly_history_days": settings.alerts.anomaly_history_days}
+            "anomaly_history_days": settings.alerts.anomaly_history_days,
+            "key_budgets": configured_key_budgets(settings)}
+
+
+def configured_key_budgets(settings: Settings) -> dict[str, BudgetConfig]:
+    """The routing config's ``key:<id>`` budgets (a key's stored limit replaces them)."""
+    return {str(scope): BudgetConfig.model_validate(raw)
+            for scope, raw in (settings.routing.get("budgets") or {}).items()
+            if str(scope).startswith("key:")}

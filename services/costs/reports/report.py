@@ -24,8 +24,11 @@ from models import CostReport
 from services.alerts.anomaly import DEFAULT_THRESHOLD
 from services.costs.reports.anomalies import MAX_ROWS, anomaly_section_rows, find_anomalies
 from services.costs.reports.attribution import LEVERS
+from services.costs.reports.keys import key_spend
 from services.costs.reports.read import CostSummary, check_period, summarize
 from services.costs.reports.roi import Roi, monthly_rate
+from services.routing.config import BudgetConfig
+from services.routing.keys import describe_budget
 
 LEVER_NAMES = {
     "cache_exact": "response cache (exact)",
@@ -135,11 +138,14 @@ def build_report(
     investment: Investment | None = None,
     top_models: int = 5,
     anomaly_history_days: int = 28,
+    key_budgets: Mapping[str, BudgetConfig] | None = None,
 ) -> CostReportDoc:
     """The report of ``[since, until)``; a period without rollups says "no data".
 
-    ``budgets`` maps a tenant (None = all tenants) to its monthly budget in USD. The ROI
-    block is in the overall report only: the investment is the whole platform's.
+    ``budgets`` maps a tenant (None = all tenants) to its monthly budget in USD;
+    ``key_budgets`` holds the routing config's ``key:<id>`` budgets (a key's stored limit
+    comes first). The ROI block is in the overall report only: the investment is the
+    whole platform's.
     """
     check_period(since, until)
     since, until = since.astimezone(UTC), until.astimezone(UTC)
@@ -155,6 +161,7 @@ def build_report(
     doc.sections += [_totals(summary), _models(summary, top_models), _levers(summary)]
     budget = (budgets or {}).get(tenant)
     doc.sections.append(_budget(engine, summary, budget))
+    doc.sections.append(_keys(engine, summary, key_budgets))
     doc.sections.append(_anomalies(engine, summary, anomaly_history_days))
     if tenant is None:
         doc.sections.append(roi_section(summary, investment or Investment()))
@@ -273,6 +280,35 @@ def _budget(engine: Engine, s: CostSummary, budget: float | None) -> Section:
     else:
         rows.append(["monthly budget", "none configured"])
     return Section("Budget", ["figure", "value"], rows)
+
+
+def _keys(engine: Engine, s: CostSummary, configured: Mapping[str, BudgetConfig] | None
+          ) -> Section:
+    section = Section("API keys", ["key", "name", "tenant", "requests", "spend", "budget",
+                                   "budget period", "spent in budget period", "budget used"])
+    for key in key_spend(engine, s.since, s.until, tenant=s.tenant, configured=configured):
+        name = key.name or "-"
+        if key.revoked_at is not None:
+            name += f" (revoked {key.revoked_at:%Y-%m-%d})"
+        budget = key.budget
+        used = key.budget_used
+        section.rows.append([
+            f"key:{key.key_id}", name, key.tenant, f"{key.requests:,}", _usd(key.cost_usd),
+            describe_budget(budget.limit_usd if budget else None,
+                            budget.period if budget else "month"),
+            key.budget_window or "-",
+            "-" if key.budget_spent_usd is None else _usd(key.budget_spent_usd),
+            "-" if used is None else f"{used:.1%}" + (" (over)" if used >= 1 else ""),
+        ])
+    if not section.rows:
+        section.notes.append("No request of the period was made with an API key, and no "
+                             "key has a budget.")
+    section.notes.append(
+        "Spend per key (escalated cascade attempts included, as its budget counts them). "
+        "A key's budget is held against its spend in the UTC budget period holding the "
+        "report's end (that day, that month to date, or all time for a total budget); "
+        "limits are set with optengine keys create/update.")
+    return section
 
 
 def _widest_header(sections: list[Section]) -> list[str]:

@@ -18,6 +18,9 @@ the watermark is on ``ingested_at``, the store's own clock when it took the row:
 4. the watermark moves only after every hour is written, so a crash mid-run repeats
    work and loses none.
 
+The same run and transaction rewrite ``key_cost_rollups`` (spend per hour x API key) for
+the same hours, so the two tables always cover the same rows.
+
 A run's cost is therefore the new rows plus the rows of the hours they touch.
 """
 
@@ -42,7 +45,7 @@ from sqlalchemy import (
     select,
 )
 
-from models import CostRollup, CostRollupState, RequestLog
+from models import CostRollup, CostRollupState, KeyCostRollup, RequestLog
 from services.caching import HIT_LAYERS
 from services.costs.catalog import PriceCatalog
 from services.costs.reports.attribution import (
@@ -65,6 +68,7 @@ COUNTS = (*(column for column, _ in _LAYERS), "cache_misses", "measured_tokens_b
           "measured_tokens_after", "cascade_escalated", "cascade_accepted", "routed")
 _LOG = RequestLog.__table__
 _ROLLUPS = CostRollup.__table__
+_KEY_ROLLUPS = KeyCostRollup.__table__
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,14 +132,37 @@ def _touched_hours(conn: Connection, *ingested: Any) -> Any:
 def _rewrite_hours(conn: Connection, hours: Sequence[datetime], catalog: PriceCatalog,
                    hosted: HostedUpstreams) -> int:
     conn.execute(delete(_ROLLUPS).where(_ROLLUPS.c.hour.in_(hours)))
+    conn.execute(delete(_KEY_ROLLUPS).where(_KEY_ROLLUPS.c.hour.in_(hours)))
     rows: list[dict[str, Any]] = []
+    key_rows: list[dict[str, Any]] = []
     now = datetime.now(UTC)
     for hour in hours:
         for group in conn.execute(_aggregate(hour, hour + HOUR)).mappings():
             rows.append(_rollup_row(hour, group, catalog, hosted, now))
+        key_rows += [{"hour": hour, **group}
+                     for group in conn.execute(_aggregate_keys(hour, hour + HOUR)).mappings()]
     if rows:
         conn.execute(insert(_ROLLUPS), rows)
+    if key_rows:
+        conn.execute(insert(_KEY_ROLLUPS), key_rows)
     return len(rows)
+
+
+def _aggregate_keys(start: datetime, end: datetime) -> Any:
+    """Rows of ``[start, end)`` made with an API key, summed per key x tenant: requests
+    (an escalated cascade attempt is not one), errors, and the spend a key's budget
+    counts (attempts included)."""
+    c = _LOG.c
+    attempt = c.route_reason.like(f"{ESCALATED_PREFIX}%")
+    return (
+        select(c.api_key_id, c.tenant,
+               func.coalesce(func.sum(case((attempt, 0), else_=1)), 0).label("requests"),
+               func.coalesce(func.sum(case((c.status_code >= 400, 1), else_=0)), 0)
+               .label("errors"),
+               func.coalesce(func.sum(c.cost_usd), 0.0).label("cost_usd"))
+        .where(c.created_at >= start, c.created_at < end, c.api_key_id.is_not(None))
+        .group_by(c.api_key_id, c.tenant)
+    )
 
 
 def live_summary(engine: Engine, catalog: PriceCatalog, hosted: HostedUpstreams,
