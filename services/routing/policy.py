@@ -3,7 +3,9 @@
 A virtual name (``auto``, ``auto:cheap``, ``auto:quality``) asks the complexity router
 to pick between the cheap and the strong tier at that name's quality target. An explicit
 model is served as asked, unless the tenant allows substitution: then the router may
-move it down to the cheap tier (never up). Near a budget limit the cheapest tier is
+move it down to the cheap tier (never up), at ``auto``'s quality target, and with the
+cascade on a substituted request is judged like a routed one: a weak cheap answer is
+escalated to the model the caller asked for. Near a budget limit the cheapest tier is
 used. Within a tier the first model (config order) that is up, fits the prompt in its
 context window and meets the caller's latency limit (``X-Max-Latency-Ms``, against each
 model's latency SLO) serves; when none does, higher tiers are tried, and for the latency
@@ -123,13 +125,15 @@ class RoutingPolicy:
         if explicit is not None:
             if self.config.tiers.index(tier) >= self.config.rank(explicit):
                 return self._route(explicit.tier, request, "explicit", exact=explicit)
-            return self._route(tier, request, f"substituted {explicit.name}: {verdict}")
-        route = self._route(tier, request, f"{request.model}: {verdict}")
+            route = self._route(tier, request, f"substituted {explicit.name}: {verdict}")
+        else:
+            route = self._route(tier, request, f"{request.model}: {verdict}")
         route.target, route.p_strong = target, decision.p_strong
-        if not strong:
-            route.cheap = True
-            strong = self._route(strong_tier, request, "")
-            route.strong = strong.model if strong.model is not route.model else None
+        if not strong:  # the cascade may judge it and escalate to the strong tier, or to
+            route.cheap = True  # the model a substituted request asked for (never above)
+            escalation = self._route(explicit.tier if explicit else strong_tier, request, "",
+                                     exact=explicit)
+            route.strong = escalation.model if escalation.model is not route.model else None
         return route
 
     def _route(

@@ -169,7 +169,8 @@ def test_the_cascade_estimate_is_what_the_cascade_then_saves(tiers, run_tenant) 
     with the cascade on: the router sends the hard third straight to the strong model
     (sure it is needed), the cheap model answers the rest, weakly for a quarter of them
     (escalated). The planner's cascade estimate for acme against what acme then saves
-    sending the same prompts to ``auto`` through the same cascade."""
+    with the settings that turn the cascade on for it: acme's model substituted, the
+    cascade on, acme still asking for the strong model by name."""
     from tests.routing.conftest import EASY, HARD, routing_config
 
     workers, catalog = tiers
@@ -190,7 +191,8 @@ def test_the_cascade_estimate_is_what_the_cascade_then_saves(tiers, run_tenant) 
     assert estimate.tenant == "acme"
     assert "33.3% straight to the strong model" in estimate.method
     assert "25.0% of those escalated" in estimate.method
-    spent_cascade, cascaded = run_tenant("cascaded", "auto", "ka", prompts, answer, **cascade)
+    spent_cascade, cascaded = run_tenant("cascaded", "large", "ka", prompts, answer,
+                                         substitution_tenants=["acme"], **cascade)
     with cascaded.connect() as conn:  # the cheap attempts' cost is in what acme spent
         attempts = conn.scalar(select(func.count()).where(
             RequestLog.route_reason.startswith("cascade: cheap attempt escalated")))

@@ -100,6 +100,50 @@ def test_refusals_and_truncation_escalate_without_logprobs(
     assert chat(gateway).headers["x-route-model"] == "large"
 
 
+def test_a_substituted_request_is_judged_and_escalated_to_the_model_asked_for(
+    routed_gateway, fake_workers: FakeOpenAI
+) -> None:
+    """With substitution and the cascade on, a request for an explicit model that the
+    router moves down is judged like a routed one: a weak cheap answer goes to the model
+    the caller asked for (never above it), a good one is kept, both logged as such."""
+    gateway = routed_gateway(substitution_tenants=["*"], **CASCADE)
+    fake_workers.models["small"].logprob = -2.0
+    weak = post_chat(gateway, "large", EASY)
+    assert weak.status_code == 200 and weak.headers["x-route-model"] == "large"
+    reason = weak.headers["x-route-reason"]
+    assert reason.startswith("substituted large: router")
+    assert "cascade: escalated from small" in reason
+    fake_workers.models["small"].logprob = -0.05
+    good = post_chat(gateway, "large", EASY)
+    assert good.headers["x-route-model"] == "small"
+    assert "cascade: accepted" in good.headers["x-route-reason"]
+    fake_workers.models["small"].logprob = -2.0
+    medium = post_chat(gateway, "medium", EASY)  # escalated to medium, not to large
+    assert medium.headers["x-route-model"] == "medium"
+    assert "cascade: escalated from small" in medium.headers["x-route-reason"]
+    assert (fake_workers.calls("small"), fake_workers.calls("medium"),
+            fake_workers.calls("large")) == (3, 1, 1)
+    decisions = [(r.model_requested, r.model_served, r.cascade_decision)
+                 for r in logged_rows(gateway)]
+    assert sorted(decisions, key=str) == sorted([
+        ("large", "small", "cheap_attempt"), ("large", "large", "escalated"),
+        ("large", "small", "accepted"), ("medium", "small", "cheap_attempt"),
+        ("medium", "medium", "escalated")], key=str)
+
+
+def test_a_substituted_stream_keeps_the_routers_guess(routed_gateway,
+                                                      fake_workers: FakeOpenAI) -> None:
+    gateway = routed_gateway(substitution_tenants=["*"], **CASCADE)
+    fake_workers.models["small"].logprob = -2.0
+    with httpx.stream("POST", f"{gateway.url}/v1/chat/completions", timeout=30, json={
+            "model": "large", "stream": True,
+            "messages": [{"role": "user", "content": EASY}]}) as response:
+        response.read()
+    assert response.headers["x-route-model"] == "small"
+    assert "cascade" not in response.headers["x-route-reason"]
+    assert fake_workers.calls("large") == 0
+
+
 def test_no_cascade_when_the_latency_limit_cannot_hold_two_calls(
     routed_gateway, fake_workers: FakeOpenAI
 ) -> None:

@@ -13,10 +13,11 @@ tokens.
   the window's requests to ``auto`` (the quality target substitution uses) that ended on
   a model above the cheap tier (at least ``MIN_SAMPLES``), else the ``strong_fraction``
   the active router version measured on its labels; with neither, no estimate.
-* **cascade** (non-streamed requests to ``auto`` only: the cascade never judges a stream,
-  nor a model asked for by name): a share ``k`` goes straight to the strong model (the
+* **cascade** (non-streamed requests only: the cascade never judges a stream; a model
+  asked for by name is judged once the tenant allows substitution, which the proposal
+  turns on with the cascade): a share ``k`` goes straight to the model asked for (the
   router is sure it is needed), the rest pays the cheap attempt and a share ``e`` of
-  those escalates to the strong model: saving ``(1 - k) x (sum(actual) x (1 - e) -
+  those escalates to the model asked for: saving ``(1 - k) x (sum(actual) x (1 - e) -
   sum(cheap))``. ``e`` is escalated attempts / cascade requests (accepted + escalated),
   ``k`` the window's non-streamed requests to a virtual model that ended above the cheap
   tier without a cascade / (those + cascade requests), with at least ``MIN_SAMPLES``

@@ -138,8 +138,9 @@ def proposed_settings(estimates: list[LeverEstimate]) -> dict[str, Any]:
 def _routing_settings(estimates: list[LeverEstimate]) -> dict[str, Any]:
     """The keys to merge into the ``routing`` config: the tenants whose explicit models the
     router may replace, and the cascade where it beats plain routing for a tenant (the
-    cascade judges the tenant's requests to ``auto``; substituted ones keep the router's
-    guess). (Batch is the caller's choice of ``/v1/batches``: no setting turns it on.)"""
+    cascade then judges the tenant's substituted requests, escalating a weak answer to the
+    model asked for, as the estimate assumes). (Batch is the caller's choice of
+    ``/v1/batches``: no setting turns it on.)"""
     best: dict[str, LeverEstimate] = {}
     for e in estimates:
         if e.lever in ("routing", "cascade") and (

@@ -1,8 +1,9 @@
 """The cascade (FrugalGPT): ask the cheap tier first, escalate when its answer is weak.
 
 Used by the routing stage for non-streaming ``auto`` requests the router sent to the
-cheap tier (streams cannot take an answer back once it is sent: they use the router
-alone). The cheap call asks for token logprobs (dropped again from the answer when the
+cheap tier, and for explicit ones it substituted with it (escalated to the model asked
+for; streams cannot take an answer back once it is sent: they use the router alone).
+The cheap call asks for token logprobs (dropped again from the answer when the
 client did not ask for them) and, with self-consistency configured and a sampled
 request, for extra samples. Its answer is scored: the learned judge's P(correct)
 (``services.routing.judge``: the answer's own arithmetic, contradictions, format against

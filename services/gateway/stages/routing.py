@@ -9,8 +9,8 @@ the answer starts moves the request to the next model of the same or a higher ti
 Each attempt (fallback, cascade) calls the rest of the pipeline again, so each is
 optimised for its own model.
 The chosen model and the reason go into ``X-Route-Model`` / ``X-Route-Reason`` and the
-request's log row. Non-streaming ``auto`` requests routed to the cheap tier may be
-cascaded (``CascadeRunner``).
+request's log row. Non-streaming requests routed or substituted to the cheap tier may
+be cascaded (``CascadeRunner``).
 """
 
 from __future__ import annotations
