@@ -262,7 +262,8 @@ def keys_list() -> None:
 
 @keys_app.command("update")
 def keys_update(
-    key_id: Annotated[int, typer.Argument(help="the key's id (optengine keys list)")],
+    key_id: Annotated[int, typer.Argument(help="the key's id (optengine keys list)",
+                                          min=1, max=2**31 - 1)],
     name: Annotated[str | None, typer.Option(help="new label ('' clears it)")] = None,
     budget_usd: Annotated[float | None, typer.Option(help=_BUDGET_USD_HELP)] = None,
     budget_period: Annotated[str | None, typer.Option(help=_BUDGET_PERIOD_HELP)] = None,
@@ -285,7 +286,8 @@ def keys_update(
 
 @keys_app.command("revoke")
 def keys_revoke(
-    key_id: Annotated[int, typer.Argument(help="the key's id (optengine keys list)")],
+    key_id: Annotated[int, typer.Argument(help="the key's id (optengine keys list)",
+                                          min=1, max=2**31 - 1)],
 ) -> None:
     """Revoke a key: every gateway refuses it (401) within ``api_key_refresh_s``. The key
     stays in the store, so its requests and costs keep their key id."""

@@ -62,7 +62,7 @@ class ModelConfig(_Strict):
 
 
 class BudgetConfig(_Strict):
-    limit_usd: float = Field(gt=0)
+    limit_usd: float = Field(gt=0, allow_inf_nan=False)
     period: Literal["total", "day", "month"] = "month"
     downgrade_at: float | None = Field(
         default=0.8, gt=0, le=1, description="fraction spent from which routing downgrades"

@@ -116,6 +116,8 @@ def test_keys_update_changes_what_the_gateway_enforces(keyed_gateway, each_store
     (["update", "{capped}"], "nothing to update"),
     (["update", "{revoked}", "--budget-usd", "5"], "was revoked"),
     (["update", "abc", "--budget-usd", "5"], "should be a valid integer"),
+    (["revoke", "99999999999"], "less than or equal to 2147483647"),
+    (["update", "{capped}", "--budget-usd", "inf"], "finite number"),
 ])
 def test_keys_update_and_revoke_refuse_bad_input_and_change_nothing(
     each_store_url, args, message
@@ -156,6 +158,8 @@ def test_the_admin_api_lists_creates_updates_and_revokes_keys(keyed_gateway) -> 
     missing = httpx.patch(f"{base}/999", headers=admin, json={"budget_usd": 2})
     assert missing.status_code == 404
     assert missing.json()["error"]["code"] == "key_not_found"
+    huge = httpx.post(f"{base}/{2**63}/revoke", headers=admin)
+    assert huge.status_code == 400 and huge.json()["error"]["param"] == "path.key_id"
 
     updated = httpx.patch(f"{base}/{key_id}", headers=admin,
                           json={"name": "svc-2", "budget_usd": 2, "budget_period": "day"})

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from models import ApiKey
@@ -28,6 +28,7 @@ from services.routing.keys import describe_budget
 router = APIRouter(prefix="/admin/keys", dependencies=[Depends(require_admin)])
 
 Period = Literal["day", "month", "total"]
+KeyId = Annotated[int, Path(ge=1, le=2**31 - 1, description="the key's id (GET /admin/keys)")]
 
 
 class KeyIn(BaseModel):
@@ -77,7 +78,7 @@ async def create_key(body: KeyIn, services: ServicesDep) -> dict[str, Any]:
 
 
 @router.patch("/{key_id}")
-async def update_key(key_id: int, body: KeyUpdate, services: ServicesDep) -> dict[str, Any]:
+async def update_key(key_id: KeyId, body: KeyUpdate, services: ServicesDep) -> dict[str, Any]:
     row = await asyncio.to_thread(update_api_key, services.sessions, key_id,
                                   **body.model_dump())
     await asyncio.to_thread(services.keyring.load_from_store)
@@ -85,7 +86,7 @@ async def update_key(key_id: int, body: KeyUpdate, services: ServicesDep) -> dic
 
 
 @router.post("/{key_id}/revoke")
-async def revoke_key(key_id: int, services: ServicesDep) -> dict[str, Any]:
+async def revoke_key(key_id: KeyId, services: ServicesDep) -> dict[str, Any]:
     """Refuse the key from now on (this replica at once, the others within
     ``api_key_refresh_s``); its history stays."""
     row, revoked = await asyncio.to_thread(revoke_api_key, services.sessions, key_id)
