@@ -43,7 +43,13 @@ from typing import Any
 import numpy as np
 from harness import machine_info, markdown_table, print_json_line
 
-from services.caching.semantic import VERIFIER_KINDS, SemanticCache, VectorIndex
+from services.caching.semantic import (
+    VERIFIER_KINDS,
+    Neighbor,
+    SemanticCache,
+    VectorIndex,
+    load_verifier,
+)
 from services.caching.semantic.corpus import Pair, encode_cached, load_pairs
 from services.caching.semantic.train import (
     MANIFEST_NAME,
@@ -51,7 +57,13 @@ from services.caching.semantic.train import (
     Outcome,
     precision_curve,
 )
-from services.embeddings import DEFAULT_ENCODER, ENCODER_KINDS, SentenceEncoder, default_encoder
+from services.embeddings import (
+    DEFAULT_ENCODER,
+    ENCODER_KINDS,
+    SentenceEncoder,
+    default_encoder,
+    default_static_encoder,
+)
 
 SCOPE = ("bench", "bench")
 CACHE_DIR = Path.home() / ".cache" / "optengine"
@@ -148,22 +160,47 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
 
     cache = SemanticCache(encoder=encoder, min_probability=args.threshold,
                           verifier_kind=args.verifier)
+    # the lookup before the static stage, side by side: MiniLM vectors searched directly
+    dense_index = VectorIndex(encoder.dimension)
     for text in entries:
-        cache.add(SCOPE, _digest(text), text, embedding=vectors[row[text]])
+        vector = vectors[row[text]]
+        dense_index.add(SCOPE, _digest(text), text, vector)
+        # the entries' MiniLM vectors are what a lookup would compute for them; given here
+        # so that the run embeds each text once
+        cache.add(SCOPE, _digest(text), text, dense=vector)
     ours: list[Outcome | None] = []
+    before: list[Outcome | None] = []
     cosine_only: list[Outcome | None] = []
+    stage = {"lookups": len(queries), "transformer_lookups": 0, "before_hits": 0,
+             "lost_candidates": 0, "lost_correct": 0, "lost_under_floor": 0}
     t0 = time.perf_counter()
     for pair in queries:
         vector = vectors[row[pair.text_b]]
-        nearest = cache.index.search(SCOPE, vector, k=1)
+        nearest = dense_index.search(SCOPE, vector, k=cache.search_k)
         if nearest:
             kind = _kind(nearest[0].text, pair, same_question)
             cosine_only.append(Outcome(nearest[0].cosine, nearest[0].cosine, kind))
         else:
             cosine_only.append(None)
-        match = cache.score(SCOPE, pair.text_b, embedding=vector)
+        old = cache.verifier.best(pair.text_b, nearest)
+        before.append(Outcome(old[1], old[0].cosine, _kind(old[0].text, pair, same_question))
+                      if old else None)
+        found = cache.candidates(SCOPE, pair.text_b)
+        match = found.match
+        if not found.decided:
+            stage["transformer_lookups"] += 1
+            texts = cache.missing_dense(found)
+            match = cache.verify(SCOPE, found, np.stack([vectors[row[t]] for t in texts]))
         ours.append(Outcome(match.probability, match.cosine,
                             _kind(match.text, pair, same_question)) if match else None)
+        if old and old[1] >= cache.threshold:  # a hit before: can the static stage find it?
+            stage["before_hits"] += 1
+            static = cache.index.search(SCOPE, found.vector, k=cache.candidate_k)
+            kept = {n.digest for n in static if n.cosine >= cache.static_floor}
+            if old[0].digest not in kept:
+                stage["lost_candidates"] += 1
+                stage["lost_correct"] += before[-1] is not None and before[-1].kind == "correct"
+                stage["lost_under_floor"] += old[0].digest in {n.digest for n in static}
     lookup_s = time.perf_counter() - t0
 
     threshold = cache.threshold
@@ -174,6 +211,8 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
     for r, t in zip(gpt_curve, t_grid, strict=True):
         r["gptcache_t"] = t
     default = next(r for r in our_curve if r["threshold"] == round(threshold, 4))
+    before_default = next(r for r in precision_curve(before, positives, grid)
+                          if r["threshold"] == round(threshold, 4))
     gpt_points = {t: next(r for r in gpt_curve if r["gptcache_t"] == t) for t in GPTCACHE_T}
 
     print(f"# semantic cache quality: {args.pairs} ({fmt})")
@@ -200,7 +239,10 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
             cells.append(f"{_labelled_right(r):.3f}")
         return cells
 
-    rows = [line("ours (verifier)", f"p >= {threshold:.3f} (default)", default)]
+    rows = [line("ours: static candidates + rules + verifier", f"p >= {threshold:.3f} (default)",
+                 default),
+            line("ours before: MiniLM search + verifier", f"p >= {threshold:.3f}",
+                 before_default)]
     rows += [line("GPTCache method", f"t = {t} (cos >= {2 * t - 1:.2f})", gpt_points[t])
              for t in GPTCACHE_T]
     print(markdown_table(headers, rows))
@@ -209,6 +251,12 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
     if same_question is not None:
         print("(other entry, labels say same question: a chain of label-1 pairs in the file "
               "joins the query to the entry served; still counted wrong in 'precision')")
+    print(f"\nstatic candidate stage (top {cache.candidate_k}, static cosine >= "
+          f"{cache.static_floor}, then the rules): {stage['transformer_lookups']} of "
+          f"{len(queries)} lookups needed MiniLM and the verifier; of the {stage['before_hits']}"
+          f" hits of the lookup before it, {stage['lost_candidates']} entries are not among the "
+          f"static candidates ({stage['lost_under_floor']} found but under the floor), "
+          f"{stage['lost_correct']} of them correct hits")
     print("\nbest precision at a given recall (each method at its own best threshold)")
     matched = []
     for level in RECALL_LEVELS:
@@ -266,6 +314,11 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
         "gptcache_method": {str(t): {k: v for k, v in gpt_points[t].items()}
                             for t in GPTCACHE_T},
         "precision_labelled_hits": round(_labelled(default), 4),
+        "before_static_stage": {k: before_default[k] for k in (
+            "precision", "recall", "correct", "hits", "wrong_own", "wrong_other",
+            "other_labelled")},
+        "candidate_stage": stage | {"candidate_k": cache.candidate_k,
+                                    "static_floor": cache.static_floor},
         "curve": [{k: r[k] for k in ("threshold", "precision", "recall", "correct", "hits",
                                      "wrong_own", "other_labelled")} for r in our_curve],
         "gptcache_curve": [{k: r[k] for k in ("gptcache_t", "precision", "recall", "correct",
@@ -298,6 +351,55 @@ def label_ceiling(pairs: Sequence[Pair], vectors: np.ndarray, row: dict[str, int
             for name, group in groups]
 
 
+# --- the static candidate floor ------------------------------------------------------------
+
+FLOOR_GRID = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
+
+
+def floor(args: argparse.Namespace) -> dict[str, Any]:
+    """How low the static cosine of the pairs each verifier accepts goes, on the pairs the
+    verifiers were trained and calibrated on (never the evaluation half): the floor of
+    the static candidate stage must let (almost) all of them through."""
+    fmt, pairs = load_pairs(args.pairs)
+    if fmt != "qqp":
+        raise SystemExit("--floor reads the QQP pairs: the floor is chosen on their "
+                         "training half")
+    manifest = _manifest()
+    training = [p for p in pairs if p.digest[:16] in manifest]
+    encoder = default_encoder(args.encoders[0])
+    texts = sorted({t for p in training for t in (p.text_a, p.text_b)})
+    row = {t: i for i, t in enumerate(texts)}
+    dense = encode_cached(encoder.encode, texts, _embeddings_cache(args, encoder))
+    cache = SemanticCache(encoder=encoder, verifier_kind="features")
+    static = default_static_encoder().encode(texts)
+    result: dict[str, Any] = {"mode": "floor", "pairs": len(training), "verifiers": {}}
+    table = []
+    for kind in VERIFIER_KINDS:
+        verifier = cache.verifier if kind == "features" else load_verifier(kind)
+        for label, threshold in (("calibrated", verifier.threshold), ("p >= 0.5", 0.5)):
+            accepted = []
+            for p in training:
+                a, b = row[p.text_a], row[p.text_b]
+                best = verifier.best(p.text_b, [Neighbor("a", p.text_a,
+                                                         float(dense[a] @ dense[b]))])
+                if best is not None and best[1] >= threshold:
+                    accepted.append(float(static[a] @ static[b]))
+            values = np.asarray(accepted)
+            shares = {f: float((values >= f).mean()) if len(values) else 1.0
+                      for f in FLOOR_GRID}
+            result["verifiers"][f"{kind}, {label}"] = {
+                "accepted": len(values), "share_at_or_above": shares,
+                "min": float(values.min()) if len(values) else None,
+                "p0.5": _pct(values, 0.5) if len(values) else None,
+                "p1": _pct(values, 1) if len(values) else None}
+            table.append([kind, f"{label} ({threshold:.3f})", len(values),
+                          *[f"{shares[f]:.4f}" for f in FLOOR_GRID]])
+    print(f"# static cosine of the accepted pairs: {len(training)} training-half QQP pairs")
+    print(markdown_table(["verifier", "accepted at", "pairs accepted",
+                          *[f"share >= {f}" for f in FLOOR_GRID]], table))
+    return result
+
+
 # --- latency -----------------------------------------------------------------------------
 
 ENTRY_TEMPLATES = ("{q}", "Quick question: {q}", "{q} Please explain briefly.",
@@ -327,41 +429,48 @@ def _pct(values: Sequence[float], q: float) -> float:
 
 
 def latency(args: argparse.Namespace) -> dict[str, Any]:
+    """Lookups on one scope of ``--sizes`` entries, each step timed apart: the static
+    embedding, the search, the rules, and (for lookups whose candidates survive the rules)
+    the MiniLM pass and the verifier. Entries are indexed by their static vectors, as the
+    gateway indexes them; an entry's MiniLM vector is computed the first time it is a
+    candidate, as in the gateway (so the figures include those cold passes)."""
     _, pairs = load_pairs(args.pairs)
     sizes = sorted(int(s) for s in args.sizes.split(","))
     corpus, base = latency_corpus(pairs, max(sizes))
-    # the first encoder embeds the entries and its query vector is searched and verified;
-    # every encoder embeds every query, one after the other, so their times compare
+    # the first encoder runs step 3; every encoder embeds every query, one after the
+    # other, so their times compare
     encoders = [default_encoder(kind) for kind in args.encoders]
     encoder = encoders[0]
+    static_encoder = default_static_encoder()
     t0 = time.perf_counter()
-    vectors = encode_cached(encoder.encode, corpus, _embeddings_cache(args, encoder))
-    print(f"# semantic lookup latency: {len(corpus)} entries embedded/loaded in "
-          f"{time.perf_counter() - t0:.0f} s")
+    vectors = static_encoder.encode(corpus)
+    print(f"# semantic lookup latency: {len(corpus)} entries embedded statically in "
+          f"{time.perf_counter() - t0:.1f} s")
     step = max(1, len(base) // args.queries)
     query_texts = [QUERY_TEMPLATE.format(q=q) for q in base[::step][: args.queries]]
-    query_vectors = encoder.encode(query_texts)
+    query_vectors = static_encoder.encode(query_texts)
     if args.export:
         args.export.mkdir(parents=True, exist_ok=True)
         np.save(args.export / "entries.npy", vectors)
         np.save(args.export / "queries.npy", query_vectors)
         print(f"exported vectors to {args.export}")
-    cache = SemanticCache(encoder=encoder, verifier_kind=args.verifier)
-    results: dict[str, Any] = {"mode": "latency", "sizes": {}, "machine": machine_info(),
-                               "verifier": cache.verifier.kind}
+    results: dict[str, Any] = {"mode": "latency", "sizes": {}, "machine": machine_info()}
     rows, design_rows = [], []
     for size in sizes:
-        cache.index.clear()
+        cache = SemanticCache(encoder=encoder, static_encoder=static_encoder,
+                              verifier_kind=args.verifier)
+        results["verifier"] = cache.verifier.kind
         for i in range(size):
-            cache.index.add(SCOPE, _digest(corpus[i]), corpus[i], vectors[i])
+            cache.add(SCOPE, _digest(corpus[i]), corpus[i], vector=vectors[i])
         load_before = os.getloadavg()[0]
         for text in query_texts[:10]:  # warm caches, the encoders and the feature memo
             cache.score(SCOPE, text)
             for other in encoders[1:]:
                 other.encode_one(text)
-        embed: dict[str, list[float]] = {e.kind: [] for e in encoders}
-        search, verify = [], []
-        hits = 0
+        embed: dict[str, list[float]] = {e.kind: [] for e in encoders[1:]}
+        parts: dict[str, list[float]] = {name: [] for name in (
+            "static embed", "search", "rules", "MiniLM pass", "verify", "total")}
+        hits = dense_lookups = dense_texts = 0
         scored_before = getattr(cache.verifier, "pairs_scored", 0)
         for text in query_texts:
             for other in encoders[1:]:
@@ -369,36 +478,51 @@ def latency(args: argparse.Namespace) -> dict[str, Any]:
                 other.encode_one(text)
                 embed[other.kind].append((time.perf_counter() - a) * 1e3)
             a = time.perf_counter()
-            vector = cache.embed(text)
+            vector = cache.static_embed(text)
             b = time.perf_counter()
-            neighbors = cache.index.search(SCOPE, vector, k=cache.search_k)
+            found = cache.candidates(SCOPE, text, vector=vector)
             c = time.perf_counter()
-            best = cache.verifier.best(text, neighbors)
-            d = time.perf_counter()
-            hits += best is not None and best[1] >= cache.threshold
-            embed[encoder.kind].append((b - a) * 1e3)
-            search.append((c - b) * 1e3)
-            verify.append((d - c) * 1e3)
+            cache.index.search(SCOPE, vector, k=cache.candidate_k, min_cosine=cache.static_floor)
+            search = time.perf_counter() - c
+            dense = verify = 0.0
+            match = found.match
+            if not found.decided:
+                texts = cache.missing_dense(found)
+                d = time.perf_counter()
+                rows_ = encoder.encode(texts)
+                e = time.perf_counter()
+                match = cache.verify(SCOPE, found, rows_)
+                dense, verify = e - d, time.perf_counter() - e
+                dense_lookups += 1
+                dense_texts += len(texts)
+            hits += match is not None and match.accepted
+            for name, seconds in (("static embed", b - a), ("search", search),
+                                  ("rules", max(0.0, c - b - search)), ("MiniLM pass", dense),
+                                  ("verify", verify), ("total", c - a + dense + verify)):
+                parts[name].append(seconds * 1e3)
         load_after = os.getloadavg()[0]
-        # pairs the cross-encoder scored (the guards refuse the rest before it)
+        # pairs the cross-encoder scored (the rules refuse the rest before it)
         scored = getattr(cache.verifier, "pairs_scored", 0) - scored_before
         stats = cache.stats()
-        parts = {f"embed ({kind})": times for kind, times in embed.items()}
-        parts |= {"search": search, "verify": verify}
-        parts |= {f"total ({kind})": list(np.add(times, search) + verify)
-                  for kind, times in embed.items()}
+        parts |= {f"embed ({kind}, for comparison)": times for kind, times in embed.items()}
+        needing = [i for i, t in enumerate(parts["MiniLM pass"]) if t > 0]
+        for name in ("MiniLM pass", "verify", "total"):
+            if needing:
+                parts[f"{name}, lookups needing MiniLM"] = [parts[name][i] for i in needing]
         point = {
             "entries": size, "queries": len(query_texts), "hits": hits,
+            "lookups_needing_minilm": dense_lookups, "minilm_texts": dense_texts,
             "parts_ms": {name: {"p50": _pct(v, 50), "p95": _pct(v, 95)}
-                         for name, v in parts.items()},
+                         for name, v in parts.items() if v},
             "index_bytes": stats.vector_bytes, "load_before": load_before,
             "load_after": load_after, "model_pairs": scored,
-            "verify_ms_per_model_pair": sum(verify) / scored if scored else None,
+            "verify_ms_per_model_pair": sum(parts["verify"]) / scored if scored else None,
         }
-        if scored:
-            print(f"{size:,} entries: the verifier's model scored {scored} pairs for "
-                  f"{len(query_texts)} lookups, {sum(verify) / scored:.2f} ms of verification "
-                  "per scored pair")
+        print(f"{size:,} entries: {dense_lookups} of {len(query_texts)} lookups needed MiniLM "
+              f"({dense_texts} texts embedded, the queries and candidates met for the first "
+              f"time); the verifier's model scored {scored} pairs"
+              + (f", {sum(parts['verify']) / scored:.2f} ms of verification per scored pair"
+                 if scored else ""))
         results["sizes"][str(size)] = point
         for name, figures in point["parts_ms"].items():
             rows.append([f"{size:,}", name, figures["p50"], figures["p95"],
@@ -409,7 +533,7 @@ def latency(args: argparse.Namespace) -> dict[str, Any]:
     print(markdown_table(["entries", "part", "p50 ms", "p95 ms", "load 1-min before/after"],
                          rows))
     if design_rows:
-        print("\nindex designs on the same queries (search only)")
+        print("\nindex designs on the same queries (search only, static vectors)")
         print(markdown_table(["entries", "design", "p50 ms", "p95 ms", "top-1 = exact",
                               "top-4 = exact", "memory MB"], design_rows))
     return results
@@ -478,6 +602,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--verifier", choices=VERIFIER_KINDS, default="cross-encoder",
                         help="which verifier accepts candidates (setting cache_semantic_verifier)")
     parser.add_argument("--latency", action="store_true", help="measure lookup latency")
+    parser.add_argument("--floor", action="store_true",
+                        help="static cosine of the pairs the verifiers accept (training half)")
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--no-designs", dest="designs", action="store_false",
@@ -488,7 +614,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = set(args.encoders) - set(ENCODER_KINDS)
     if unknown or not args.encoders:
         parser.error(f"--encoders: expected some of {', '.join(ENCODER_KINDS)}")
-    result = latency(args) if args.latency else quality(args)
+    result = latency(args) if args.latency else floor(args) if args.floor else quality(args)
     print()
     print_json_line(result)
     return 0

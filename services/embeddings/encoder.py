@@ -84,6 +84,19 @@ class SentenceEncoder(ABC):
                     out.append((ids[row, :n].copy(), hidden[row, :n].copy()))
         return out
 
+    def vocab_size(self) -> int:
+        return int(self._tokenizer.get_vocab_size())
+
+    def single_token_states(self, ids: np.ndarray) -> np.ndarray:
+        """The mean-pooled, unnormalised output of ``[CLS] id [SEP]`` for each token id
+        (float64 rows): what a static token table distils (``embeddings.static``)."""
+        cls_id, sep_id = (self._tokenizer.token_to_id(t) for t in ("[CLS]", "[SEP]"))
+        ids = np.asarray(ids, dtype=np.int64)
+        batch = np.stack([np.full(len(ids), cls_id), ids, np.full(len(ids), sep_id)], axis=1)
+        with self._lock, self._one_thread():
+            hidden = self._forward(batch, np.ones(batch.shape, dtype=np.float32))
+        return np.asarray(hidden, dtype=np.float64).mean(axis=1)
+
     def _hidden(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Token ids, 0/1 mask and last hidden state of a padded batch."""
         encodings = self._tokenizer.encode_batch(texts)

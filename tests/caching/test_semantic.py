@@ -11,7 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.caching.semantic import SemanticCache, SemanticRow, SemanticVerifier, VectorIndex
+from services.caching.semantic import (
+    EMBEDDING_MODEL,
+    SemanticCache,
+    SemanticRow,
+    SemanticVerifier,
+    VectorIndex,
+)
 from services.caching.semantic.features import FEATURE_NAMES, pair_features
 from services.caching.semantic.train import MANIFEST_NAME, PACKAGE_DIR, train
 from services.caching.semantic.verifier import MODEL_PATH
@@ -114,12 +120,13 @@ def test_rows_round_trip_and_expired_entries_are_not_served(cache: SemanticCache
     stored = "What is the best way to learn Python?"
     asked = "What's the best way to learn Python?"
     cache.index.clear()
-    vector = cache.embed(stored)
-    cache.add(TENANT_A, "fresh", stored, embedding=vector, ttl_s=60, now=1000.0)
-    cache.add(TENANT_B, "old", stored, embedding=vector, ttl_s=60, now=0.0)
+    vector = cache.static_embed(stored)
+    cache.add(TENANT_A, "fresh", stored, vector=vector, ttl_s=60, now=1000.0)
+    cache.add(TENANT_B, "old", stored, vector=vector, ttl_s=60, now=0.0)
     rows = cache.snapshot()
     assert {r.digest for r in rows} == {"fresh", "old"}
-    assert all(len(r.embedding) == 4 * 384 for r in rows)
+    assert all(len(r.embedding) == 4 * cache.index.dimension for r in rows)
+    assert {r.embedding_model for r in rows} == {cache.static_model}
 
     rebuilt = SemanticCache(verifier=cache.verifier)
     assert rebuilt.load(rows, now=1030.0) == 1  # "old" expired at 60
@@ -131,6 +138,74 @@ def test_rows_round_trip_and_expired_entries_are_not_served(cache: SemanticCache
     foreign = SemanticRow("tenant/a", "ctx", "x", stored, rows[0].embedding, 0.0, None,
                           embedding_model="another-model")
     assert rebuilt.load([foreign]) == 0
+
+
+def test_rows_of_the_minilm_index_are_reembedded_statically_and_keep_their_vector(
+        cache: SemanticCache) -> None:
+    """Rows written before the static stage hold MiniLM vectors: they are indexed by their
+    static vector and their MiniLM one is reused, so a lookup embeds only the question."""
+    stored = "What is the best way to learn Python?"
+    old = SemanticRow(*TENANT_A, "old-row", stored, cache.embed(stored).astype("<f4").tobytes(),
+                      0.0, None, embedding_model=EMBEDDING_MODEL)
+    wrong_size = SemanticRow(*TENANT_A, "cut-row", stored, b"\0" * 16, 0.0, None,
+                             embedding_model=EMBEDDING_MODEL)
+    rebuilt = SemanticCache(verifier=cache.verifier)
+    assert rebuilt.load([old, wrong_size]) == 1
+    assert rebuilt.dense_known("old-row")
+    before = rebuilt.dense_texts
+    match = rebuilt.lookup(TENANT_A, "What's the best way to learn Python?")
+    assert match is not None and match.digest == "old-row"
+    assert rebuilt.dense_texts - before == 1  # the question only
+    assert rebuilt.snapshot()[0].embedding_model == rebuilt.static_model
+
+
+# --- the static candidate stage ----------------------------------------------------------
+
+
+def test_storing_never_runs_minilm(cache: SemanticCache) -> None:
+    cache.index.clear()
+    before = cache.dense_texts
+    row = cache.add(TENANT_A, "a", "How do I make pancakes without eggs?")
+    assert cache.dense_texts == before
+    assert not cache.dense_known("a")
+    assert np.allclose(row.vector(), cache.static_embed("How do I make pancakes without eggs?"))
+
+
+@pytest.mark.parametrize(("stored", "asked"), [
+    ("How many calories are in 2 eggs?", "How many calories are in 3 eggs?"),
+    ("Why is my phone not charging?", "Why is my phone charging?"),
+    ("How do I get a visa for Canada?", "How do I get a visa for Australia?"),
+    ("Summarise this ticket #1041", "Summarise this ticket #1042"),
+])
+def test_a_rule_refuses_without_a_transformer_pass(permissive: SemanticCache, stored: str,
+                                                   asked: str) -> None:
+    permissive.index.clear()
+    permissive.add(TENANT_A, digest(stored), stored)
+    before = permissive.dense_texts
+    found = permissive.candidates(TENANT_A, asked)
+    assert found.decided and found.match is not None and not found.match.accepted
+    assert found.match.digest == digest(stored)  # it was a candidate, refused by a rule
+    assert permissive.lookup(TENANT_A, asked) is None
+    assert permissive.dense_texts == before
+
+
+def test_a_candidate_keeps_its_minilm_vector(permissive: SemanticCache) -> None:
+    stored, asked = "How can I lose weight quickly?", "How can I lose weight fast?"
+    permissive.index.clear()
+    permissive.add(TENANT_A, digest(stored), stored)
+    before = permissive.dense_texts
+    assert permissive.lookup(TENANT_A, asked) is not None
+    assert permissive.dense_texts - before == 2  # the question and the candidate
+    assert permissive.dense_known(digest(stored))
+    assert permissive.lookup(TENANT_A, "How do I lose weight fast?") is not None
+    assert permissive.dense_texts - before == 3  # then the question only
+
+
+def test_candidates_under_the_static_floor_are_not_verified(cache: SemanticCache) -> None:
+    cache.index.clear()
+    cache.add(TENANT_A, "a", "What is the capital of France?")
+    found = cache.candidates(TENANT_A, "How do I fix a flat bicycle tyre?")
+    assert found.decided and found.match is None and not found.admitted
 
 
 def test_adds_from_threads_while_searching() -> None:

@@ -29,31 +29,12 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from services.caching.semantic.features import same_words_key, text_facts
+from services.caching.semantic.features import GUARDS, guard_refuses, same_words_key
 from services.caching.semantic.index import Neighbor
 
 MODEL_PATH = Path(__file__).with_name("cross_encoder.onnx")
 SPEC_PATH = Path(__file__).with_name("cross_encoder.json")
-GUARDS = ("numbers", "negation", "entities")
-
-
-def guard_refuses(query: str, candidate: str, guards: Sequence[str] = GUARDS) -> str | None:
-    """The first guard that tells the two texts apart, or None.
-
-    ``numbers``: a number (digits or a number word) on one side only; ``negation``: one
-    side negated; ``entities``: a name, code or quoted phrase of one side that the
-    other does not mention in any casing.
-    """
-    a, b = text_facts(query), text_facts(candidate)
-    if "numbers" in guards and a.numbers != b.numbers:
-        return "numbers"
-    if "negation" in guards and a.negated != b.negated:
-        return "negation"
-    if "entities" in guards:
-        for x, y in ((a, b), (b, a)):
-            if any(not all(p in y.tokens for p in e.split()) for e in x.entities):
-                return "entities"
-    return None
+__all__ = ["GUARDS", "CrossEncoder", "CrossEncoderVerifier", "guard_refuses"]
 
 
 class CrossEncoder:
@@ -159,6 +140,12 @@ class CrossEncoderVerifier:
         if len(text) > 8 * self.encoder.max_tokens:  # cheap bound before tokenizing
             return False
         return 2 * self.encoder.tokens(text) + 3 <= self.encoder.max_tokens
+
+    def admits(self, query: str, candidate: str) -> bool:
+        """Whether a candidate is worth a transformer pass: no guard refuses it and the
+        pair fits the model's window (otherwise ``probabilities`` gives it 0)."""
+        return (guard_refuses(query, candidate, self.guards) is None
+                and self.encoder.fits(query, candidate))
 
     def combined(self, logits: Sequence[float], cosines: Sequence[float]) -> list[float]:
         a, b, c = self._combine

@@ -16,6 +16,7 @@ module can never be silently mismatched.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -226,3 +227,25 @@ def pair_features(query: str, candidate: str, cosine: float) -> list[float]:
         _order_agreement(a, b),
         _jaccard(a.char3, b.char3),
     ]
+
+
+GUARDS = ("numbers", "negation", "entities")  # the cheap rules, in the order they run
+
+
+def guard_refuses(query: str, candidate: str, guards: Sequence[str] = GUARDS) -> str | None:
+    """The first guard that tells the two texts apart, or None.
+
+    ``numbers``: a number (digits or a number word) on one side only; ``negation``: one
+    side negated; ``entities``: a name, code or quoted phrase of one side that the
+    other does not mention in any casing.
+    """
+    a, b = text_facts(query), text_facts(candidate)
+    if "numbers" in guards and a.numbers != b.numbers:
+        return "numbers"
+    if "negation" in guards and a.negated != b.negated:
+        return "negation"
+    if "entities" in guards:
+        for x, y in ((a, b), (b, a)):
+            if any(not all(p in y.tokens for p in e.split()) for e in x.entities):
+                return "entities"
+    return None

@@ -23,7 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from services.caching.semantic.features import FEATURE_NAMES, pair_features, same_words_key
+from services.caching.semantic.features import (
+    FEATURE_NAMES,
+    GUARDS,
+    guard_refuses,
+    pair_features,
+    same_words_key,
+)
 from services.caching.semantic.index import Neighbor
 
 MODEL_PATH = Path(__file__).with_name("verifier.json")
@@ -111,6 +117,7 @@ class SemanticVerifier:
         self.calibrated_threshold = float(spec["threshold"])
         self.threshold = self.calibrated_threshold if threshold is None else float(threshold)
         self.min_cosine = float(spec.get("min_cosine", 0.0))
+        self.guards = tuple(spec.get("guards", GUARDS))
 
     @classmethod
     def load(cls, path: str | Path | None = None, *, threshold: float | None = None
@@ -122,6 +129,11 @@ class SemanticVerifier:
 
     def with_threshold(self, threshold: float) -> SemanticVerifier:
         return SemanticVerifier(self.spec, threshold=threshold)
+
+    def admits(self, query: str, candidate: str) -> bool:
+        """Whether a candidate is worth a transformer pass: the cheap rules (a number,
+        negation or entity on one side only) refuse it without one."""
+        return guard_refuses(query, candidate, self.guards) is None
 
     def probabilities(self, query: str, candidates: list[tuple[str, float]]) -> list[float]:
         """P(same question) for each (candidate text, cosine), in one vectorised pass.

@@ -15,10 +15,12 @@ parameters, system prompt, tools, earlier turns: everything but the last user me
 and served only when the verifier accepts it: at the calibrated threshold, or at the
 tenant's own (``cache_semantic_tenant_min_probability``).
 
-The semantic stage costs an embedding per question, so it is skipped for questions the
-verifier cannot judge (too long for its window); concurrent questions are embedded
-together off the event loop (``SemanticCache.embed_batched``), and the vector of a
-miss is kept to index its answer, never computed twice.
+The semantic stage is skipped for questions the verifier cannot judge (too long for its
+window). A lookup searches the question's static vector (microseconds) and runs the
+cheap rules first; only when a candidate survives them does it run MiniLM (concurrent
+questions embedded together off the event loop) and the verifier
+(``SemanticCache.lookup_async``). The vectors of a miss are kept to index its answer,
+never computed twice, and indexing needs no transformer pass.
 """
 
 from __future__ import annotations
@@ -56,11 +58,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class SemanticQuery:
-    """The request's question in its scope, and its embedding once computed."""
+    """The request's question in its scope, and its vectors once computed (static; MiniLM
+    only when the lookup needed it)."""
 
     scope: tuple[str, str]
     text: str
     vector: np.ndarray | None = None
+    dense: np.ndarray | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,10 +237,9 @@ class CacheStage:
         min_probability: float | None,
     ) -> Hit | None:
         assert self._semantic is not None
-        query.vector = await self._semantic.embed_batched(query.text)
-        match = await asyncio.to_thread(self._semantic.lookup, query.scope, query.text,
-                                        embedding=query.vector,
-                                        min_probability=min_probability)
+        match, found = await self._semantic.lookup_async(query.scope, query.text,
+                                                         min_probability=min_probability)
+        query.vector, query.dense = found.vector, found.dense
         if match is None:
             return None
         hit = await self._cache.lookup(CacheKey(namespace, match.digest),
@@ -255,17 +258,20 @@ class CacheStage:
             task.add_done_callback(self._background.discard)
 
     async def _index(self, digest: str, query: SemanticQuery) -> None:
-        """Index a newly cached question (embedded by its lookup, or now), off the
-        request's path."""
-        assert self._semantic is not None
+        """Index a newly cached question (its vectors from its lookup, or the static one
+        computed now when the request did not read the cache) and persist it, on a worker
+        thread, off the request's path."""
+        semantic, store = self._semantic, self._semantic_store
+        assert semantic is not None
+
+        def index_and_save() -> None:
+            row = semantic.add(query.scope, digest, query.text, vector=query.vector,
+                               dense=query.dense, ttl_s=self._semantic_ttl_s)
+            if store is not None:
+                store.save(row)
+
         try:
-            vector = query.vector
-            if vector is None:  # the request did not read the cache (no-cache)
-                vector = await self._semantic.embed_batched(query.text)
-            row = await asyncio.to_thread(self._semantic.add, query.scope, digest, query.text,
-                                          embedding=vector, ttl_s=self._semantic_ttl_s)
-            if self._semantic_store is not None:
-                await asyncio.to_thread(self._semantic_store.save, row)
+            await asyncio.to_thread(index_and_save)
         except Exception:  # indexing is best effort: the exact entry is already stored
             log.warning("semantic indexing failed", exc_info=True)
 
