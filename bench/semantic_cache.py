@@ -376,15 +376,14 @@ def floor(args: argparse.Namespace) -> dict[str, Any]:
     table = []
     for kind in VERIFIER_KINDS:
         verifier = cache.verifier if kind == "features" else load_verifier(kind)
+        scored = []  # (probability, static cosine) of every pair the verifier judges
+        for p in training:
+            a, b = row[p.text_a], row[p.text_b]
+            best = verifier.best(p.text_b, [Neighbor("a", p.text_a, float(dense[a] @ dense[b]))])
+            if best is not None:
+                scored.append((best[1], float(static[a] @ static[b])))
         for label, threshold in (("calibrated", verifier.threshold), ("p >= 0.5", 0.5)):
-            accepted = []
-            for p in training:
-                a, b = row[p.text_a], row[p.text_b]
-                best = verifier.best(p.text_b, [Neighbor("a", p.text_a,
-                                                         float(dense[a] @ dense[b]))])
-                if best is not None and best[1] >= threshold:
-                    accepted.append(float(static[a] @ static[b]))
-            values = np.asarray(accepted)
+            values = np.asarray([c for prob, c in scored if prob >= threshold])
             shares = {f: float((values >= f).mean()) if len(values) else 1.0
                       for f in FLOOR_GRID}
             result["verifiers"][f"{kind}, {label}"] = {

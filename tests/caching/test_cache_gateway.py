@@ -269,6 +269,8 @@ def test_semantic_guards_refuse_a_changed_number_negation_or_entity(
         workers=[vllm_worker.base_url], api_keys=["key-a:tenant-a"],
         cache_semantic_tenants=["*"], cache_semantic_verifier=verifier,
         cache_semantic_tenant_min_probability={"tenant-a": 0.3}))
+    semantic = next(s for s in gateway.services.serving._pipeline.stages
+                    if s.name == "cache")._semantic
     assert ask(gateway, "How can I lose weight quickly?", "key-a") == "MISS"
     assert ask(gateway, "How can I lose weight fast?", "key-a") == "HIT-SEMANTIC"
     for stored, changed in [
@@ -277,7 +279,9 @@ def test_semantic_guards_refuse_a_changed_number_negation_or_entity(
         ("How do I get a visa for Canada?", "How do I get a visa for Australia?"),
     ]:
         assert ask(gateway, stored, "key-a") == "MISS"
+        passes = semantic.dense_texts
         assert ask(gateway, changed, "key-a") == "MISS", changed
+        assert semantic.dense_texts == passes, changed  # refused by a rule, no MiniLM pass
         assert ask(gateway, stored.lower().rstrip("?"), "key-a") == "HIT-SEMANTIC"
 
 
