@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, select
@@ -19,6 +20,8 @@ from services.caching.semantic import SemanticCache, SemanticRow
 log = logging.getLogger(__name__)
 
 _SKEW = timedelta(seconds=60)  # clock skew between replicas
+_UPDATED = ("namespace", "context_hash", "text", "embedding", "embedding_model", "created_at",
+            "expires_at")
 
 
 def _aware(value: datetime) -> datetime:
@@ -30,7 +33,24 @@ class SemanticStore:
         self._engine = engine
 
     def save(self, row: SemanticRow) -> None:
-        values = {
+        self.save_many([row])
+
+    def save_many(self, rows: Sequence[SemanticRow]) -> None:
+        """Upsert rows in one transaction (one executemany): the gateway batches the
+        entries its misses index, since a transaction per entry cost about 1 ms of CPU."""
+        if not rows:
+            return
+        if self._engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        statement = insert(SemanticEntry)
+        statement = statement.on_conflict_do_update(
+            index_elements=["digest"],
+            set_={c: statement.excluded[c] for c in _UPDATED},
+        )
+        values = [{
+            "digest": row.digest,
             "namespace": row.namespace,
             "context_hash": row.context_hash,
             "text": row.text,
@@ -39,14 +59,9 @@ class SemanticStore:
             "created_at": datetime.fromtimestamp(row.created_at, UTC),
             "expires_at": (datetime.fromtimestamp(row.expires_at, UTC)
                            if row.expires_at is not None else None),
-        }
-        if self._engine.dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
-        statement = insert(SemanticEntry).values(digest=row.digest, **values)
+        } for row in {r.digest: r for r in rows}.values()]  # last write of a digest wins
         with self._engine.begin() as conn:
-            conn.execute(statement.on_conflict_do_update(index_elements=["digest"], set_=values))
+            conn.execute(statement, values)
 
     def rows_since(self, since: datetime | None) -> list[SemanticRow]:
         now = datetime.now(UTC)

@@ -105,6 +105,7 @@ class CrossEncoderVerifier:
     cross-encoder behind the guards. Thread-safe."""
 
     kind = "cross-encoder"
+    skips_refused = True  # the model scores the nearest candidates the rules let through
 
     def __init__(self, spec: dict[str, Any], *, encoder: CrossEncoder | None = None,
                  threshold: float | None = None) -> None:

@@ -99,6 +99,10 @@ class Verdict:
 class SemanticVerifier:
     """Scores candidate matches; thread-safe (immutable after construction)."""
 
+    # It judges the nearest candidate only: one a rule refuses is a miss, it does not make
+    # way for the next (which the model would judge in its place, and sometimes accept).
+    skips_refused = False
+
     def __init__(self, spec: dict[str, Any], *, threshold: float | None = None) -> None:
         names = tuple(spec["features"])
         if names != FEATURE_NAMES:

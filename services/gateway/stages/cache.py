@@ -55,6 +55,9 @@ from services.protocol import Usage
 
 log = logging.getLogger(__name__)
 
+INDEX_BATCH = 256  # questions indexed and persisted per store transaction
+MAX_PENDING_INDEX = 20_000
+
 
 @dataclass(slots=True)
 class SemanticQuery:
@@ -119,6 +122,8 @@ class CacheStage:
         self._semantic_min_probability = dict(semantic_min_probability or {})
         self._semantic_ttl_s = semantic_ttl_s
         self._background: set[asyncio.Task[None]] = set()
+        self._to_index: list[tuple[str, SemanticQuery]] = []  # cached, not yet indexed
+        self._indexing = False
 
     def wants_semantic(self, ctx: RequestContext) -> bool:
         if self._semantic is None:
@@ -252,28 +257,41 @@ class CacheStage:
     async def _store(self, key: CacheKey, entry: CachedResponse,
                      scoped: SemanticQuery | None) -> None:
         await self._cache.store(key, entry)
-        if scoped is not None and self._semantic is not None:
-            task = asyncio.create_task(self._index(key.digest, scoped))
+        if scoped is None or self._semantic is None:
+            return
+        if len(self._to_index) >= MAX_PENDING_INDEX:  # indexing cannot keep up: skip it
+            log.warning("semantic indexing queue full; entry not indexed")
+            return
+        self._to_index.append((key.digest, scoped))
+        if not self._indexing:
+            self._indexing = True
+            task = asyncio.create_task(self._index_behind())
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
-    async def _index(self, digest: str, query: SemanticQuery) -> None:
-        """Index a newly cached question (its vectors from its lookup, or the static one
-        computed now when the request did not read the cache) and persist it, on a worker
-        thread, off the request's path."""
-        semantic, store = self._semantic, self._semantic_store
-        assert semantic is not None
-
-        def index_and_save() -> None:
-            row = semantic.add(query.scope, digest, query.text, vector=query.vector,
-                               dense=query.dense, ttl_s=self._semantic_ttl_s)
-            if store is not None:
-                store.save(row)
-
+    async def _index_behind(self) -> None:
+        """Index newly cached questions (their vectors from their lookup, or the static one
+        computed now when the request did not read the cache) and persist them, in batches
+        on a worker thread, off the requests' path: whatever queued while the last batch
+        was written is the next batch, one store transaction each."""
         try:
-            await asyncio.to_thread(index_and_save)
-        except Exception:  # indexing is best effort: the exact entry is already stored
-            log.warning("semantic indexing failed", exc_info=True)
+            while self._to_index:
+                batch = self._to_index[:INDEX_BATCH]
+                del self._to_index[:INDEX_BATCH]
+                try:
+                    await asyncio.to_thread(self._index_batch, batch)
+                except Exception:  # best effort: the exact entries are already stored
+                    log.warning("semantic indexing failed", exc_info=True)
+        finally:
+            self._indexing = False
+
+    def _index_batch(self, batch: list[tuple[str, SemanticQuery]]) -> None:
+        semantic = self._semantic
+        assert semantic is not None
+        rows = [semantic.add(q.scope, digest, q.text, vector=q.vector, dense=q.dense,
+                             ttl_s=self._semantic_ttl_s) for digest, q in batch]
+        if self._semantic_store is not None:
+            self._semantic_store.save_many(rows)
 
     async def drain(self) -> None:
         while self._background:
