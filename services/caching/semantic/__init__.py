@@ -297,14 +297,21 @@ class SemanticCache:
         if not neighbors:
             return found
         words = same_words_key(text)
-        for neighbor in neighbors:
+        # the verifier's own rule, where it looks: the feature verifier judges the nearest
+        # candidate only, the cross-encoder's probabilities cover the nearest search_k
+        judged = neighbors[: self.search_k] if self.verifier.skips_refused else neighbors[:1]
+        for neighbor in judged:
             if same_words_key(neighbor.text) == words:
                 found.match = SemanticMatch(neighbor.digest, neighbor.text, neighbor.cosine,
                                             1.0, True)
                 return found
-        if self.verifier.skips_refused or self.verifier.admits(text, neighbors[0].text):
+        if self.verifier.skips_refused:
             found.admitted = [n for n in neighbors if self.verifier.admits(text, n.text)
                               ][: self.search_k]
+        else:
+            nearest = neighbors[: self.search_k]
+            if any(self.verifier.admits(text, n.text) for n in nearest):
+                found.admitted = nearest
         if not found.admitted:  # refused by a rule: report the nearest
             nearest = neighbors[0]
             found.match = SemanticMatch(nearest.digest, nearest.text, nearest.cosine, 0.0,
