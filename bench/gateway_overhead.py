@@ -102,6 +102,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--semantic-gateway", action="store_true",
                         help="with --gateway-cache on: also measure a gateway with the "
                              "semantic cache on for every tenant (target 'gateway-semantic')")
+    parser.add_argument("--semantic-variants", action="store_true",
+                        help="run every --variant with the semantic cache on for every "
+                             "tenant (to compare semantic lookups side by side)")
     parser.add_argument("--unique", action="store_true",
                         help="make every request body unique (a cache never hits)")
     parser.add_argument("--upstream-processes", type=int, default=2,
@@ -386,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     targets = ["direct", "gateway", *(v[0] for v in variants)]
     if args.experiment:
         targets.append("experiment")
+    if args.semantic_variants and (args.gateway_cache != "on" or not variants):
+        raise SystemExit("--semantic-variants needs --gateway-cache on and a --variant")
     if args.semantic_gateway:
         if args.gateway_cache != "on":
             raise SystemExit("--semantic-gateway needs --gateway-cache on")
@@ -411,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, src, python in variants:
         services[name], urls[name] = start_gateway(
             workdir, upstream_url, model, name=name, src=src, python=python, cache=cache,
-            redis_url=redis_url,
+            redis_url=redis_url, semantic_tenants="*" if args.semantic_variants else None,
         )
         keys[name] = GATEWAY_KEY
     if args.experiment:
