@@ -403,6 +403,23 @@ def floor(args: argparse.Namespace) -> dict[str, Any]:
     print(f"# static cosine of the accepted pairs: {len(training)} training-half QQP pairs")
     print(markdown_table(["verifier", "accepted at", "pairs accepted",
                           *[f"share >= {f}" for f in FLOOR_GRID]], table))
+    # how the static vectors rank a duplicate's own entry among all the entries, against
+    # MiniLM's (the measure the table's dimensions and weights were chosen by)
+    entries = sorted({p.text_a for p in training})
+    position = {t: i for i, t in enumerate(entries)}
+    duplicates = [p for p in training if p.label == 1 and p.text_b not in position]
+    own = np.array([position[p.text_a] for p in duplicates])
+    ranks_rows = []
+    for name, vectors in (("static", static), ("MiniLM", dense)):
+        e = vectors[[row[t] for t in entries]]
+        q = vectors[[row[p.text_b] for p in duplicates]]
+        scores = q @ e.T
+        rank = (scores > scores[np.arange(len(own)), own][:, None]).sum(axis=1)
+        recall = {k: float((rank < k).mean()) for k in (1, 4, 8, 16)}
+        result[f"own_entry_recall_{name}"] = recall
+        ranks_rows.append([name, *[f"{recall[k]:.3f}" for k in (1, 4, 8, 16)]])
+    print(f"\n{len(duplicates)} duplicates, their own entry among {len(entries)} entries")
+    print(markdown_table(["vectors", "top 1", "top 4", "top 8", "top 16"], ranks_rows))
     return result
 
 

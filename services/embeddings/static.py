@@ -87,6 +87,10 @@ def build_table(encoder: SentenceEncoder, *, dims: int = STATIC_DIMENSION,
                     "L2-normalised",
         "storage": "int8 rows, float32 scale per row (max |value| / 127)",
         "vocab": vocab, "dims": dims,
+        "command": "python -m services.embeddings.static --build",
+        "chosen_on": "dimensions, centring and weights by the rank of each QQP training-half "
+                     "duplicate's own entry among all training-half entries "
+                     "(docs/benchmarks.md, Semantic cache)",
     }
     return table.astype(np.float32), projection, recipe
 
