@@ -297,9 +297,11 @@ class SemanticCache:
         if not neighbors:
             return found
         words = same_words_key(text)
-        # the verifier's own rule, where it looks: the feature verifier judges the nearest
-        # candidate only, the cross-encoder's probabilities cover the nearest search_k
-        judged = neighbors[: self.search_k] if self.verifier.skips_refused else neighbors[:1]
+        # the verifier's own rule, applied here where it looks at every near candidate (the
+        # cross-encoder's probabilities); the feature verifier applies it to the nearest by
+        # MiniLM only, which the static order cannot tell (it hardly sees punctuation, so
+        # "= and ==" and "() and []" look alike): that one is left to step 3
+        judged = neighbors[: self.search_k] if self.verifier.skips_refused else []
         for neighbor in judged:
             if same_words_key(neighbor.text) == words:
                 found.match = SemanticMatch(neighbor.digest, neighbor.text, neighbor.cosine,
