@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, select
@@ -20,6 +20,7 @@ from services.caching.semantic import SemanticCache, SemanticRow
 log = logging.getLogger(__name__)
 
 _SKEW = timedelta(seconds=60)  # clock skew between replicas
+_READ_CHUNK = 500  # digests per IN (...) when reading the rows a replica lacks
 _UPDATED = ("namespace", "context_hash", "text", "embedding", "embedding_model", "created_at",
             "expires_at")
 
@@ -63,15 +64,27 @@ class SemanticStore:
         with self._engine.begin() as conn:
             conn.execute(statement, values)
 
-    def rows_since(self, since: datetime | None) -> list[SemanticRow]:
+    def rows_since(self, since: datetime | None, *,
+                   known: Callable[[str], bool] | None = None) -> list[SemanticRow]:
+        """Live rows created since ``since`` (less the clock-skew margin), all of them when
+        None. ``known`` says which digests the caller holds already: those rows are not
+        read at all. A replica's own writes come back in every refresh for the margin's
+        60 s (at 250 misses/s, 15,000 rows every 5 s), so the digests are read first and
+        only the rows it lacks after."""
         now = datetime.now(UTC)
-        query = select(SemanticEntry).where(
-            (SemanticEntry.expires_at.is_(None)) | (SemanticEntry.expires_at > now)
-        )
-        if since is not None:
-            query = query.where(SemanticEntry.created_at >= since - _SKEW)
+        live = (SemanticEntry.expires_at.is_(None)) | (SemanticEntry.expires_at > now)
+        recent = live if since is None else live & (SemanticEntry.created_at >= since - _SKEW)
         with self._engine.connect() as conn:
-            rows = conn.execute(query).all()
+            if known is None:
+                rows = list(conn.execute(select(SemanticEntry).where(recent)).all())
+            else:
+                digests = conn.execute(select(SemanticEntry.digest).where(recent)).scalars()
+                wanted = [d for d in digests if not known(d)]
+                rows = []
+                for start in range(0, len(wanted), _READ_CHUNK):
+                    chunk = wanted[start : start + _READ_CHUNK]
+                    rows += conn.execute(select(SemanticEntry).where(
+                        SemanticEntry.digest.in_(chunk))).all()
         return [
             SemanticRow(
                 namespace=r.namespace, context_hash=r.context_hash, digest=r.digest,
@@ -97,7 +110,7 @@ class SemanticSync:
 
     def sync_once(self) -> int:
         started = datetime.now(UTC)
-        loaded = self.cache.load(self.store.rows_since(self._since))
+        loaded = self.cache.load(self.store.rows_since(self._since, known=self.cache.holds))
         if self._since is None:
             log.info("semantic cache: %d entries loaded", loaded)
         self._since = started

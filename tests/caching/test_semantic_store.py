@@ -34,3 +34,15 @@ def test_rows_saved_in_one_batch_rebuild_a_replica(any_store) -> None:
     assert match is not None and match.digest == "b"
     match = replica.lookup(SCOPE, "How can I lose weight quickly")
     assert match is not None and match.digest == "c"
+
+
+def test_a_refresh_reads_only_the_rows_a_replica_lacks(any_store) -> None:
+    cache = SemanticCache(verifier_kind="features")
+    store = SemanticStore(any_store)
+    store.save_many([cache.add(SCOPE, f"d{i}", f"question number {i}") for i in range(1200)])
+    replica = SemanticCache(verifier=cache.verifier)
+    assert replica.load(store.rows_since(None, known=replica.holds)) == 1200  # 3 chunks
+    store.save(cache.add(SCOPE, "new", "How do I reset my password?"))
+    fresh = store.rows_since(None, known=replica.holds)
+    assert [r.digest for r in fresh] == ["new"]
+    assert len(store.rows_since(None)) == 1201  # without ``known``: every live row

@@ -405,6 +405,10 @@ class SemanticCache:
             self.remove(digest)
         return len(expired)
 
+    def holds(self, digest: str) -> bool:
+        """Whether the entry is indexed here (the store's refresh skips such rows)."""
+        return digest in self._meta
+
     def dense_known(self, digest: str) -> bool:
         """Whether an entry's MiniLM vector is known (computed by a lookup, or loaded)."""
         with self._lock:
