@@ -12,8 +12,9 @@ of the vectors instead (``reduced_dims`` columns, 25 MB at 100k), keeps the best
 ``candidates`` rows and re-ranks those exactly: ~1.5 ms at 100k, with the exact nearest
 entry found for every benchmark query. The cache only cares about neighbours with a high
 cosine, which a projection preserves well. FAISS HNSW and friends are faster still, but
-the search is already a few percent of a lookup (the query embedding is most of it), and
-NumPy keeps exact removal, no build step and no native dependency.
+NumPy keeps exact removal, no build step and no native dependency. The semantic cache
+indexes 256-dimension static vectors (``embeddings.static``) with the scan exact up to
+4,096 entries and a 96-dimension prefilter above (``SemanticCache``).
 
 Thread safety: one lock guards all mutation and the (short) NumPy scans; the gateway
 searches from its event loop thread while worker threads add entries.
