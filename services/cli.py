@@ -61,7 +61,7 @@ def serve(
     _logging(log_level)
     settings = _settings(host=host, port=port, workers=worker or None)
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, freeze_heap=True),
         host=settings.host,
         port=settings.port,
         loop="uvloop",
