@@ -1,8 +1,11 @@
 """L1: an in-process LRU bounded by bytes, with a TTL and a per-entry size cap.
 
-Per replica by design (DESIGN: L1 and single flight are per replica). Entries are kept
-as Python objects, so a hit costs a dict lookup and no decoding; their size is counted
-as the size of their serialised form.
+Per replica by design (DESIGN: L1 and single flight are per replica). An entry is kept
+as one tuple of immutable values (the body's JSON bytes, endpoint, times, size): the
+garbage collector stops tracking such a tuple at its first pass, so a full L1 adds
+nothing to the collections a busy gateway runs every second (a body kept as a dict is
+a dozen tracked objects). A hit builds the entry around those bytes, and answering it
+parses them once. An entry's size is the size of its body's JSON.
 """
 
 from __future__ import annotations
@@ -10,18 +13,13 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from services.caching.cache import TierWrite
 from services.caching.entry import CachedResponse
 from services.caching.keys import CacheKey
 
-
-@dataclass(slots=True)
-class _Slot:
-    entry: CachedResponse
-    size: int
-    expires_at: float
+# (body JSON, endpoint, created_at, expires_at, size): only untracked values
+_Slot = tuple[bytes, str, float, float, int]
 
 
 class MemoryCache:
@@ -43,21 +41,24 @@ class MemoryCache:
         slot = self._slots.get(k)
         if slot is None:
             return None
-        if slot.expires_at <= time.monotonic():
+        body_json, endpoint, created_at, expires_at, _ = slot
+        if expires_at <= time.monotonic():
             self._drop(k)
             return None
         self._slots.move_to_end(k)
-        return slot.entry
+        return CachedResponse.from_json(endpoint, body_json, created_at)
 
     async def set(self, key: CacheKey, entry: CachedResponse, ttl_s: float | None = None) -> bool:
-        size = len(entry.to_bytes())
+        body_json = entry.body_json
+        size = len(body_json)
         if size > self.max_entry_bytes or size > self.max_bytes:
             return False
         k = str(key)
         if k in self._slots:
             self._drop(k)
         ttl = self.ttl_s if ttl_s is None else min(ttl_s, self.ttl_s)
-        self._slots[k] = _Slot(entry, size, time.monotonic() + ttl)
+        self._slots[k] = (body_json, entry.endpoint, entry.created_at,
+                          time.monotonic() + ttl, size)
         self.bytes += size
         while self.bytes > self.max_bytes:
             oldest = next(iter(self._slots))
@@ -74,4 +75,4 @@ class MemoryCache:
     def _drop(self, k: str) -> None:
         slot = self._slots.pop(k, None)
         if slot is not None:
-            self.bytes -= slot.size
+            self.bytes -= slot[4]

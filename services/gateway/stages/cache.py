@@ -79,7 +79,7 @@ class CacheDirectives:
     @classmethod
     def parse(cls, header: str | None) -> CacheDirectives:
         if not header:
-            return cls()
+            return _DEFAULT_DIRECTIVES
         read = write = True
         max_age: float | None = None
         for part in header.split(","):
@@ -98,6 +98,9 @@ class CacheDirectives:
                     raise InvalidRequest("Cache-Control max-age must be >= 0",
                                          param="Cache-Control")
         return cls(read=read, write=write, max_age_s=max_age)
+
+
+_DEFAULT_DIRECTIVES = CacheDirectives()
 
 
 class CacheStage:
@@ -223,7 +226,8 @@ class CacheStage:
     def _entry_from_body(ctx: RequestContext, reply: Reply) -> CachedResponse | None:
         if reply.status_code != 200 or reply.body is None:
             return None
-        return CachedResponse(endpoint=ctx.endpoint, body=orjson.loads(reply.body))
+        # kept as the upstream sent it (dispatch validated it): parsed only if served
+        return CachedResponse.from_json(ctx.endpoint, reply.body)
 
     def _semantic_query(self, namespace: str, ctx: RequestContext, request: dict[str, Any]
                         ) -> SemanticQuery | None:
