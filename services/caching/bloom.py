@@ -12,9 +12,12 @@ Digests arrive in batches (a refresh reads thousands, a write-behind batch dozen
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Iterable
 
 import numpy as np
+
+_WORDS = struct.Struct(">8I")  # a SHA-256 digest as eight big-endian 32-bit words
 
 
 class DigestBloom:
@@ -28,8 +31,9 @@ class DigestBloom:
         self.count = 0
 
     def _positions(self, digest: str) -> list[int]:
-        # 7 disjoint 8-hex-digit (32-bit) slices of the 64-digit digest
-        return [int(digest[8 * i : 8 * i + 8], 16) % self.size for i in range(self.hashes)]
+        # up to 7 disjoint 8-hex-digit (32-bit) slices of the 64-digit digest
+        size = self.size
+        return [word % size for word in _WORDS.unpack(bytes.fromhex(digest))[: self.hashes]]
 
     def add(self, digest: str) -> bool:
         """Add a digest; True when it set a new bit (see ``add_many``)."""
@@ -53,7 +57,11 @@ class DigestBloom:
         return new
 
     def __contains__(self, digest: str) -> bool:
-        return all(self._bytes[pos >> 3] & (1 << (pos & 7)) for pos in self._positions(digest))
+        bits = self._bytes
+        for pos in self._positions(digest):
+            if not bits[pos >> 3] & (1 << (pos & 7)):  # most misses stop at the first bit
+                return False
+        return True
 
     @property
     def nbytes(self) -> int:
