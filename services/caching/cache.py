@@ -14,8 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -83,8 +82,9 @@ class ResponseCache:
         flight_timeout_s: float = 300.0,
     ) -> None:
         self.tiers = tiers
+        self._shared = tiers[1:]  # written behind, in batches
         self.metrics = metrics
-        self._flight_timeout_s = flight_timeout_s
+        self.flight_timeout_s = flight_timeout_s
         self._inflight: dict[str, asyncio.Future[CachedResponse | None]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._pending: list[TierWrite] = []  # stored, not yet in the shared tiers
@@ -93,6 +93,11 @@ class ResponseCache:
         self._timers = {t.name: metrics.lookup_seconds.labels(t.name) for t in tiers}
         self._results = {(t.name, r): metrics.lookups.labels(t.name, r)
                          for t in tiers for r in ("hit", "miss")}
+        self._stored = {t.name: metrics.stores.labels(t.name) for t in tiers}
+        first = tiers[0]
+        if hasattr(first, "bytes"):  # read when scraped, not kept up to date per store
+            metrics.l1_bytes.set_function(lambda: first.bytes)
+            metrics.l1_evictions.set_function(lambda: first.evictions)
 
     async def lookup(self, key: CacheKey, *, max_age_s: float | None = None) -> Hit | None:
         missed: list[CacheTier] = []
@@ -111,10 +116,9 @@ class ResponseCache:
 
     async def store(self, key: CacheKey, entry: CachedResponse, *, ttl_s: float | None = None
                     ) -> None:
-        first, *shared = self.tiers
+        first, shared = self.tiers[0], self._shared
         if await first.set(key, entry, ttl_s):
-            self.metrics.stores.labels(first.name).inc()
-        self._update_gauges()
+            self._stored[first.name].inc()
         if not shared:
             return
         if len(self._pending) >= MAX_PENDING:  # the shared tiers cannot keep up
@@ -144,10 +148,9 @@ class ResponseCache:
             try:
                 written = await tier.set_many(items)
                 if written:
-                    self.metrics.stores.labels(tier.name).inc(written)
+                    self._stored[tier.name].inc(written)
             except Exception:  # a background write must never take the gateway down
                 log.warning("cache write to %s failed", tier.name, exc_info=True)
-        self._update_gauges()
 
     async def start(self) -> None:
         """Start the tiers' own background work (L3's filter and hit counts)."""
@@ -168,48 +171,46 @@ class ResponseCache:
             if close is not None:
                 await close()
 
-    @asynccontextmanager
-    async def flight(self, key: CacheKey) -> AsyncIterator[Flight]:
-        """Leader or follower of the in-flight request for ``key``.
+    def flight(self, key: CacheKey) -> Flight:
+        """Leader or follower of the in-flight request for ``key``, as ``async with``.
 
         The leader calls upstream and must ``finish`` with the entry (or None on
         failure); followers get the leader's entry from ``wait()``, or None when the
-        leader failed, in which case they call upstream themselves.
+        leader failed, in which case they call upstream themselves. A leader that
+        leaves the block without finishing (an exception) finishes with None.
         """
         k = str(key)
         existing = self._inflight.get(k)
         if existing is not None:
             self.metrics.coalesced.inc()
-            yield Flight(leader=False, future=existing, timeout_s=self._flight_timeout_s)
-            return
+            return Flight(self, k, existing)
         future: asyncio.Future[CachedResponse | None] = asyncio.get_running_loop().create_future()
         self._inflight[k] = future
-        flight = Flight(leader=True, future=future, timeout_s=self._flight_timeout_s)
-        flight.on_finish = lambda: self._inflight.pop(k, None)
-        try:
-            yield flight
-        except BaseException:
-            flight.finish(None)
-            raise
-
-    def _update_gauges(self) -> None:
-        first = self.tiers[0]
-        if hasattr(first, "bytes"):
-            self.metrics.l1_bytes.set(first.bytes)
-            self.metrics.l1_evictions.set(first.evictions)
+        return Flight(self, k, future, leader=True)
 
 
 class Flight:
-    def __init__(self, *, leader: bool, future: asyncio.Future[CachedResponse | None],
-                 timeout_s: float) -> None:
+    __slots__ = ("leader", "_cache", "_key", "_future", "_open")
+
+    def __init__(self, cache: ResponseCache, key: str,
+                 future: asyncio.Future[CachedResponse | None], *, leader: bool = False) -> None:
         self.leader = leader
+        self._cache = cache
+        self._key = key
         self._future = future
-        self._timeout_s = timeout_s
-        self.on_finish: object = None
+        self._open = leader  # a leader's flight is listed until it finishes
+
+    async def __aenter__(self) -> Flight:
+        return self
+
+    async def __aexit__(self, kind: object, exc: object, tb: object) -> None:
+        if exc is not None and self.leader:
+            self.finish(None)
 
     async def wait(self) -> CachedResponse | None:
         try:
-            return await asyncio.wait_for(asyncio.shield(self._future), self._timeout_s)
+            return await asyncio.wait_for(asyncio.shield(self._future),
+                                          self._cache.flight_timeout_s)
         except TimeoutError:
             return None
 
@@ -217,6 +218,7 @@ class Flight:
         """Publish the leader's result (idempotent: the first call wins)."""
         if not self._future.done():
             self._future.set_result(entry)
-        if callable(self.on_finish):
-            self.on_finish()
-            self.on_finish = None
+        if self._open:
+            self._open = False
+            if self._cache._inflight.get(self._key) is self._future:
+                del self._cache._inflight[self._key]
