@@ -55,6 +55,7 @@ from harness import (
     markdown_table,
     median,
     print_json_line,
+    process_cpu_s,
     require_tool,
     run_wrk,
     stop_on_signals,
@@ -315,17 +316,25 @@ def measure(
     script: Path,
     connections: int,
     args: argparse.Namespace,
+    pid: int | None = None,
 ) -> WrkResult:
+    """One point; with ``pid`` (a proxy's), also its CPU per request, which other jobs
+    on the machine disturb much less than its requests/s."""
     endpoint = f"{url}/v1/chat/completions"
     busy = wait_quiet(args.quiet_busy, args.quiet_timeout)
     run_wrk(endpoint, script, connections=connections, duration_s=args.warmup, cpus=LOAD_CPU)
+    cpu_before = process_cpu_s(pid) if pid is not None else 0.0
     result = run_wrk(
         endpoint, script, connections=connections, duration_s=args.duration, cpus=LOAD_CPU
     )
+    if pid is not None and result.requests:
+        result.cpu_ms_per_request = 1000 * (process_cpu_s(pid) - cpu_before) / result.requests
     result.busy_before = busy
+    cpu = f"{result.cpu_ms_per_request:.3f}" if result.cpu_ms_per_request is not None else "-"
     print(
         f"  {target:8s} c={connections:<3d} p50={result.p50_ms:8.3f} ms "
-        f"p99={result.p99_ms:8.3f} ms  {result.rps:9.1f} req/s  errors={result.errors}  "
+        f"p99={result.p99_ms:8.3f} ms  {result.rps:9.1f} req/s  CPU {cpu} ms/req  "
+        f"errors={result.errors}  "
         f"busy before={busy:.0%}  load={result.load_before:.2f}->{result.load_after:.2f}",
         flush=True,
     )
@@ -457,9 +466,11 @@ def main(argv: list[str] | None = None) -> int:
             for target in order:
                 for name, service in services.items():
                     (service.resume if name == target else service.pause)()
-                results[target][connections].append(
-                    measure(target, urls[target], scripts[target], connections, args)
-                )
+                service = services.get(target)
+                results[target][connections].append(measure(
+                    target, urls[target], scripts[target], connections, args,
+                    service.pid if service is not None else None,
+                ))
     profile = None
     if args.profile:
         spied = args.profile_target
@@ -540,6 +551,9 @@ def summarize(
                 for p in ("p50", "p95", "p99")
             }
             point["rps"] = median(r.rps for r in runs)
+            cpu = [r.cpu_ms_per_request for r in runs if r.cpu_ms_per_request is not None]
+            if cpu:
+                point["cpu_ms_per_request"] = median(cpu)
             point["errors"] = sum(r.errors for r in runs)
             point["load_max"] = max(max(r.load_before, r.load_after) for r in runs)
             point["busy_before_max"] = max(r.busy_before for r in runs)
@@ -597,12 +611,13 @@ def report(
             added = [p.get(f"added_{q}_ms", float("nan")) for q in ("p50", "p95", "p99")]
             rows.append([
                 c, target, p["p50_ms"], p["p95_ms"], p["p99_ms"], *added, p["rps"],
-                p.get("rps_vs_direct", 1.0), p["errors"], f"{p['busy_before_max']:.0%}",
+                p.get("rps_vs_direct", 1.0), p.get("cpu_ms_per_request", float("nan")),
+                p["errors"], f"{p['busy_before_max']:.0%}",
                 p["load_max"],
             ])
     print(markdown_table(
         ["conc", "target", "p50 ms", "p95 ms", "p99 ms", "added p50", "added p95", "added p99",
-         "req/s", "rps/direct", "errors", "busy before", "load max"],
+         "req/s", "rps/direct", "CPU ms/req", "errors", "busy before", "load max"],
         rows,
     ))
     if summary["targets"]:

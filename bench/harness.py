@@ -88,6 +88,31 @@ def _cpu_times() -> list[tuple[int, int]]:
     return times
 
 
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, every thread) a process and its live descendants
+    have used so far, from /proc."""
+    stats: dict[int, tuple[int, float]] = {}  # pid -> (parent, CPU seconds)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # the name may hold spaces
+        stats[int(entry.name)] = (int(fields[1]),
+                                  (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS)
+    tree, total = {pid}, 0.0
+    for _ in range(8):  # a few levels of children are plenty
+        tree |= {child for child, (parent, _) in stats.items() if parent in tree}
+    for member in tree:
+        total += stats.get(member, (0, 0.0))[1]
+    return total
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
 def cpu_busy(seconds: float = 1.0) -> float:
     """Busy fraction of the whole machine over ``seconds`` (0..1), from /proc/stat.
 
@@ -395,6 +420,7 @@ class WrkResult:
     load_before: float = 0.0
     load_after: float = 0.0
     busy_before: float = 0.0  # machine busy fraction just before (others' work)
+    cpu_ms_per_request: float | None = None  # the measured server's CPU, when known
     raw: dict[str, object] = field(default_factory=dict, repr=False)
 
     @property
