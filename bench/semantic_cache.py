@@ -167,6 +167,11 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
 
     cache = SemanticCache(encoder=encoder, min_probability=args.threshold,
                           verifier_kind=args.verifier)
+    # "before" verifies over MiniLM cosines: the verifier itself, or for one that reads the
+    # static cosine the shipped cross-encoder on MiniLM's (today's lookup), each at its
+    # own threshold
+    old_verifier = (cache.verifier if cache.verifier.needs_dense
+                    else load_verifier("cross-encoder", threshold=args.threshold))
     # the lookup before the static stage, side by side: MiniLM vectors searched directly
     dense_index = VectorIndex(encoder.dimension)
     for text in entries:
@@ -178,7 +183,8 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
     ours: list[Outcome | None] = []
     before: list[Outcome | None] = []
     cosine_only: list[Outcome | None] = []
-    stage = {"lookups": len(queries), "transformer_lookups": 0, "before_hits": 0,
+    stage = {"lookups": len(queries), "transformer_lookups": 0, "minilm_lookups": 0,
+             "before_hits": 0,
              "lost_candidates": 0, "lost_correct": 0, "lost_under_floor": 0}
     t0 = time.perf_counter()
     for pair in queries:
@@ -189,7 +195,7 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
             cosine_only.append(Outcome(nearest[0].cosine, nearest[0].cosine, kind))
         else:
             cosine_only.append(None)
-        old = cache.verifier.best(pair.text_b, nearest)
+        old = old_verifier.best(pair.text_b, nearest)
         before.append(Outcome(old[1], old[0].cosine, _kind(old[0].text, pair, same_question))
                       if old else None)
         found = cache.candidates(SCOPE, pair.text_b)
@@ -197,10 +203,12 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
         if not found.decided:
             stage["transformer_lookups"] += 1
             texts = cache.missing_dense(found)
-            match = cache.verify(SCOPE, found, np.stack([vectors[row[t]] for t in texts]))
+            stage["minilm_lookups"] += bool(texts)
+            match = cache.verify(SCOPE, found, np.stack([vectors[row[t]] for t in texts])
+                                 if texts else None)
         ours.append(Outcome(match.probability, match.cosine,
                             _kind(match.text, pair, same_question)) if match else None)
-        if old and old[1] >= cache.threshold:  # a hit before: can the static stage find it?
+        if old and old[1] >= old_verifier.threshold:  # a hit before: can the static stage find it?
             stage["before_hits"] += 1
             static = cache.index.search(SCOPE, found.vector, k=cache.candidate_k)
             kept = {n.digest for n in static if n.cosine >= cache.static_floor}
@@ -218,8 +226,7 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
     for r, t in zip(gpt_curve, t_grid, strict=True):
         r["gptcache_t"] = t
     default = next(r for r in our_curve if r["threshold"] == round(threshold, 4))
-    before_default = next(r for r in precision_curve(before, positives, grid)
-                          if r["threshold"] == round(threshold, 4))
+    before_default = precision_curve(before, positives, [old_verifier.threshold])[0]
     gpt_points = {t: next(r for r in gpt_curve if r["gptcache_t"] == t) for t in GPTCACHE_T}
 
     print(f"# semantic cache quality: {args.pairs} ({fmt})")
@@ -248,8 +255,8 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
 
     rows = [line("ours: static candidates + rules + verifier", f"p >= {threshold:.3f} (default)",
                  default),
-            line("ours before: MiniLM search + verifier", f"p >= {threshold:.3f}",
-                 before_default)]
+            line(f"ours before: MiniLM search + {old_verifier.kind} on MiniLM cosines",
+                 f"p >= {old_verifier.threshold:.3f}", before_default)]
     rows += [line("GPTCache method", f"t = {t} (cos >= {2 * t - 1:.2f})", gpt_points[t])
              for t in GPTCACHE_T]
     print(markdown_table(headers, rows))
@@ -260,7 +267,8 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
               "joins the query to the entry served; still counted wrong in 'precision')")
     print(f"\nstatic candidate stage (top {cache.candidate_k}, static cosine >= "
           f"{cache.static_floor}, then the rules): {stage['transformer_lookups']} of "
-          f"{len(queries)} lookups needed MiniLM and the verifier; of the {stage['before_hits']}"
+          f"{len(queries)} lookups needed the verifier, {stage['minilm_lookups']} a MiniLM "
+          f"pass; of the {stage['before_hits']}"
           f" hits of the lookup before it, {stage['lost_candidates']} entries are not among the "
           f"static candidates ({stage['lost_under_floor']} found but under the floor), "
           f"{stage['lost_correct']} of them correct hits")
@@ -494,6 +502,8 @@ def latency(args: argparse.Namespace) -> dict[str, Any]:
         parts: dict[str, list[float]] = {name: [] for name in (
             "static embed", "search", "rules", "MiniLM pass", "verify", "total")}
         hits = dense_lookups = dense_texts = 0
+        verified: list[int] = []  # lookups that reached step 3
+        verify_cpu = 0.0  # CPU seconds of this thread in step 3 (the verifier's model)
         scored_before = getattr(cache.verifier, "pairs_scored", 0)
         for text in query_texts:
             for other in encoders[1:]:
@@ -510,13 +520,15 @@ def latency(args: argparse.Namespace) -> dict[str, Any]:
             dense = verify = 0.0
             match = found.match
             if not found.decided:
-                texts = cache.missing_dense(found)
+                texts = cache.missing_dense(found)  # none for a verifier on static cosines
                 d = time.perf_counter()
-                rows_ = encoder.encode(texts)
-                e = time.perf_counter()
+                rows_ = encoder.encode(texts) if texts else None
+                e, cpu = time.perf_counter(), time.thread_time()
                 match = cache.verify(SCOPE, found, rows_)
+                verify_cpu += time.thread_time() - cpu
                 dense, verify = e - d, time.perf_counter() - e
-                dense_lookups += 1
+                verified.append(len(parts["verify"]))
+                dense_lookups += bool(texts)
                 dense_texts += len(texts)
             hits += match is not None and match.accepted
             for name, seconds in (("static embed", b - a), ("search", search),
@@ -528,10 +540,10 @@ def latency(args: argparse.Namespace) -> dict[str, Any]:
         scored = getattr(cache.verifier, "pairs_scored", 0) - scored_before
         stats = cache.stats()
         parts |= {f"embed ({kind}, for comparison)": times for kind, times in embed.items()}
-        needing = [i for i, t in enumerate(parts["MiniLM pass"]) if t > 0]
         for name in ("MiniLM pass", "verify", "total"):
-            if needing:
-                parts[f"{name}, lookups needing MiniLM"] = [parts[name][i] for i in needing]
+            if verified:
+                parts[f"{name}, lookups reaching the verifier"] = [parts[name][i]
+                                                                   for i in verified]
         point = {
             "entries": size, "queries": len(query_texts), "hits": hits,
             "lookups_needing_minilm": dense_lookups, "minilm_texts": dense_texts,
@@ -540,12 +552,13 @@ def latency(args: argparse.Namespace) -> dict[str, Any]:
             "index_bytes": stats.vector_bytes, "load_before": load_before,
             "load_after": load_after, "model_pairs": scored,
             "verify_ms_per_model_pair": sum(parts["verify"]) / scored if scored else None,
+            "verify_cpu_ms_per_model_pair": verify_cpu * 1e3 / scored if scored else None,
         }
         print(f"{size:,} entries: {dense_lookups} of {len(query_texts)} lookups needed MiniLM "
               f"({dense_texts} texts embedded, the queries and candidates met for the first "
               f"time); the verifier's model scored {scored} pairs"
-              + (f", {sum(parts['verify']) / scored:.2f} ms of verification per scored pair"
-                 if scored else ""))
+              + (f", {sum(parts['verify']) / scored:.2f} ms of verification per scored pair "
+                 f"({verify_cpu * 1e3 / scored:.2f} ms of CPU)" if scored else ""))
         results["sizes"][str(size)] = point
         for name, figures in point["parts_ms"].items():
             rows.append([f"{size:,}", name, figures["p50"], figures["p95"],

@@ -503,11 +503,13 @@ class Settings(BaseSettings):
               description="per-tenant verifier threshold, e.g. {support-bot: 0.5}; other "
               "tenants use cache_semantic_min_probability")
     )
-    cache_semantic_verifier: Literal["cross-encoder", "features"] = Field(
+    cache_semantic_verifier: Literal["cross-encoder", "cross-encoder-static", "features"] = Field(
         default="features",
         description="what accepts a semantic candidate: the feature model over the cosine "
-        "(calibrated for precision 0.95) or the shipped cross-encoder (reads both "
-        "questions; two-stage lookup; calibrated for labelled-hit precision 0.95)",
+        "(calibrated for precision 0.95), the shipped cross-encoder (reads both "
+        "questions; two-stage lookup; calibrated for labelled-hit precision 0.95), or the "
+        "same cross-encoder combined with the static cosine (no MiniLM pass; its "
+        "calibration does not reach 0.95, see docs/benchmarks.md)",
     )
     embedding_encoder: Literal["onnx-int8", "onnx-fp32", "numpy"] = Field(
         default="onnx-int8",

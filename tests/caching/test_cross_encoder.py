@@ -20,6 +20,7 @@ from services.caching.semantic import SemanticCache, load_verifier
 from services.caching.semantic.cross_encoder import (
     MODEL_PATH,
     SPEC_PATH,
+    SPEC_PATHS,
     CrossEncoderVerifier,
     guard_refuses,
 )
@@ -226,3 +227,55 @@ def test_a_failed_pass_fails_its_callers_and_the_batcher_goes_on() -> None:
         assert asyncio.run(main()).tolist() == [1.0, 1.0]
     finally:
         batcher.close()
+
+
+# --- the combiner on the static cosine (no MiniLM pass) -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def static_cache() -> SemanticCache:
+    # a low threshold, so that the model's verdict decides, not the rules
+    return SemanticCache(verifier_kind="cross-encoder-static", min_probability=0.3)
+
+
+def test_the_static_calibration_is_the_same_model_refitted_and_recorded() -> None:
+    minilm, static = (json.loads(SPEC_PATHS[c].read_text()) for c in ("minilm", "static"))
+    assert static["cosine"] == "static" and minilm.get("cosine", "minilm") == "minilm"
+    assert static["model"] == minilm["model"] and static["training"] == minilm["training"]
+    assert isinstance(static["combine"], dict) and static["combine"] != minilm["combine"]
+    assert 0.0 < static["threshold"] < 1.0
+    calibration = static["calibration"]
+    assert "static vectors" in calibration["method"]
+    assert calibration["target_reached"] == (
+        calibration["calibrated_precision"] >= static["target_precision"])
+
+
+def test_a_lookup_on_the_static_cosine_runs_no_minilm_pass(
+        static_cache: SemanticCache, cache: SemanticCache) -> None:
+    stored, asked = "What are the symptoms of diabetes?", "What are the signs of diabetes?"
+    static_cache.index.clear()
+    static_cache.add(SCOPE, digest(stored), stored)
+    passes, scored = static_cache.dense_texts, static_cache.verifier.pairs_scored
+    match = static_cache.score(SCOPE, asked)
+    assert match is not None and match.digest == digest(stored)
+    assert 0.0 < match.probability < 1.0  # the model's, combined with the static cosine
+    assert match.cosine == pytest.approx(float(
+        static_cache.static_embed(stored) @ static_cache.static_embed(asked)), abs=1e-5)
+    found_match, found = asyncio.run(static_cache.lookup_async(SCOPE, asked))
+    assert found_match is not None and found.dense is None
+    assert static_cache.verifier.pairs_scored == scored + 2
+    assert static_cache.dense_texts == passes  # neither path ran MiniLM
+    # the same lookup through the calibration on MiniLM cosines does run a pass
+    cache.index.clear()
+    cache.add(SCOPE, digest(stored), stored)
+    before = cache.dense_texts
+    cache.score(SCOPE, asked)
+    assert cache.dense_texts - before == 2  # the question and the candidate
+
+
+def test_the_static_option_is_a_setting_and_a_bad_cosine_is_refused(monkeypatch) -> None:
+    monkeypatch.setenv("OPTENGINE_CACHE_SEMANTIC_VERIFIER", "cross-encoder-static")
+    assert Settings().cache_semantic_verifier == "cross-encoder-static"
+    spec = dict(json.loads(SPEC_PATHS["static"].read_text()), cosine="bm25")
+    with pytest.raises(ValueError, match="cosine 'bm25'"):
+        CrossEncoderVerifier(spec)

@@ -19,9 +19,11 @@ A lookup runs in three steps, cheapest first, and stops as soon as the answer is
    a negation or an entity on one side only refuses a candidate (the verifier's
    ``admits``; the feature verifier judges the nearest only, so when the rules refuse
    the nearest it is a miss). A miss decided here costs no transformer pass;
-3. verification: only for the candidates left, the MiniLM vectors the verifier needs
-   (the question's and any candidate's not yet known, in one pass; a candidate keeps
-   its vector) and the verifier exactly as calibrated, over MiniLM cosines.
+3. verification: only for the candidates left, the verifier exactly as calibrated.
+   The feature verifier reads MiniLM cosines: the question's and any candidate's MiniLM
+   vector not yet known are computed in one pass (a candidate keeps its vector). The
+   shipped cross-encoder's combiner reads the static cosine (``needs_dense`` False), so
+   its lookups run no MiniLM pass at all.
 
 Storing an entry needs only its static vector (and keeps the MiniLM vector when its own
 lookup computed one).
@@ -70,8 +72,8 @@ STATIC_FLOOR = 0.45
 # for 99% (bench/semantic_cache.py --latency, index designs).
 EXACT_SCAN_LIMIT = 4096
 PREFILTER_DIMS = 96
-VerifierKind = Literal["cross-encoder", "features"]
-VERIFIER_KINDS: tuple[VerifierKind, ...] = ("cross-encoder", "features")
+VerifierKind = Literal["cross-encoder", "cross-encoder-static", "features"]
+VERIFIER_KINDS: tuple[VerifierKind, ...] = ("cross-encoder", "cross-encoder-static", "features")
 
 __all__ = [
     "EMBEDDING_MODEL",
@@ -154,12 +156,14 @@ class SemanticRow:
 
 def load_verifier(kind: VerifierKind = "cross-encoder", *, threshold: float | None = None
                   ) -> SemanticVerifier | CrossEncoderVerifier:
-    """The shipped verifier of ``kind``: the cross-encoder or the feature model over the
-    bi-encoder's cosine (no second model)."""
-    if kind == "cross-encoder":
-        from services.caching.semantic.cross_encoder import CrossEncoderVerifier
+    """The shipped verifier of ``kind``: the cross-encoder with its combiner on the MiniLM
+    cosine, the same model with its combiner on the static cosine (no MiniLM pass), or
+    the feature model over the MiniLM cosine (no second model)."""
+    if kind in ("cross-encoder", "cross-encoder-static"):
+        from services.caching.semantic.cross_encoder import SPEC_PATHS, CrossEncoderVerifier
 
-        return CrossEncoderVerifier.load(threshold=threshold)
+        cosine = "static" if kind == "cross-encoder-static" else "minilm"
+        return CrossEncoderVerifier.load(SPEC_PATHS[cosine], threshold=threshold)
     if kind == "features":
         return SemanticVerifier.load(threshold=threshold)
     raise ValueError(f"unknown semantic verifier {kind!r}; expected one of {VERIFIER_KINDS}")
@@ -261,7 +265,7 @@ class SemanticCache:
         if found.decided:
             return found.match
         texts = self.missing_dense(found)
-        vectors = self._encoder.encode(texts)
+        vectors = self._encoder.encode(texts) if texts else None
         self.dense_texts += len(texts)
         return self.verify(scope, found, vectors, min_probability=min_probability)
 
@@ -280,7 +284,8 @@ class SemanticCache:
             match = found.match
         else:
             texts = self.missing_dense(found)
-            vectors = np.stack(await asyncio.gather(*(self.embed_batched(t) for t in texts)))
+            vectors = (np.stack(await asyncio.gather(*(self.embed_batched(t) for t in texts)))
+                       if texts else None)
             match = await asyncio.to_thread(self.verify, scope, found, vectors,
                                             min_probability=min_probability)
         return (match if match is not None and match.accepted else None), found
@@ -324,16 +329,27 @@ class SemanticCache:
 
     def missing_dense(self, found: Candidates) -> list[str]:
         """The texts step 3 must embed with MiniLM: the question first, then admitted
-        candidates whose vector is not known yet."""
+        candidates whose vector is not known yet; none when the verifier reads the static
+        cosine."""
+        if not self.verifier.needs_dense:
+            found.pending = []
+            return []
         with self._lock:
             missing = [n for n in found.admitted if n.digest not in self._dense]
         found.pending = [n.digest for n in missing]
         return [found.text] + [n.text for n in missing]
 
-    def verify(self, scope: Scope, found: Candidates, vectors: np.ndarray, *,
+    def verify(self, scope: Scope, found: Candidates, vectors: np.ndarray | None, *,
                min_probability: float | None = None) -> SemanticMatch | None:
         """Step 3: ``vectors`` are the MiniLM rows of ``missing_dense(found)``, in order.
-        Keeps the candidates' new vectors, ranks by MiniLM cosine and asks the verifier."""
+        Keeps the candidates' new vectors, ranks by MiniLM cosine and asks the verifier;
+        a verifier on the static cosine judges the admitted candidates as they are
+        (``vectors`` None)."""
+        if not self.verifier.needs_dense:
+            return self._judge(found.text, found.admitted, min_probability)
+        if vectors is None:
+            raise ValueError("the verifier reads MiniLM cosines: verify needs the vectors "
+                             "of missing_dense")
         query = vectors[0]
         fresh = dict(zip(found.pending, vectors[1:], strict=True))
         neighbors = []
@@ -349,7 +365,11 @@ class SemanticCache:
                 neighbors.append(Neighbor(n.digest, n.text, float(dense @ query)))
         found.dense = query
         neighbors.sort(key=lambda n: -n.cosine)
-        best = self.verifier.best(found.text, neighbors)
+        return self._judge(found.text, neighbors, min_probability)
+
+    def _judge(self, text: str, neighbors: Sequence[Neighbor], min_probability: float | None
+               ) -> SemanticMatch | None:
+        best = self.verifier.best(text, neighbors)
         if best is None:
             return None
         neighbor, probability = best

@@ -4,13 +4,21 @@
         --pairs ../shared/data/cache/qqp_pairs_dev.json
 
 ``DIR`` holds what ``scripts/train_cross_encoder.py`` wrote (``model.safetensors``,
-``config.json``, ``training.json``). Writes ``cross_encoder.onnx`` (checked against the
+``config.json``, ``training.json``). ``--recalibrate`` keeps the shipped graph and its
+training record and refits only the combiner and the threshold (for instance on the
+other ``--cosine``). Writes ``cross_encoder.onnx`` (checked against the
 PyTorch logits recorded at training time, and against the 25 MB budget) and
 ``cross_encoder.json`` next to this file. The threshold is the lowest probability whose
 labelled hits reach ``--target-precision`` in lookups over the calibration pairs
 (``cross_data``: a fifth of the training half the model never trained on), run the way
 production runs them: every calibration entry in one index, each question searched and
 its best candidate judged by the verifier. The evaluation half is not read.
+
+The combiner's cosine is MiniLM's (``--cosine minilm``, the default:
+``cross_encoder.json``) or the static vectors' (``--cosine static``:
+``cross_encoder_static.json``; the candidate stage has that cosine, so a lookup needs no
+MiniLM pass); with the static cosine the calibration lookups search the static vectors
+with the cache's candidate count and floor, as the cache does.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from services.caching.semantic import CANDIDATE_K, STATIC_FLOOR
 from services.caching.semantic.corpus import SPLIT_RULE, Pair, encode_cached, load_pairs
 from services.caching.semantic.cross_data import (
     CALIBRATION_RULE,
@@ -34,9 +43,11 @@ from services.caching.semantic.cross_data import (
     split,
 )
 from services.caching.semantic.cross_encoder import (
+    COSINES,
     GUARDS,
     MODEL_PATH,
     SPEC_PATH,
+    SPEC_PATHS,
     CrossEncoder,
     CrossEncoderVerifier,
     guard_refuses,
@@ -50,7 +61,7 @@ from services.caching.semantic.train import (
     precision_curve,
     simulate,
 )
-from services.embeddings import DEFAULT_ENCODER, default_encoder
+from services.embeddings import DEFAULT_ENCODER, default_encoder, default_static_encoder
 from services.embeddings.onnx_graph import build_pair_classifier
 
 log = logging.getLogger("semantic.cross_build")
@@ -59,7 +70,7 @@ MAX_TOKENS = 96
 SEARCH_K = 4
 MODEL_K = 1  # candidates the model scores per lookup at most (a second added more
 # wrong hits than right ones on the calibration pairs)
-MIN_COSINE = 0.5
+MIN_COSINE = {"minilm": 0.5, "static": STATIC_FLOOR}  # candidates under it are not judged
 
 
 def export(trained: Path, out: Path) -> dict[str, Any]:
@@ -109,7 +120,12 @@ def calibrate(pairs_path: Path, verifier: CrossEncoderVerifier, *, target: float
     entries = sorted({p.text_a for p in calibration})
     queries = [p for p in calibration if not exact_repeat(p, set(entries))]
     texts = sorted({t for p in calibration for t in (p.text_a, p.text_b)})
-    vectors = encode_cached(default_encoder(DEFAULT_ENCODER).encode, texts, embeddings_cache)
+    if verifier.cosine == "static":  # the cache's candidates: its top k above its floor
+        vectors, search_k = default_static_encoder().encode(texts), CANDIDATE_K
+    else:
+        vectors = encode_cached(default_encoder(DEFAULT_ENCODER).encode, texts,
+                                embeddings_cache)
+        search_k = SEARCH_K
     row = {t: i for i, t in enumerate(texts)}
     if verifier.spec.get("combine") == "fit":
         verifier.spec["combine"] = fit_combiner(calibration, verifier, vectors, row)
@@ -118,7 +134,7 @@ def calibrate(pairs_path: Path, verifier: CrossEncoderVerifier, *, target: float
     for text in entries:
         index.add(SCOPE, hashlib.sha256(text.encode()).hexdigest(), text, vectors[row[text]])
     outcomes = simulate(index, verifier, queries,
-                        np.array([vectors[row[p.text_b]] for p in queries]), k=SEARCH_K)
+                        np.array([vectors[row[p.text_b]] for p in queries]), k=search_k)
     positives = sum(p.label for p in queries)
     threshold, reached, precision = choose_threshold(outcomes, target, min_hits)
     at = precision_curve(outcomes, positives, [threshold])[0]
@@ -129,8 +145,9 @@ def calibrate(pairs_path: Path, verifier: CrossEncoderVerifier, *, target: float
              at["recall"], at["hits"])
     return {
         "threshold": threshold,
-        "method": f"lookups over the calibration pairs: search all {len(entries)} calibration "
-                  f"entries, the model scores up to {verifier.model_k} of the best {SEARCH_K} "
+        "method": f"lookups over the calibration pairs: search the {verifier.cosine} vectors "
+                  f"of all {len(entries)} calibration entries, the model scores up to "
+                  f"{verifier.model_k} of the best {search_k} (cosine >= {verifier.min_cosine}) "
                   "the rules let through and the most probable is the answer; correct = own "
                   "labelled duplicate; wrong_own = own pair labelled 0; wrong_other = another "
                   "entry (unlabelled)",
@@ -143,19 +160,53 @@ def calibrate(pairs_path: Path, verifier: CrossEncoderVerifier, *, target: float
     }
 
 
-def build(trained: Path, pairs_path: Path, *, target: float, min_hits: int,
-          embeddings_cache: Path | None, combine: bool = True, model_k: int = MODEL_K,
-          model_out: Path = MODEL_PATH, spec_out: Path = SPEC_PATH) -> dict[str, Any]:
-    model = export(trained, model_out)
-    spec: dict[str, Any] = {"format": 1, "kind": "cross-encoder", "max_tokens": MAX_TOKENS,
-                            "guards": list(GUARDS), "search_k": SEARCH_K, "model_k": model_k,
-                            "min_cosine": MIN_COSINE, "threshold": 1.0,
-                            "target_precision": target, "combine": "fit" if combine else None}
-    verifier = CrossEncoderVerifier(spec, encoder=CrossEncoder(model_out, max_tokens=MAX_TOKENS))
+def calibrated(spec: dict[str, Any], model: Path, pairs_path: Path, *, target: float,
+               min_hits: int, embeddings_cache: Path | None, combine: bool, cosine: str
+               ) -> dict[str, Any]:
+    """``spec`` with its combiner (when ``combine``) and threshold fitted for ``cosine``."""
+    if cosine not in COSINES:
+        raise ValueError(f"cosine {cosine!r}: expected one of {COSINES}")
+    spec = dict(spec, cosine=cosine, min_cosine=MIN_COSINE[cosine], threshold=1.0,
+                target_precision=target, combine="fit" if combine else None)
+    verifier = CrossEncoderVerifier(spec, encoder=CrossEncoder(model, max_tokens=MAX_TOKENS))
     calibration = calibrate(pairs_path, verifier, target=target, min_hits=min_hits,
                             embeddings_cache=embeddings_cache)
     spec["threshold"] = round(calibration.pop("threshold"), 6)
     spec["calibration"] = calibration
+    return spec
+
+
+def recalibrate(pairs_path: Path, *, target: float, min_hits: int,
+                embeddings_cache: Path | None, combine: bool = True, cosine: str = "static",
+                model_path: Path = MODEL_PATH, spec_path: Path = SPEC_PATH,
+                spec_out: Path | None = None) -> dict[str, Any]:
+    """Refit the shipped model's combiner and threshold for ``cosine``; its weights and
+    training record (read from ``spec_path``) stay as they are (the pairs file must be
+    the one it was trained on). Written to ``spec_out``, by default the calibration file
+    of ``cosine`` next to ``spec_path``."""
+    spec = json.loads(spec_path.read_text())
+    digest = hashlib.sha256(pairs_path.read_bytes()).hexdigest()
+    if digest != spec["training"]["pairs_file_sha256"]:
+        raise ValueError(f"{pairs_path} is not the pairs file the model was trained on "
+                         f"(sha256 {digest[:12]}, recorded "
+                         f"{spec['training']['pairs_file_sha256'][:12]})")
+    spec = calibrated(spec, model_path, pairs_path, target=target, min_hits=min_hits,
+                      embeddings_cache=embeddings_cache, combine=combine, cosine=cosine)
+    out = spec_out or spec_path.with_name(SPEC_PATHS[cosine].name)
+    out.write_text(json.dumps(spec, indent=1) + "\n")
+    log.info("wrote %s", out)
+    return spec
+
+
+def build(trained: Path, pairs_path: Path, *, target: float, min_hits: int,
+          embeddings_cache: Path | None, combine: bool = True, model_k: int = MODEL_K,
+          cosine: str = "minilm", model_out: Path = MODEL_PATH, spec_out: Path = SPEC_PATH
+          ) -> dict[str, Any]:
+    model = export(trained, model_out)
+    spec: dict[str, Any] = {"format": 1, "kind": "cross-encoder", "max_tokens": MAX_TOKENS,
+                            "guards": list(GUARDS), "search_k": SEARCH_K, "model_k": model_k}
+    spec = calibrated(spec, model_out, pairs_path, target=target, min_hits=min_hits,
+                      embeddings_cache=embeddings_cache, combine=combine, cosine=cosine)
     _, pairs = load_pairs(pairs_path)
     fine_tune, cal, evaluation = split(pairs)
     examples = fine_tune_examples(fine_tune)
@@ -187,6 +238,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--embeddings-cache", type=Path, default=None)
     parser.add_argument("--no-combine", dest="combine", action="store_false",
                         help="the model's probability alone (no cosine combiner)")
+    parser.add_argument("--cosine", choices=COSINES, default="minilm",
+                        help="the cosine the combiner reads (static: no MiniLM pass; "
+                             "written to cross_encoder_static.json)")
+    parser.add_argument("--recalibrate", action="store_true",
+                        help="keep the shipped model; refit its combiner and threshold only")
     parser.add_argument("--model-k", type=int, default=MODEL_K,
                         help="candidates the model scores per lookup at most")
     parser.add_argument("--out-dir", type=Path, default=MODEL_PATH.parent,
@@ -201,12 +257,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         log.info("%s", write_training_file(args.pairs, args.examples_out))
         return 0
+    if args.recalibrate:
+        recalibrate(args.pairs, target=args.target_precision, min_hits=args.min_hits,
+                    embeddings_cache=args.embeddings_cache, combine=args.combine,
+                    cosine=args.cosine, model_path=args.out_dir / MODEL_PATH.name,
+                    spec_path=args.out_dir / SPEC_PATH.name)
+        return 0
     if args.trained is None:
-        parser.error("--trained is required (or --examples-out)")
+        parser.error("--trained is required (or --examples-out, or --recalibrate)")
     args.out_dir.mkdir(parents=True, exist_ok=True)
     build(args.trained, args.pairs, target=args.target_precision, min_hits=args.min_hits,
           embeddings_cache=args.embeddings_cache, combine=args.combine, model_k=args.model_k,
-          model_out=args.out_dir / MODEL_PATH.name, spec_out=args.out_dir / SPEC_PATH.name)
+          cosine=args.cosine, model_out=args.out_dir / MODEL_PATH.name,
+          spec_out=args.out_dir / SPEC_PATHS[args.cosine].name)
     return 0
 
 

@@ -34,7 +34,11 @@ from services.caching.semantic.index import Neighbor
 
 MODEL_PATH = Path(__file__).with_name("cross_encoder.onnx")
 SPEC_PATH = Path(__file__).with_name("cross_encoder.json")
-__all__ = ["GUARDS", "CrossEncoder", "CrossEncoderVerifier", "guard_refuses"]
+# the combiner's cosine -> the calibration of the shipped model for it
+COSINES = ("minilm", "static")
+SPEC_PATHS = {"minilm": SPEC_PATH, "static": Path(__file__).with_name("cross_encoder_static.json")}
+__all__ = ["COSINES", "GUARDS", "SPEC_PATHS", "CrossEncoder", "CrossEncoderVerifier",
+           "guard_refuses"]
 
 
 class CrossEncoder:
@@ -116,6 +120,13 @@ class CrossEncoderVerifier:
         self.threshold = self.calibrated_threshold if threshold is None else float(threshold)
         self.min_cosine = float(spec.get("min_cosine", 0.0))
         self.model_k = int(spec.get("model_k", 1))
+        # which cosine the combiner was fitted on: the static vectors' (the candidate stage
+        # has it, so a lookup needs no MiniLM pass) or MiniLM's (the format before)
+        cosine = spec.get("cosine", "minilm")
+        if cosine not in COSINES:
+            raise ValueError(f"cross-encoder spec: cosine {cosine!r}, expected one of {COSINES}")
+        self.cosine = cosine
+        self.needs_dense = cosine == "minilm"
         # optional: P = sigmoid(a * logit + b * cosine + c), fitted on the calibration
         # pairs (the cosine adds what the bi-encoder learnt from a billion pairs)
         combine = spec.get("combine")

@@ -102,6 +102,7 @@ class SemanticVerifier:
     # It judges the nearest candidate only: one a rule refuses is a miss, it does not make
     # way for the next (which the model would judge in its place, and sometimes accept).
     skips_refused = False
+    needs_dense = True  # its features read the MiniLM cosine
 
     def __init__(self, spec: dict[str, Any], *, threshold: float | None = None) -> None:
         names = tuple(spec["features"])
