@@ -46,6 +46,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
@@ -313,8 +314,9 @@ class SemanticCache:
                                             1.0, True)
                 return found
         if self.verifier.skips_refused:
-            found.admitted = [n for n in neighbors if self.verifier.admits(text, n.text)
-                              ][: self.search_k]
+            # lazily: the rules stop at the search_k-th candidate they let through
+            found.admitted = list(islice((n for n in neighbors
+                                          if self.verifier.admits(text, n.text)), self.search_k))
         else:
             nearest = neighbors[: self.search_k]
             if any(self.verifier.admits(text, n.text) for n in nearest):
