@@ -26,4 +26,8 @@ MODEL_DIR=$(.venv/bin/python -c "from services.embeddings import bundled_model_d
     --freeze-layers 2 --lr 5e-5 --threads 1
 .venv/bin/python -m services.caching.semantic.cross_build --pairs "$PAIRS" \
     --trained "$WORK/model" --target-precision 0.95
-echo "built services/caching/semantic/cross_encoder.onnx and cross_encoder.json (work: $WORK)"
+# the same model's combiner on the static cosine (cross-encoder-static: no MiniLM pass)
+.venv/bin/python -m services.caching.semantic.cross_build --pairs "$PAIRS" \
+    --recalibrate --cosine static --target-precision 0.95
+echo "built services/caching/semantic/cross_encoder.onnx, cross_encoder.json and" \
+    "cross_encoder_static.json (work: $WORK)"
