@@ -33,7 +33,7 @@ from models import RequestLog, ScalingDecision
 from services.caching.optimization import LOOKED_UP
 from services.routing import BudgetLedger
 from services.routing.budgets import Scope
-from services.routing.config import BudgetConfig
+from services.routing.config import BudgetConfig, period_start
 from services.routing.keys import KeyBudget
 from services.settings import AlertRuleConfig
 from services.workers import vllm_metrics
@@ -145,14 +145,6 @@ def threshold_for(rule: AlertRuleConfig, context: dict[str, Any]) -> float:
 # --- budgets ----------------------------------------------------------------------------
 
 
-def _period_start(period: str, now: datetime) -> datetime | None:
-    if period == "day":
-        return now.replace(hour=0, minute=0, second=0, microsecond=0)
-    if period == "month":
-        return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    return None  # total
-
-
 async def budget_readings(
     budgets: dict[str, BudgetConfig], *, engine: Engine, redis_url: str, now: datetime,
     tenants: Iterable[str] = (), keys: Iterable[KeyBudget] = (),
@@ -196,7 +188,7 @@ def _spent_from_store(engine: Engine, scope: str, period: str, now: datetime) ->
     column = RequestLog.tenant if kind == "tenant" else RequestLog.api_key_id
     query = select(func.coalesce(func.sum(RequestLog.cost_usd), 0.0)).where(
         column == ident, RequestLog.created_at < now)
-    start = _period_start(period, now)
+    start = period_start(period, now)
     if start is not None:
         query = query.where(RequestLog.created_at >= start)
     with engine.connect() as conn:

@@ -23,6 +23,7 @@ thresholds are calibrated for.
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -61,9 +62,22 @@ class ModelConfig(_Strict):
         return self.price_model or self.wire_name
 
 
+BudgetPeriod = Literal["total", "day", "month"]
+
+
+def period_start(period: BudgetPeriod | str, at: datetime) -> datetime | None:
+    """Start of the budget period (a day or month of ``at``'s timezone, UTC in the
+    store) that holds ``at``; None for ``total``."""
+    if period == "day":
+        return at.replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "month":
+        return at.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    return None
+
+
 class BudgetConfig(_Strict):
     limit_usd: float = Field(gt=0, allow_inf_nan=False)
-    period: Literal["total", "day", "month"] = "month"
+    period: BudgetPeriod = "month"
     downgrade_at: float | None = Field(
         default=0.8, gt=0, le=1, description="fraction spent from which routing downgrades"
     )

@@ -19,7 +19,7 @@ from sqlalchemy import Engine, func, select
 
 from models import ApiKey, KeyCostRollup
 from services.costs.reports.read import check_period
-from services.routing.config import BudgetConfig
+from services.routing.config import BudgetConfig, period_start
 from services.routing.keys import key_budget
 
 _ROLLUPS = KeyCostRollup.__table__
@@ -48,14 +48,10 @@ class KeySpend:
 def budget_window(period: str, until: datetime) -> tuple[datetime | None, str]:
     """Start and label of the ``period`` (day, month, total; UTC) holding the last instant
     before ``until``."""
-    last = until - timedelta(microseconds=1)
-    if period == "day":
-        start = last.replace(hour=0, minute=0, second=0, microsecond=0)
-        return start, start.strftime("%Y-%m-%d")
-    if period == "month":
-        start = last.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-        return start, start.strftime("%Y-%m")
-    return None, "total"
+    start = period_start(period, until - timedelta(microseconds=1))
+    if start is None:
+        return None, "total"
+    return start, start.strftime("%Y-%m-%d" if period == "day" else "%Y-%m")
 
 
 def key_spend(engine: Engine, since: datetime, until: datetime, *, tenant: str | None = None,
