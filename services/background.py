@@ -1,13 +1,54 @@
-"""Background tasks of long-lived services (health probes, key refresh, telemetry)."""
+"""Background tasks of long-lived services (health probes, key refresh, telemetry,
+writes behind the request path)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Generic, TypeVar
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class WriteBehind(Generic[T]):
+    """Items queued on the event loop and handed to ``write`` in batches of at most
+    ``batch`` by one background task (started through ``spawn`` when the queue was idle):
+    whatever queued while the last batch was written is the next batch. Past
+    ``max_pending`` waiting items ``put`` refuses, so a store that cannot keep up costs
+    memory up to a bound, never without one. ``write`` handles its own failures."""
+
+    def __init__(self, write: Callable[[list[T]], Awaitable[None]],
+                 spawn: Callable[[Coroutine[object, object, None]], object], *,
+                 batch: int = 256, max_pending: int = 20_000) -> None:
+        self._write, self._spawn = write, spawn
+        self.batch, self.max_pending = batch, max_pending
+        self._pending: list[T] = []
+        self._running = False
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def put(self, item: T) -> bool:
+        """Queue ``item``; False (nothing queued) when ``max_pending`` are waiting."""
+        if len(self._pending) >= self.max_pending:
+            return False
+        self._pending.append(item)
+        if not self._running:
+            self._running = True
+            self._spawn(self._run())
+        return True
+
+    async def _run(self) -> None:
+        try:
+            while self._pending:
+                batch = self._pending[:self.batch]
+                del self._pending[:self.batch]
+                await self._write(batch)
+        finally:
+            self._running = False
 
 
 async def cancel_and_wait(task: asyncio.Task[None] | None) -> None:

@@ -20,6 +20,7 @@ from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from services.background import WriteBehind
 from services.caching.entry import CachedResponse
 from services.caching.keys import CacheKey
 
@@ -87,8 +88,10 @@ class ResponseCache:
         self.flight_timeout_s = flight_timeout_s
         self._inflight: dict[str, asyncio.Future[CachedResponse | None]] = {}
         self._background: set[asyncio.Task[None]] = set()
-        self._pending: list[TierWrite] = []  # stored, not yet in the shared tiers
-        self._writing = False
+        # stored in L1, not yet in the shared tiers
+        self._behind: WriteBehind[TierWrite] = WriteBehind(
+            lambda batch: self._fill(self._shared, batch), self._in_background,
+            batch=WRITE_BATCH, max_pending=MAX_PENDING)
         # each tier's metric children, resolved once rather than by label on every lookup
         self._timers = {t.name: metrics.lookup_seconds.labels(t.name) for t in tiers}
         self._results = {(t.name, r): metrics.lookups.labels(t.name, r)
@@ -116,27 +119,11 @@ class ResponseCache:
 
     async def store(self, key: CacheKey, entry: CachedResponse, *, ttl_s: float | None = None
                     ) -> None:
-        first, shared = self.tiers[0], self._shared
+        first = self.tiers[0]
         if await first.set(key, entry, ttl_s):
             self._stored[first.name].inc()
-        if not shared:
-            return
-        if len(self._pending) >= MAX_PENDING:  # the shared tiers cannot keep up
-            self.metrics.writes_skipped.inc()
-            return
-        self._pending.append((key, entry, ttl_s))
-        if not self._writing:
-            self._writing = True
-            self._in_background(self._write_behind(shared))
-
-    async def _write_behind(self, tiers: list[CacheTier]) -> None:
-        try:
-            while self._pending:
-                batch = self._pending[:WRITE_BATCH]
-                del self._pending[:WRITE_BATCH]
-                await self._fill(tiers, batch)
-        finally:
-            self._writing = False
+        if self._shared and not self._behind.put((key, entry, ttl_s)):
+            self.metrics.writes_skipped.inc()  # the shared tiers cannot keep up
 
     def _in_background(self, work: Coroutine[object, object, None]) -> None:
         task = asyncio.create_task(work)

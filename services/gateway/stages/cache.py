@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -35,6 +35,7 @@ from urllib.parse import quote
 import numpy as np
 import orjson
 
+from services.background import WriteBehind
 from services.caching import (
     CachedResponse,
     CacheKey,
@@ -125,8 +126,10 @@ class CacheStage:
         self._semantic_min_probability = dict(semantic_min_probability or {})
         self._semantic_ttl_s = semantic_ttl_s
         self._background: set[asyncio.Task[None]] = set()
-        self._to_index: list[tuple[str, SemanticQuery]] = []  # cached, not yet indexed
-        self._indexing = False
+        # cached, not yet indexed
+        self._to_index: WriteBehind[tuple[str, SemanticQuery]] = WriteBehind(
+            self._index_behind, self._in_background, batch=INDEX_BATCH,
+            max_pending=MAX_PENDING_INDEX)
 
     def wants_semantic(self, ctx: RequestContext) -> bool:
         if self._semantic is None:
@@ -263,31 +266,22 @@ class CacheStage:
         await self._cache.store(key, entry)
         if scoped is None or self._semantic is None:
             return
-        if len(self._to_index) >= MAX_PENDING_INDEX:  # indexing cannot keep up: skip it
+        if not self._to_index.put((key.digest, scoped)):  # indexing cannot keep up
             log.warning("semantic indexing queue full; entry not indexed")
-            return
-        self._to_index.append((key.digest, scoped))
-        if not self._indexing:
-            self._indexing = True
-            task = asyncio.create_task(self._index_behind())
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
 
-    async def _index_behind(self) -> None:
+    async def _index_behind(self, batch: list[tuple[str, SemanticQuery]]) -> None:
         """Index newly cached questions (their vectors from their lookup, or the static one
-        computed now when the request did not read the cache) and persist them, in batches
-        on a worker thread, off the requests' path: whatever queued while the last batch
-        was written is the next batch, one store transaction each."""
+        computed now when the request did not read the cache) and persist them on a worker
+        thread, off the requests' path, one store transaction per batch."""
         try:
-            while self._to_index:
-                batch = self._to_index[:INDEX_BATCH]
-                del self._to_index[:INDEX_BATCH]
-                try:
-                    await asyncio.to_thread(self._index_batch, batch)
-                except Exception:  # best effort: the exact entries are already stored
-                    log.warning("semantic indexing failed", exc_info=True)
-        finally:
-            self._indexing = False
+            await asyncio.to_thread(self._index_batch, batch)
+        except Exception:  # best effort: the exact entries are already stored
+            log.warning("semantic indexing failed", exc_info=True)
+
+    def _in_background(self, work: Coroutine[object, object, None]) -> None:
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _index_batch(self, batch: list[tuple[str, SemanticQuery]]) -> None:
         semantic = self._semantic
