@@ -21,9 +21,10 @@ A lookup runs in three steps, cheapest first, and stops as soon as the answer is
    the nearest it is a miss). A miss decided here costs no transformer pass;
 3. verification: only for the candidates left, the verifier exactly as calibrated.
    The feature verifier reads MiniLM cosines: the question's and any candidate's MiniLM
-   vector not yet known are computed in one pass (a candidate keeps its vector). The
-   shipped cross-encoder's combiner reads the static cosine (``needs_dense`` False), so
-   its lookups run no MiniLM pass at all.
+   vector not yet known are computed in one pass (a candidate keeps its vector); so does
+   the cross-encoder's combiner as shipped (``cross-encoder``). The ``cross-encoder-static``
+   calibration combines with the static cosine instead (``needs_dense`` False), so its
+   lookups run no MiniLM pass at all.
 
 Storing an entry needs only its static vector (and keeps the MiniLM vector when its own
 lookup computed one).
