@@ -13,6 +13,30 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+class BackgroundTasks:
+    """Tasks an owner starts and does not await on the request path (cache fills, writes
+    behind): each is referenced until it ends (the event loop keeps only weak references,
+    so an unreferenced task can be collected mid-flight) and ``drain`` waits for them."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def spawn(self, work: Coroutine[object, object, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        """Wait until every task has ended, those spawned meanwhile included (a write
+        behind starts its next batch's task as one ends); the tasks log their own
+        failures."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
 class WriteBehind(Generic[T]):
     """Items queued on the event loop and handed to ``write`` in batches of at most
     ``batch`` by one background task (started through ``spawn`` when the queue was idle):

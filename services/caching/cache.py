@@ -14,13 +14,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from services.background import WriteBehind
+from services.background import BackgroundTasks, WriteBehind
 from services.caching.entry import CachedResponse
 from services.caching.keys import CacheKey
 
@@ -87,10 +87,10 @@ class ResponseCache:
         self.metrics = metrics
         self.flight_timeout_s = flight_timeout_s
         self._inflight: dict[str, asyncio.Future[CachedResponse | None]] = {}
-        self._background: set[asyncio.Task[None]] = set()
+        self._background = BackgroundTasks()
         # stored in L1, not yet in the shared tiers
         self._behind: WriteBehind[TierWrite] = WriteBehind(
-            lambda batch: self._fill(self._shared, batch), self._in_background,
+            lambda batch: self._fill(self._shared, batch), self._background.spawn,
             batch=WRITE_BATCH, max_pending=MAX_PENDING)
         # each tier's metric children, resolved once rather than by label on every lookup
         self._timers = {t.name: metrics.lookup_seconds.labels(t.name) for t in tiers}
@@ -111,7 +111,7 @@ class ResponseCache:
             if entry is not None and (max_age_s is None or entry.age_s <= max_age_s):
                 self._results[tier.name, "hit"].inc()
                 if missed:
-                    self._in_background(self._fill(missed, [(key, entry, None)]))
+                    self._background.spawn(self._fill(missed, [(key, entry, None)]))
                 return Hit(tier.name, entry)
             self._results[tier.name, "miss"].inc()
             missed.append(tier)
@@ -124,11 +124,6 @@ class ResponseCache:
             self._stored[first.name].inc()
         if self._shared and not self._behind.put((key, entry, ttl_s)):
             self.metrics.writes_skipped.inc()  # the shared tiers cannot keep up
-
-    def _in_background(self, work: Coroutine[object, object, None]) -> None:
-        task = asyncio.create_task(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
 
     async def _fill(self, tiers: list[CacheTier], items: Sequence[TierWrite]) -> None:
         for tier in tiers:
@@ -148,8 +143,7 @@ class ResponseCache:
 
     async def drain(self) -> None:
         """Wait for background writes (tests, shutdown)."""
-        while self._background:
-            await asyncio.gather(*list(self._background), return_exceptions=True)
+        await self._background.drain()
 
     async def aclose(self) -> None:
         await self.drain()

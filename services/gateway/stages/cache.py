@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -35,7 +35,7 @@ from urllib.parse import quote
 import numpy as np
 import orjson
 
-from services.background import WriteBehind
+from services.background import BackgroundTasks, WriteBehind
 from services.caching import (
     CachedResponse,
     CacheKey,
@@ -125,10 +125,10 @@ class CacheStage:
         self._semantic_tenants = semantic_tenants
         self._semantic_min_probability = dict(semantic_min_probability or {})
         self._semantic_ttl_s = semantic_ttl_s
-        self._background: set[asyncio.Task[None]] = set()
+        self._background = BackgroundTasks()
         # cached, not yet indexed
         self._to_index: WriteBehind[tuple[str, SemanticQuery]] = WriteBehind(
-            self._index_behind, self._in_background, batch=INDEX_BATCH,
+            self._index_behind, self._background.spawn, batch=INDEX_BATCH,
             max_pending=MAX_PENDING_INDEX)
 
     def wants_semantic(self, ctx: RequestContext) -> bool:
@@ -278,11 +278,6 @@ class CacheStage:
         except Exception:  # best effort: the exact entries are already stored
             log.warning("semantic indexing failed", exc_info=True)
 
-    def _in_background(self, work: Coroutine[object, object, None]) -> None:
-        task = asyncio.create_task(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
     def _index_batch(self, batch: list[tuple[str, SemanticQuery]]) -> None:
         semantic = self._semantic
         assert semantic is not None
@@ -292,8 +287,7 @@ class CacheStage:
             self._semantic_store.save_many(rows)
 
     async def drain(self) -> None:
-        while self._background:
-            await asyncio.gather(*list(self._background), return_exceptions=True)
+        await self._background.drain()
 
     async def _recording(self, ctx: RequestContext, chunks: AsyncIterator[bytes], key: Any,
                          flight: Any, scoped: SemanticQuery | None

@@ -1,10 +1,11 @@
-"""WriteBehind: batches of what queued meanwhile, one writer at a time, a bounded queue."""
+"""BackgroundTasks: tasks kept until they end, drained with those they start.
+WriteBehind: batches of what queued meanwhile, one writer at a time, a bounded queue."""
 
 from __future__ import annotations
 
 import asyncio
 
-from services.background import WriteBehind
+from services.background import BackgroundTasks, WriteBehind
 
 
 async def test_items_queued_while_a_batch_is_written_form_the_next_batch() -> None:
@@ -43,3 +44,24 @@ async def test_a_full_queue_refuses_and_keeps_what_it_holds() -> None:
     assert [behind.put(i) for i in range(4)] == [True, True, False, False]
     await asyncio.gather(*tasks)
     assert written == [0, 1]
+
+
+async def test_drain_waits_for_every_task_those_started_meanwhile_and_failed_ones() -> None:
+    background = BackgroundTasks()
+    done: list[str] = []
+
+    async def work(name: str, then: str | None = None) -> None:
+        await asyncio.sleep(0.01)
+        done.append(name)
+        if then is not None:
+            background.spawn(work(then))
+
+    async def fail() -> None:
+        raise RuntimeError("a failure is the task's own to log")
+
+    background.spawn(work("first", then="started by first"))
+    background.spawn(fail())
+    assert len(background) == 2
+    await background.drain()
+    assert done == ["first", "started by first"] and len(background) == 0
+    await background.drain()  # nothing left: returns at once
