@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine, func, select
 
 from models import ApiKey, KeyCostRollup
 from services.costs.reports.read import check_period
@@ -79,22 +79,40 @@ def key_spend(engine: Engine, since: datetime, until: datetime, *, tenant: str |
         listed = dict.fromkeys(traffic)
         listed.update(dict.fromkeys((key_id, stored[key_id].tenant)
                                     for key_id, limit in limits.items() if limit is not None))
-        found = []
-        for key_id, key_tenant in listed:
-            row = stored.get(key_id)
-            requests, errors, cost = traffic.get((key_id, key_tenant), (0, 0, 0.0))
-            spend = KeySpend(key_id, key_tenant, row.name if row else None,
-                             row.revoked_at if row else None, requests, errors, cost)
-            budget = limits.get(key_id) if row else (configured or {}).get(f"key:{key_id}")
-            if budget is not None:
-                start, label = budget_window(budget.period, until)
-                spent = conn.scalar(select(func.coalesce(func.sum(r.cost_usd), 0.0)).where(
-                    r.api_key_id == key_id, r.hour < until,
-                    *([r.hour >= start] if start is not None else [])))
-                spend = replace(spend, budget=budget, budget_window=label,
-                                budget_spent_usd=float(spent or 0.0))
-            found.append(spend)
+        budget_of = {key_id: limits.get(key_id) if key_id in stored
+                     else (configured or {}).get(f"key:{key_id}") for key_id, _ in listed}
+        budgets = {key_id: b for key_id, b in budget_of.items() if b is not None}
+        spent = _spent_in_budget_windows(conn, budgets, until)
+    found = []
+    for key_id, key_tenant in listed:
+        row = stored.get(key_id)
+        requests, errors, cost = traffic.get((key_id, key_tenant), (0, 0, 0.0))
+        spend = KeySpend(key_id, key_tenant, row.name if row else None,
+                         row.revoked_at if row else None, requests, errors, cost)
+        if (budget := budgets.get(key_id)) is not None:
+            spend = replace(spend, budget=budget,
+                            budget_window=budget_window(budget.period, until)[1],
+                            budget_spent_usd=spent[key_id])
+        found.append(spend)
     return sorted(found, key=lambda k: (-k.cost_usd, k.tenant, k.key_id))
+
+
+def _spent_in_budget_windows(conn: Connection, budgets: Mapping[str, BudgetConfig],
+                             until: datetime) -> dict[str, float]:
+    """Each key's spend in its budget window up to ``until``: one query per window start
+    (the day, the month, all time), not one per key."""
+    r = _ROLLUPS.c
+    by_start: dict[datetime | None, list[str]] = {}
+    for key_id, budget in budgets.items():
+        by_start.setdefault(budget_window(budget.period, until)[0], []).append(key_id)
+    spent = dict.fromkeys(budgets, 0.0)
+    for start, key_ids in by_start.items():
+        query = (select(r.api_key_id, func.sum(r.cost_usd))
+                 .where(r.api_key_id.in_(key_ids), r.hour < until,
+                        *([r.hour >= start] if start is not None else []))
+                 .group_by(r.api_key_id))
+        spent.update({key_id: float(cost or 0.0) for key_id, cost in conn.execute(query)})
+    return spent
 
 
 def _limit(budget_usd: float | None, period: str) -> BudgetConfig | None:
