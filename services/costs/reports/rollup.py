@@ -246,8 +246,7 @@ def hourly_sums(engine: Engine, since: datetime, until: datetime, *,
         if bucket_s % 3600:
             ranges, rolled = [(since, until)], False
         else:
-            first = _floor_hour(since)
-            until = _floor_hour(until - timedelta(microseconds=1)) + HOUR
+            first, until = whole_hours(since, until)
             watermark = conn.scalar(
                 select(CostRollupState.watermark).where(CostRollupState.name == WATERMARK))
             if watermark is None:
@@ -303,6 +302,11 @@ def _epoch_bucket(conn: Connection, seconds: int) -> Any:
     if conn.dialect.name == "sqlite":
         return cast(func.strftime("%s", created), Integer) // seconds * seconds
     return cast(func.floor(func.extract("epoch", created) / seconds) * seconds, Integer)
+
+
+def whole_hours(since: datetime, until: datetime) -> tuple[datetime, datetime]:
+    """The whole UTC hours holding ``[since, until)``: what the hourly rollups can answer."""
+    return _floor_hour(since), _floor_hour(until - timedelta(microseconds=1)) + HOUR
 
 
 def _floor_hour(value: datetime) -> datetime:
