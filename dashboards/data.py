@@ -6,7 +6,8 @@ Every query is bounded: counts and sums come from the cost package's one hourly 
 hours with rows not rolled up yet, and for ranges drawn finer than an hour), and the few
 figures SQL cannot aggregate portably (percentiles, per-stage token savings held in
 JSON) are computed from at most ``Filters.sample_rows`` of the newest matching rows,
-which the page says when it cuts.
+which the page says when it cuts. Spend per API key is read from ``key_cost_rollups``
+alone (hour x key, written by the same rollup run), never from ``request_log``.
 
 The store is opened read-only (``read_only_engine``): ``PRAGMA query_only`` on SQLite, a
 read-only transaction default on PostgreSQL (in production the dashboard also connects
@@ -28,17 +29,21 @@ from sqlalchemy import ColumnElement, Engine, and_, create_engine, event, inspec
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from models import Alert, CacheReport, CostReport, RequestLog
+from models import Alert, CacheReport, CostReport, CostRollupState, KeyCostRollup, RequestLog
 from models.tables import RouterVersion
 from services.costs.reports import (
     LEVERS,
     HourlySums,
+    KeySpend,
     Pricing,
+    configured_key_budgets,
     hourly_sums,
+    key_spend,
     latest_reports,
     pricing,
 )
-from services.costs.reports.rollup import PRICED
+from services.costs.reports.rollup import PRICED, WATERMARK, whole_hours
+from services.routing.keys import describe_budget
 from services.settings import load_settings
 
 # What "recent" means in the time-range filter, and the bucket each range is drawn in:
@@ -395,6 +400,50 @@ def cost_reports(engine: Engine, filters: Filters, *, limit: int = 20) -> list[d
     return [r for r in reports if r["tenant"] in (None, filters.tenant)][:limit]
 
 
+@dataclass
+class KeySpending:
+    """Spend per API key (``key_cost_rollups``) in the whole UTC hours ``[since, until)``
+    holding the time range, each key against its budget (``services.costs.reports.
+    key_spend``: its budget period's spend up to ``until``). The key rollup is written by
+    the cost rollup run, so its figures stop at ``rolled_up_to`` (None before the first
+    run); it holds no model and no baseline, so neither the model filter nor savings
+    apply. ``found`` counts the keys before ``keys`` was cut to the limit."""
+
+    since: datetime
+    until: datetime
+    rolled_up_to: datetime | None
+    found: int
+    keys: list[dict[str, Any]] = field(default_factory=list)
+
+
+def key_spending(engine: Engine, filters: Filters, *, limit: int = 500) -> KeySpending:
+    """The keys with traffic in the range, or with a budget, by spend, highest first (of
+    the tenant filter's tenant, or all)."""
+    since, until = whole_hours(*filters.window)
+    if not has_table(engine, KeyCostRollup.__tablename__):
+        raise StoreNotReady("The store has no key_cost_rollups table yet: run "
+                            "`optengine migrate`.")
+    found = key_spend(engine, since, until, tenant=filters.tenant,
+                      configured=configured_key_budgets(load_settings()))
+    with engine.connect() as conn:
+        watermark = conn.scalar(select(CostRollupState.watermark)
+                                .where(CostRollupState.name == WATERMARK))
+    return KeySpending(since, until, None if watermark is None else utc(watermark),
+                       len(found), [_key_row(k) for k in found[:limit]])
+
+
+def _key_row(key: KeySpend) -> dict[str, Any]:
+    budget = key.budget
+    return {"key": f"key:{key.key_id}", "name": key.name, "tenant": key.tenant,
+            "revoked": None if key.revoked_at is None else utc(key.revoked_at),
+            "requests": key.requests, "errors": key.errors, "cost_usd": key.cost_usd,
+            "cost_per_request_usd": key.cost_usd / key.requests if key.requests else None,
+            "budget": describe_budget(budget.limit_usd if budget else None,
+                                      budget.period if budget else "month"),
+            "budget_period": key.budget_window or None,
+            "budget_spent_usd": key.budget_spent_usd, "budget_used": key.budget_used}
+
+
 # -- cache, tokens, routing ---------------------------------------------------------------
 
 
@@ -525,7 +574,7 @@ def _alert(row: Any) -> dict[str, Any]:
 
 
 __all__ = [
-    "Alerts", "CacheTokensRouting", "Costs", "Filters", "Overview", "StoreNotReady",
-    "TIME_RANGES", "alerts", "cache_tokens_routing", "check_store", "costs",
-    "filter_choices", "overview", "read_only_engine",
+    "Alerts", "CacheTokensRouting", "Costs", "Filters", "KeySpending", "Overview",
+    "StoreNotReady", "TIME_RANGES", "alerts", "cache_tokens_routing", "check_store", "costs",
+    "filter_choices", "key_spending", "overview", "read_only_engine",
 ]

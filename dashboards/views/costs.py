@@ -80,6 +80,29 @@ else:
     st.caption("No monthly budget configured (OPTENGINE_COST_MONTHLY_BUDGET_USD, or tenant "
                "budgets in the routing config).")
 
+st.subheader("Spend per API key")
+k = load("key_spending", view)
+if k.keys:
+    dollars = st.column_config.NumberColumn(format="$%.4f")
+    st.dataframe(pd.DataFrame(k.keys), hide_index=True, width="stretch", column_config={
+        "cost_usd": dollars, "budget_spent_usd": dollars,
+        "cost_per_request_usd": st.column_config.NumberColumn(format="$%.6f"),
+        "budget_used": st.column_config.NumberColumn(format="percent")})
+else:
+    st.caption("No request of this range was made with an API key, and no key has a budget.")
+rolled = ("the cost rollup has not run yet" if k.rolled_up_to is None
+          else f"rolled up to {k.rolled_up_to:%Y-%m-%d %H:%M} UTC")
+tenant = "all tenants" if view.filters.tenant is None else f"tenant {view.filters.tenant}"
+cut = f" The {len(k.keys)} highest spenders of {k.found} keys are listed." \
+    if k.found > len(k.keys) else ""
+st.caption(
+    f"Whole UTC hours from {k.since:%Y-%m-%d %H:00} to {k.until:%Y-%m-%d %H:00} "
+    f"(`key_cost_rollups`, {rolled}), {tenant}; the key rollup has no model and no "
+    "baseline, so the model filter and savings do not apply. A key's budget "
+    "(its stored limit, else the routing config's `key:<id>`) is held against its spend in "
+    "the UTC budget period holding the range's end: budget_spent_usd, budget_used. "
+    f"Escalated cascade attempts count as spend, not as requests.{cut}")
+
 st.subheader("Cost reports")
 reports = load("cost_reports", view)
 if reports:

@@ -10,7 +10,15 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from models import Alert, CacheReport, CostReport, RequestLog
+from models import (
+    Alert,
+    ApiKey,
+    CacheReport,
+    CostReport,
+    CostRollupState,
+    KeyCostRollup,
+    RequestLog,
+)
 from models.tables import (
     ConfigVersion,
     Experiment,
@@ -21,6 +29,7 @@ from models.tables import (
     ScalingDecision,
 )
 from services.costs.reports import live_summary, pricing
+from services.costs.reports.rollup import WATERMARK
 from services.settings import load_settings
 
 TENANTS = ("acme", "globex")
@@ -210,3 +219,44 @@ def seed_control_loop(engine: Engine, now: datetime) -> None:
             "experiment": "cache-canary", "at": now - timedelta(minutes=4), "step": 0,
             "decision": "advance", "reason": "guardrails held over 412 units",
             "detail": {}}])
+
+
+# the routing config's budget of a key the store does not hold (a static key)
+STATIC_KEY_BUDGETS = {"budgets": {"key:static:ops": {"limit_usd": 0.2, "period": "month"}}}
+
+
+@dataclass(frozen=True)
+class SeededKeys:
+    """Stored keys (name -> id) and their hourly spend rows in ``key_cost_rollups``:
+    ``ci`` ($0.50 total; this hour and two days ago), ``web`` (no budget; this hour),
+    ``nightly`` (globex, $1/day; two days ago only), ``old`` (revoked, $1/month; two days
+    ago) and ``static:ops`` (no stored key, ``STATIC_KEY_BUDGETS``; this hour)."""
+
+    hour: datetime  # the hour holding ``now``
+    ids: dict[str, str]
+
+
+def seed_keys(engine: Engine, now: datetime) -> SeededKeys:
+    hour = now.replace(minute=0, second=0, microsecond=0)
+    earlier = hour - timedelta(days=2)
+    made = {"ci": ("acme", 0.5, "total", None), "web": ("acme", None, "month", None),
+            "nightly": ("globex", 1.0, "day", None),
+            "old": ("acme", 1.0, "month", now - timedelta(days=1))}
+    ids = {name: str(i) for i, name in enumerate(made, start=1)}
+    spend = [("ci", hour, 3, 1, 0.12), ("ci", earlier, 2, 0, 0.08), ("web", hour, 5, 0, 0.30),
+             ("nightly", earlier, 4, 0, 0.40), ("old", earlier, 1, 0, 0.01),
+             ("static:ops", hour, 2, 0, 0.05)]
+    with engine.begin() as conn:
+        conn.execute(ApiKey.__table__.insert(), [
+            {"id": int(ids[name]), "key_hash": f"{name:0>64}", "key_prefix": f"oe-{name}",
+             "tenant": tenant, "name": name, "budget_usd": limit, "budget_period": period,
+             "created_at": now - timedelta(days=30), "revoked_at": revoked}
+            for name, (tenant, limit, period, revoked) in made.items()])
+        conn.execute(KeyCostRollup.__table__.insert(), [
+            {"hour": at, "api_key_id": ids.get(name, name),
+             "tenant": made[name][0] if name in made else "acme",
+             "requests": requests, "errors": errors, "cost_usd": cost}
+            for name, at, requests, errors, cost in spend])
+        conn.execute(CostRollupState.__table__.insert(), [
+            {"name": WATERMARK, "watermark": now, "updated_at": now}])
+    return SeededKeys(hour, ids)

@@ -3,6 +3,7 @@ read-only guarantees of the engine it opens."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,7 +19,7 @@ from models import Alert, RequestLog, create_store_engine
 from services.costs import PriceCatalog
 from services.costs.reports import HostedUpstreams, roll_up, summarize
 from services.settings import load_settings
-from tests.dashboards.seed import TENANTS, seed
+from tests.dashboards.seed import STATIC_KEY_BUDGETS, TENANTS, seed, seed_keys
 
 
 def writer_engine(url: str):  # type: ignore[no-untyped-def]
@@ -186,4 +187,55 @@ def test_whole_hour_ranges_read_the_rollups_and_only_the_tail_of_the_log(any_sto
     acme = data.costs(engine, Filters(time_range="last 24 hours", end=now, tenant="acme"))
     assert acme.cost_usd == pytest.approx(old.cost("acme"))
     assert data.filter_choices(engine, filters)[0] == sorted(TENANTS)
+    engine.dispose()
+
+
+def test_spend_per_key_comes_from_the_key_rollups_against_each_budget(  # type: ignore[no-untyped-def]
+        any_store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPTENGINE_ROUTING", json.dumps(STATIC_KEY_BUDGETS))
+    now = datetime.now(UTC)
+    seeded = seed_keys(any_store, now)
+    ids = {name: f"key:{key_id}" for name, key_id in seeded.ids.items()}
+    engine = data.read_only_engine(any_store.url.render_as_string(hide_password=False))
+    day = data.key_spending(engine, Filters(time_range="last 24 hours", end=now))
+    assert (day.since, day.until) == (seeded.hour - timedelta(hours=24),
+                                      seeded.hour + timedelta(hours=1))
+    assert day.rolled_up_to == now and day.found == 4
+    keys = {k["key"]: k for k in day.keys}
+    # by spend; the revoked key spent two days ago only, so it is not listed
+    assert list(keys) == [ids["web"], ids["ci"], "key:static:ops", ids["nightly"]]
+    web, ci, ops, nightly = keys.values()
+    assert (web["requests"], web["budget"], web["budget_period"], web["budget_used"]) == (
+        5, "unlimited", None, None)
+    assert web["cost_per_request_usd"] == pytest.approx(0.06)
+    assert (ci["name"], ci["requests"], ci["errors"], ci["budget"], ci["budget_period"]) == (
+        "ci", 3, 1, "$0.5 total", "total")
+    assert ci["cost_usd"] == pytest.approx(0.12)
+    assert ci["budget_spent_usd"] == pytest.approx(0.20)  # all time, two days ago included
+    assert ci["budget_used"] == pytest.approx(0.4)
+    assert (ops["name"], ops["tenant"], ops["budget"]) == (None, "acme", "$0.2/month")
+    assert ops["budget_period"] == f"{seeded.hour:%Y-%m}"
+    assert ops["budget_used"] == pytest.approx(0.25)
+    assert (nightly["requests"], nightly["cost_usd"], nightly["cost_per_request_usd"]) == (
+        0, 0.0, None)  # listed for its budget; nothing spent today
+    assert (nightly["budget_period"], nightly["budget_used"]) == (f"{seeded.hour:%Y-%m-%d}",
+                                                                  0.0)
+
+    week = {k["key"]: k for k in data.key_spending(
+        engine, Filters(time_range="last 7 days", end=now)).keys}
+    assert (week[ids["ci"]]["requests"], week[ids["nightly"]]["requests"]) == (5, 4)
+    assert week[ids["ci"]]["cost_usd"] == pytest.approx(0.20)
+    old = week[ids["old"]]
+    assert old["revoked"] is not None and old["budget"] == "unlimited"
+    globex = data.key_spending(engine, Filters(time_range="last 7 days", end=now,
+                                               tenant="globex"))
+    assert [k["key"] for k in globex.keys] == [ids["nightly"]]
+
+    # a period without key traffic: only the keys with a budget, nothing spent in theirs
+    before = data.key_spending(engine, Filters(time_range="last 24 hours",
+                                               end=now - timedelta(days=10)))
+    assert [(k["key"], k["requests"], k["budget_spent_usd"]) for k in before.keys] == [
+        (ids["ci"], 0, 0.0), (ids["nightly"], 0, 0.0)]
+    cut = data.key_spending(engine, Filters(time_range="last 24 hours", end=now), limit=1)
+    assert [k["key"] for k in cut.keys] == [ids["web"]] and cut.found == 4
     engine.dispose()

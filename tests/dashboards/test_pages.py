@@ -3,6 +3,7 @@ against the rows inserted; empty and unmigrated stores show the fix, not a trace
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from models import create_store_engine
 from services.costs import PriceCatalog
 from services.costs.reports import HostedUpstreams, roll_up, summarize
 from services.settings import load_settings
+from tests.dashboards.seed import STATIC_KEY_BUDGETS, seed_keys
 
 APP = str(Path(__file__).resolve().parents[2] / "dashboards" / "app.py")
 PAGES = ["views/overview.py", "views/costs.py", "views/cache.py", "views/capacity.py",
@@ -113,6 +115,40 @@ def test_costs_show_roi_budgets_and_the_reports_to_download(  # type: ignore[no-
     assert list(reports["kind"]) == ["daily"]
     downloads = at.get("download_button")
     assert len(downloads) == 2
+
+
+def key_table(at: AppTest):  # type: ignore[no-untyped-def]
+    """The Costs page's spend per API key (None when not shown)."""
+    return next((f.value for f in at.dataframe if "budget_used" in f.value.columns), None)
+
+
+def test_costs_show_spend_per_api_key_against_its_budget(  # type: ignore[no-untyped-def]
+        seeded_store, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, engine, seeded = seeded_store
+    at = render("views/costs.py")  # no key has traffic or a budget yet
+    assert key_table(at) is None
+    assert any("No request of this range was made with an API key" in c.value
+               for c in at.caption)
+    monkeypatch.setenv("OPTENGINE_ROUTING", json.dumps(STATIC_KEY_BUDGETS))
+    keys = seed_keys(engine, seeded.now)
+    ids = {name: f"key:{key_id}" for name, key_id in keys.ids.items()}
+    at = render("views/costs.py", time_range="last 6 hours")
+    table = key_table(at)
+    assert list(table["key"]) == [ids["web"], ids["ci"], "key:static:ops", ids["nightly"]]
+    rows = table.set_index("key")
+    assert list(rows["requests"]) == [5, 3, 2, 0]
+    assert list(rows["cost_usd"]) == pytest.approx([0.30, 0.12, 0.05, 0.0])
+    assert list(rows["budget"]) == ["unlimited", "$0.5 total", "$0.2/month", "$1/day"]
+    web, ci = rows.loc[ids["web"]], rows.loc[ids["ci"]]
+    assert web.isna()["budget_used"] and web.isna()["budget_spent_usd"]
+    assert ci["errors"] == 1 and ci["budget_spent_usd"] == pytest.approx(0.20)
+    assert list(rows["budget_used"][1:]) == pytest.approx([0.4, 0.25, 0.0])
+    assert any(f"rolled up to {seeded.now:%Y-%m-%d %H:%M} UTC" in c.value for c in at.caption)
+
+    at = render("views/costs.py", time_range="last 7 days", tenant="globex")
+    nightly = key_table(at).set_index("key").loc[ids["nightly"]]
+    assert (nightly["requests"], nightly["cost_usd"]) == (4, pytest.approx(0.40))
+    assert any("tenant globex; the key rollup has no model" in c.value for c in at.caption)
 
 
 def test_the_tenant_filter_narrows_the_figures(seeded_store) -> None:  # type: ignore[no-untyped-def]
