@@ -40,8 +40,10 @@ class BackgroundTasks:
 class WriteBehind(Generic[T]):
     """Items queued on the event loop and handed to ``write`` in batches of at most
     ``batch`` by one background task (started through ``spawn`` when the queue was idle):
-    whatever queued while the last batch was written is the next batch. Past
-    ``max_pending`` waiting items ``put`` refuses, so a store that cannot keep up costs
+    whatever queued while the last batch was written is the next batch. An item stays
+    queued (counted by ``len``) until its batch's ``write`` has returned, so a writer
+    cancelled mid-batch (shutdown) leaves the batch counted as unwritten. Past
+    ``max_pending`` unwritten items ``put`` refuses, so a store that cannot keep up costs
     memory up to a bound, never without one. ``write`` handles its own failures."""
 
     def __init__(self, write: Callable[[list[T]], Awaitable[None]],
@@ -56,7 +58,7 @@ class WriteBehind(Generic[T]):
         return len(self._pending)
 
     def put(self, item: T) -> bool:
-        """Queue ``item``; False (nothing queued) when ``max_pending`` are waiting."""
+        """Queue ``item``; False (nothing queued) when ``max_pending`` are unwritten."""
         if len(self._pending) >= self.max_pending:
             return False
         self._pending.append(item)
@@ -69,8 +71,8 @@ class WriteBehind(Generic[T]):
         try:
             while self._pending:
                 batch = self._pending[:self.batch]
-                del self._pending[:self.batch]
                 await self._write(batch)
+                del self._pending[:len(batch)]  # put only appends: these are the batch
         finally:
             self._running = False
 

@@ -65,3 +65,20 @@ async def test_drain_waits_for_every_task_those_started_meanwhile_and_failed_one
     await background.drain()
     assert done == ["first", "started by first"] and len(background) == 0
     await background.drain()  # nothing left: returns at once
+
+
+async def test_a_batch_counts_until_written_so_a_cancelled_writer_leaves_it_unwritten(
+) -> None:
+    tasks: list[asyncio.Task[None]] = []
+
+    async def write(batch: list[int]) -> None:
+        await asyncio.Event().wait()  # a store that never answers
+
+    behind = WriteBehind(write, lambda work: tasks.append(asyncio.create_task(work)),
+                         batch=2, max_pending=3)
+    assert [behind.put(i) for i in range(3)] == [True, True, True]
+    await asyncio.sleep(0)  # the writer takes [0, 1] and waits
+    assert len(behind) == 3 and not behind.put(3)  # the batch in flight counts too
+    tasks[0].cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert len(behind) == 3  # shutdown sees what was never written
