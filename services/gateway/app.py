@@ -209,6 +209,7 @@ def build_services(settings: Settings) -> AppServices:
     keyring = KeyRing(settings.api_keys, required=settings.auth_required, sessions=sessions,
                       refresh_interval_s=settings.api_key_refresh_s)
     cache = build_cache(settings, engine, metrics) if settings.cache_enabled else None
+    cache_stage: CacheStage | None = None
     semantic_sync = None
     stages: list[Stage] = []
     rate_limit = build_rate_limit_stage(settings)
@@ -233,17 +234,17 @@ def build_services(settings: Settings) -> AppServices:
                                      verifier_kind=settings.cache_semantic_verifier)
             semantic_store = SemanticStore(engine)
             semantic_sync = SemanticSync(semantic, semantic_store)
-        stages.append(
-            CacheStage(
-                cache,
-                shared_namespaces=frozenset(settings.cache_shared_namespaces),
-                semantic=semantic,
-                semantic_store=semantic_store,
-                semantic_tenants=frozenset(settings.cache_semantic_tenants),
-                semantic_min_probability=settings.cache_semantic_tenant_min_probability,
-                semantic_ttl_s=settings.cache_l3_ttl_s,
-            )
+        cache_stage = CacheStage(
+            cache,
+            shared_namespaces=frozenset(settings.cache_shared_namespaces),
+            semantic=semantic,
+            semantic_store=semantic_store,
+            semantic_tenants=frozenset(settings.cache_semantic_tenants),
+            semantic_min_probability=settings.cache_semantic_tenant_min_probability,
+            semantic_ttl_s=settings.cache_l3_ttl_s,
+            close_timeout_s=settings.cache_semantic_close_timeout_s,
         )
+        stages.append(cache_stage)
     routing, budget = build_routing_stage(
         settings, catalog, pool,
         lambda ctx: telemetry.submit(build_event(ctx, store_prompts=settings.store_prompts)),
@@ -286,6 +287,7 @@ def build_services(settings: Settings) -> AppServices:
         batches=batches,
         flow_runs=flow_runs,
         cache=cache,
+        cache_stage=cache_stage,
         semantic_sync=semantic_sync,
         routing=routing,
         budget=budget,
@@ -342,6 +344,10 @@ def create_app(settings: Settings, *, freeze_heap: bool = False) -> FastAPI:
             if services.warmer is not None:
                 await services.warmer.stop()
             await services.pool.stop()
+            # the stage's index writes go to the semantic cache and the store: written
+            # before either closes
+            if services.cache_stage is not None:
+                await services.cache_stage.aclose()
             if services.semantic_sync is not None:
                 await services.semantic_sync.stop()
             await services.keyring.stop()

@@ -16,6 +16,7 @@ from services.execution import PrefixWarmer, UpstreamClient, WorkerPool
 from services.gateway.auth import KeyRing, Principal
 from services.gateway.serving import OpenAIServing
 from services.gateway.stages.budget import BudgetStage
+from services.gateway.stages.cache import CacheStage
 from services.gateway.stages.experiments import ExperimentStage
 from services.gateway.stages.ratelimit import RateLimitStage
 from services.gateway.stages.routing import RoutingStage
@@ -39,6 +40,7 @@ class AppServices:
     batches: BatchServing
     flow_runs: FlowRuns
     cache: ResponseCache | None = None
+    cache_stage: CacheStage | None = None
     semantic_sync: SemanticSync | None = None
     routing: RoutingStage | None = None
     budget: BudgetStage | None = None  # routing's, or in the pipeline itself

@@ -67,6 +67,11 @@ class RunningGateway:
         self._thread.join(timeout=30)
 
     @property
+    def running(self) -> bool:
+        """Whether the server's thread is still up (its shutdown has not finished)."""
+        return self._thread.is_alive()
+
+    @property
     def services(self) -> AppServices:
         return self.app.state.services  # type: ignore[no-any-return]
 

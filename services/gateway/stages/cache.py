@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 
 INDEX_BATCH = 256  # questions indexed and persisted per store transaction
 MAX_PENDING_INDEX = 20_000
+CLOSE_TIMEOUT_S = 10.0  # how long closing waits for queued index writes
 
 
 @dataclass(slots=True)
@@ -117,6 +118,7 @@ class CacheStage:
         semantic_tenants: frozenset[str] = frozenset(),
         semantic_min_probability: Mapping[str, float] | None = None,
         semantic_ttl_s: float | None = None,
+        close_timeout_s: float = CLOSE_TIMEOUT_S,
     ) -> None:
         self._cache = cache
         self._shared = shared_namespaces
@@ -125,6 +127,7 @@ class CacheStage:
         self._semantic_tenants = semantic_tenants
         self._semantic_min_probability = dict(semantic_min_probability or {})
         self._semantic_ttl_s = semantic_ttl_s
+        self._close_timeout_s = close_timeout_s
         self._background = BackgroundTasks()
         # cached, not yet indexed
         self._to_index: WriteBehind[tuple[str, SemanticQuery]] = WriteBehind(
@@ -288,6 +291,19 @@ class CacheStage:
 
     async def drain(self) -> None:
         await self._background.drain()
+
+    async def aclose(self) -> None:
+        """Write what is queued for the semantic index (shutdown, before the semantic
+        cache and the store close), waiting at most ``close_timeout_s``: past it the writes
+        are cancelled and what is still queued is logged and dropped (its exact entries
+        are stored; only their semantic matching is lost). A failed write is logged by
+        ``_index_behind`` and the next batch goes on."""
+        try:
+            async with asyncio.timeout(self._close_timeout_s):
+                await self.drain()  # a timeout cancels the drain's gather, and its tasks
+        except TimeoutError:
+            log.warning("semantic index: %d entries still queued after %.1f s at close; "
+                        "not written", len(self._to_index), self._close_timeout_s)
 
     async def _recording(self, ctx: RequestContext, chunks: AsyncIterator[bytes], key: Any,
                          flight: Any, scoped: SemanticQuery | None
