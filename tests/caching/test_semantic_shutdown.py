@@ -128,5 +128,5 @@ def test_a_hung_index_write_is_given_up_after_the_close_timeout(
     finally:
         release.set()
     messages = [r.getMessage() for r in caplog.records if r.name.endswith("stages.cache")]
-    assert messages == ["semantic index: 5 entries still queued after 0.5 s at close; "
-                        "not written"]
+    assert messages == ["semantic index: 5 entries not written within 0.5 s at close; "
+                        "dropped"]

@@ -295,15 +295,16 @@ class CacheStage:
     async def aclose(self) -> None:
         """Write what is queued for the semantic index (shutdown, before the semantic
         cache and the store close), waiting at most ``close_timeout_s``: past it the writes
-        are cancelled and what is still queued is logged and dropped (its exact entries
+        are cancelled (a store call already on its thread ends on its own, unwaited) and
+        the count of entries not written is logged; they are dropped (their exact entries
         are stored; only their semantic matching is lost). A failed write is logged by
         ``_index_behind`` and the next batch goes on."""
         try:
             async with asyncio.timeout(self._close_timeout_s):
                 await self.drain()  # a timeout cancels the drain's gather, and its tasks
         except TimeoutError:
-            log.warning("semantic index: %d entries still queued after %.1f s at close; "
-                        "not written", len(self._to_index), self._close_timeout_s)
+            log.warning("semantic index: %d entries not written within %.1f s at close; "
+                        "dropped", len(self._to_index), self._close_timeout_s)
 
     async def _recording(self, ctx: RequestContext, chunks: AsyncIterator[bytes], key: Any,
                          flight: Any, scoped: SemanticQuery | None
