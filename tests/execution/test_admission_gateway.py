@@ -26,9 +26,12 @@ def complete(gateway: RunningGateway, prompt: str, max_tokens: int = 24, **heade
 
 
 class LongStream:
-    """A long generation held open in a thread: it occupies one worker slot."""
+    """A long generation held open in a thread: it occupies one worker slot until the
+    gateway has relayed its last token. The tiny model writes 150 to over 2,000 tokens a
+    second on the same machine, so the default is as long as its context allows (2,048
+    tokens), under a second at the fastest: a test's checks while it runs must be quick."""
 
-    def __init__(self, gateway: RunningGateway, max_tokens: int = 1500) -> None:
+    def __init__(self, gateway: RunningGateway, max_tokens: int = 2000) -> None:
         client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="x", max_retries=0)
         self._stream = client.completions.create(
             model=MODEL, prompt="a long story", max_tokens=max_tokens, stream=True,
@@ -98,7 +101,7 @@ def test_queue_timeout_is_503_overloaded_with_retry_after(
 ) -> None:
     gateway = start_gateway(make_settings(
         workers=[vllm_worker.base_url], cache_enabled=False, max_in_flight_per_worker=1,
-        admission_queue_timeout_s=0.5,
+        admission_queue_timeout_s=0.2,  # well inside the long stream, even at its fastest
     ))
     holder = LongStream(gateway)
     try:
@@ -122,7 +125,7 @@ def test_drain_waits_for_in_flight_and_takes_nothing_new(
     vllm_worker, make_settings, start_gateway
 ) -> None:
     gateway = start_gateway(make_settings(workers=[vllm_worker.base_url], cache_enabled=False))
-    holder = LongStream(gateway, max_tokens=1500)  # long enough to outlast the checks below
+    holder = LongStream(gateway)  # long enough to outlast the checks below
     assert wait_for(lambda: holder.chunks > 0)
     with ThreadPoolExecutor(1) as executor:
         drain = executor.submit(
