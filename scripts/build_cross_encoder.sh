@@ -36,8 +36,7 @@ BUILD=(.venv/bin/python -m services.caching.semantic.cross_build --pairs "$PAIRS
     --max-length 96 --freeze-layers 2 --lr 5e-5 --threads 1
 "${BUILD[@]}" --trained "$WORK/teacher-weights" --out-dir "$WORK/teacher" --target-precision 0.95
 "${BUILD[@]}" --examples-out "$WORK/student.jsonl" \
-    --distill-from "$WORK/teacher/cross_encoder.onnx" \
-    --distill-combined "$WORK/teacher/cross_encoder.json"
+    --distill-from "$WORK/teacher/cross_encoder.onnx" "$WORK/teacher/cross_encoder.json"
 "$TORCH_PYTHON" scripts/train_cross_encoder.py --examples "$WORK/student.jsonl" \
     --model-dir "$MODEL_DIR" --out "$WORK/student-weights" --seed "$SEED" --layers 0,2,4 \
     --teacher-weight 0.5 --epochs 2 --max-length 96 --freeze-layers 0 --lr 8e-5 --threads 2

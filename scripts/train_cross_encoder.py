@@ -9,7 +9,7 @@ The whole pipeline is ``scripts/build_cross_encoder.sh``; this is its training s
 
 ``EXAMPLES.jsonl`` comes from ``services.caching.semantic.cross_data`` (fine-tune pairs
 plus synthetic hard negatives). A student (``--layers 0,2,4``: the base model's
-transformer layers it keeps) learns from examples that carry a teacher's logit: its
+transformer layers it keeps) learns from examples that carry a teacher's log-odds: its
 target is the mean of the label and the teacher's probability, or the teacher's
 probability alone for an unlabelled pair (``--teacher-weight``). Deterministic for a
 seed and a thread count on one machine: the shuffle, the head's initialisation, the pair

@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -112,38 +113,33 @@ def teacher_logits(encoder: CrossEncoder, pairs: Sequence[tuple[str, str]], *,
     return out
 
 
-def write_distillation_file(pairs_path: Path, teacher_model: Path, out: Path, *,
-                            teacher_spec: Path | None = None) -> dict[str, int]:
+def write_distillation_file(pairs_path: Path, teacher_model: Path, teacher_spec: Path,
+                            out: Path) -> dict[str, int]:
     """The fine-tune examples and the neighbour pairs of their texts, each with the
-    teacher's score, as JSON lines for the student's training. With ``teacher_spec`` (a
-    calibration on the MiniLM cosine) the score is that calibration's combined log-odds,
+    teacher's score, as JSON lines for the student's training. The score is the combined
+    log-odds of the teacher's calibration on the MiniLM cosine (``teacher_spec``),
     ``a * logit + b * cosine + c``: the student learns what the teacher and MiniLM decide
     together, and a lookup with the student needs no MiniLM pass."""
+    spec = json.loads(teacher_spec.read_text())
+    if spec.get("cosine", "minilm") != "minilm" or not isinstance(spec.get("combine"), dict):
+        raise ValueError(f"{teacher_spec}: not a combiner on the MiniLM cosine")
+    a, b, c = (float(spec["combine"][k]) for k in ("logit", "cosine", "bias"))
     _, pairs = load_pairs(pairs_path)
     fine_tune, _, _ = split(pairs)
     teacher = CrossEncoder(teacher_model, max_tokens=MAX_TOKENS)
-    score = lambda batch: teacher_logits(teacher, batch)  # noqa: E731
-    if teacher_spec is not None:
-        spec = json.loads(teacher_spec.read_text())
-        if spec.get("cosine", "minilm") != "minilm" or not isinstance(spec.get("combine"), dict):
-            raise ValueError(f"{teacher_spec}: not a combiner on the MiniLM cosine")
-        a, b, c = (float(spec["combine"][k]) for k in ("logit", "cosine", "bias"))
-        embed = default_encoder(DEFAULT_ENCODER).encode
+    embed = default_encoder(DEFAULT_ENCODER).encode
 
-        def score(batch: list[tuple[str, str]]) -> np.ndarray:
-            texts = sorted({t for pair in batch for t in pair})
-            vectors = embed(texts)
-            row = {t: i for i, t in enumerate(texts)}
-            cosines = np.array([float(vectors[row[x]] @ vectors[row[y]]) for x, y in batch])
-            return a * teacher_logits(teacher, batch) + b * cosines + c
+    def score(batch: list[tuple[str, str]]) -> np.ndarray:
+        texts = sorted({t for pair in batch for t in pair})
+        vectors = embed(texts)
+        row = {t: i for i, t in enumerate(texts)}
+        cosines = np.array([float(vectors[row[x]] @ vectors[row[y]]) for x, y in batch])
+        return a * teacher_logits(teacher, batch) + b * cosines + c
 
     rows = distillation_examples(fine_tune, score, default_static_encoder().encode)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    kinds: dict[str, int] = {}
-    for r in rows:
-        kinds[str(r["kind"])] = kinds.get(str(r["kind"]), 0) + 1
-    return {"examples": len(rows), **kinds}
+    return {"examples": len(rows), **Counter(str(r["kind"]) for r in rows)}
 
 
 def fit_combiner(calibration: Sequence[Pair], verifier: CrossEncoderVerifier,
@@ -308,19 +304,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "ones, next to this file)")
     parser.add_argument("--examples-out", type=Path, default=None,
                         help="only write the fine-tune examples (JSON lines) here and stop")
-    parser.add_argument("--distill-from", type=Path, default=None, metavar="TEACHER_ONNX",
-                        help="with --examples-out: add the neighbour pairs and this "
-                             "model's logit on every example (the student's data)")
+    parser.add_argument("--distill-from", nargs=2, type=Path, default=None,
+                        metavar=("TEACHER_ONNX", "TEACHER_JSON"),
+                        help="with --examples-out: add the neighbour pairs and, on every "
+                             "example, the combined log-odds of this model and its "
+                             "MiniLM-cosine calibration (the student's data)")
     parser.add_argument("--teacher", type=Path, default=None, metavar="TEACHER_JSON",
                         help="with --trained: the student's teacher, recorded in the spec")
-    parser.add_argument("--distill-combined", type=Path, default=None, metavar="TEACHER_JSON",
-                        help="with --distill-from: the score is this MiniLM-cosine "
-                             "calibration's combined log-odds, not the bare logit")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.examples_out is not None and args.distill_from is not None:
-        log.info("%s", write_distillation_file(args.pairs, args.distill_from, args.examples_out,
-                                               teacher_spec=args.distill_combined))
+        log.info("%s", write_distillation_file(args.pairs, *args.distill_from,
+                                               args.examples_out))
         return 0
     if args.examples_out is not None:
         from services.caching.semantic.cross_data import write_training_file
