@@ -127,6 +127,9 @@ def test_a_killed_worker_is_ejected_and_taken_back_through_its_breaker(
         proxy.kill()
 
 
+CUT_TOKENS = 1000
+
+
 def test_requests_in_flight_on_a_killed_worker_are_retried_on_the_other(
     vllm_worker, second_worker, make_settings, start_gateway
 ) -> None:
@@ -139,6 +142,8 @@ def test_requests_in_flight_on_a_killed_worker_are_retried_on_the_other(
     pool = gateway.services.pool
     flaky, steady = pool.get(proxy.url), pool.get(second_worker.base_url)
     assert wait_for(lambda: flaky.healthy and steady.healthy)
+    for i in range(2):  # a request on each worker first: the six below are leased at once
+        assert complete(gateway, f"warm {i}", max_tokens=8).status_code == 200
     choose = pool.acquire
     leased: list[str] = []  # the first choice of each request
     retried: list[str] = []  # choices made after the kill
@@ -159,15 +164,17 @@ def test_requests_in_flight_on_a_killed_worker_are_retried_on_the_other(
     pool.acquire = recording
     try:
         with ThreadPoolExecutor(6) as executor:
-            # 600 tokens each: seconds of generation, so the kill finds requests in flight
-            pending = [executor.submit(complete, gateway, f"cut {i}", 600) for i in range(6)]
+            # the tiny model writes up to 2,000 tokens a second here: 1,000 tokens each is
+            # half a second at least, so the kill finds the killed worker's requests in flight
+            pending = [executor.submit(complete, gateway, f"cut {i}", CUT_TOKENS)
+                       for i in range(6)]
             gateway.run(kill_once_all_are_leased(), timeout_s=120)
             replies = [p.result() for p in pending]
     finally:
         pool.acquire = choose
         proxy.kill()
     assert [r.status_code for r in replies] == [200] * 6
-    assert all(r.json()["usage"]["completion_tokens"] == 600 for r in replies)
+    assert all(r.json()["usage"]["completion_tokens"] == CUT_TOKENS for r in replies)
     assert cut[0] >= 1 and retried == [steady.url] * cut[0]  # each cut request, once
     # the cut requests were answered by the worker that stayed; any request the killed
     # worker had finished before the kill kept its answer
