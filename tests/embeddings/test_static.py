@@ -32,14 +32,19 @@ def test_the_shipped_table_is_small_and_recorded(static: StaticEncoder) -> None:
 
 def test_rows_are_the_recipe_applied_to_the_model(static: StaticEncoder) -> None:
     """Any row can be rebuilt from MiniLM's output for its token and the shipped
-    projection, to the table's int8 rounding."""
+    projection. ONNX Runtime's int8 kernels round differently by CPU: where the table
+    was built the rebuilt rows matched to its int8 rounding, on an AVX2-only AMD EPYC
+    they are at cosine 0.998-0.99997 and up to 7 int8 steps away. So the rebuilt rows
+    are held to the stored ones' direction and length: a wrong projection turns the
+    direction, a wrong weight changes the length."""
     ids = np.array([1996, 2003, 4083, 7592, 12345, 29000])  # the, is, ... rare pieces
     states = default_encoder("onnx-int8").single_token_states(ids)
     expected = static.projection.rows(states, ids)
-    with np.load(TABLE_PATH) as stored:
-        scale = stored["scale"][ids]
     got = static._table[ids]
-    assert np.all(np.abs(got - expected) <= 0.51 * scale[:, None] + 1e-4)
+    norms = np.linalg.norm(got, axis=1), np.linalg.norm(expected, axis=1)
+    cosines = np.sum(got * expected, axis=1) / (norms[0] * norms[1])
+    assert np.all(cosines >= 0.998), cosines
+    assert np.allclose(norms[0] / norms[1], 1, atol=0.01), norms
 
 
 def test_vectors_are_deterministic_and_unit_norm(static: StaticEncoder) -> None:
