@@ -36,6 +36,20 @@ class BackgroundTasks:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
+    async def drain_within(self, timeout_s: float) -> bool:
+        """``drain`` for at most ``timeout_s`` (shutdown): past it the tasks still running
+        are cancelled and waited for, and False is returned."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self.drain()
+            return True
+        except TimeoutError:
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            return False
+
 
 class WriteBehind(Generic[T]):
     """Items queued on the event loop and handed to ``write`` in batches of at most

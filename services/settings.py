@@ -503,6 +503,11 @@ class Settings(BaseSettings):
               description="per-tenant verifier threshold, e.g. {support-bot: 0.5}; other "
               "tenants use cache_semantic_min_probability")
     )
+    cache_close_timeout_s: float = Field(
+        default=10.0, gt=0,
+        description="how long shutdown waits for response-cache writes still queued for "
+        "the shared tiers (Redis, persistent); past it they are logged and dropped",
+    )
     cache_semantic_close_timeout_s: float = Field(
         default=10.0, gt=0,
         description="how long shutdown waits for the semantic-index writes still queued; "

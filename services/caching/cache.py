@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 TierWrite = tuple[CacheKey, CachedResponse, float | None]  # key, entry, TTL (None: tier's)
 WRITE_BATCH = 256  # most entries per batch
 MAX_PENDING = 20_000  # entries waiting for the shared tiers; past it new ones skip them
+CLOSE_TIMEOUT_S = 10.0  # how long closing waits for queued writes
 
 
 class CacheTier(Protocol):
@@ -81,11 +82,13 @@ class ResponseCache:
         metrics: CacheMetrics,
         *,
         flight_timeout_s: float = 300.0,
+        close_timeout_s: float = CLOSE_TIMEOUT_S,
     ) -> None:
         self.tiers = tiers
         self._shared = tiers[1:]  # written behind, in batches
         self.metrics = metrics
         self.flight_timeout_s = flight_timeout_s
+        self.close_timeout_s = close_timeout_s
         self._inflight: dict[str, asyncio.Future[CachedResponse | None]] = {}
         self._background = BackgroundTasks()
         # stored in L1, not yet in the shared tiers
@@ -146,7 +149,13 @@ class ResponseCache:
         await self._background.drain()
 
     async def aclose(self) -> None:
-        await self.drain()
+        """Write what is queued for the shared tiers, waiting at most ``close_timeout_s``
+        (a Redis or store that hangs must not hold shutdown): past it the writes are
+        cancelled and the count not written is logged; those entries are dropped (only
+        this gateway's L1 held them). Then the tiers close."""
+        if not await self._background.drain_within(self.close_timeout_s):
+            log.warning("cache: %d entries not written to the shared tiers within %.1f s "
+                        "at close; dropped", len(self._behind), self.close_timeout_s)
         for tier in self.tiers:
             close = getattr(tier, "aclose", None)
             if close is not None:

@@ -52,6 +52,7 @@ from services.gateway.routes import (
     ops_router,
 )
 from services.gateway.serving import OpenAIServing, build_event
+from services.gateway.shutdown import close_in_order, shutdown_steps
 from services.gateway.stages import (
     CacheStage,
     DispatchStage,
@@ -105,7 +106,8 @@ def build_cache(settings: Settings, engine: Engine, metrics: GatewayMetrics) -> 
             )
         )
     return ResponseCache(
-        tiers, CacheMetrics(metrics.registry), flight_timeout_s=settings.upstream_read_timeout_s
+        tiers, CacheMetrics(metrics.registry), flight_timeout_s=settings.upstream_read_timeout_s,
+        close_timeout_s=settings.cache_close_timeout_s,
     )
 
 
@@ -340,33 +342,7 @@ def create_app(settings: Settings, *, freeze_heap: bool = False) -> FastAPI:
         try:
             yield
         finally:
-            await services.batches.launcher.stop()
-            if services.warmer is not None:
-                await services.warmer.stop()
-            await services.pool.stop()
-            # the stage's index writes go to the semantic cache and the store: written
-            # before either closes
-            if services.cache_stage is not None:
-                await services.cache_stage.aclose()
-            if services.semantic_sync is not None:
-                await services.semantic_sync.stop()
-            await services.keyring.stop()
-            if services.cache is not None:
-                await services.cache.aclose()
-            if services.routing is not None:
-                await services.routing.aclose()
-            if services.budget is not None:
-                await services.budget.aclose()
-            if services.tokens is not None:
-                await services.tokens.aclose()
-            if services.experiments is not None:
-                await services.experiments.aclose()
-            if services.rate_limit is not None:
-                await services.rate_limit.limiter.aclose()
-            await services.telemetry.stop()
-            await services.client.aclose()
-            services.flow_runs.close()
-            services.engine.dispose()
+            await close_in_order(shutdown_steps(services))
 
     app = FastAPI(
         title="Performance Optimization Engine",

@@ -331,3 +331,41 @@ async def test_a_full_write_queue_keeps_new_entries_in_l1_only(store_engine, mon
     assert metrics.writes_skipped._value.get() == 3
     assert [await l3.get(key) is not None for key in keys] == [True, True, False, False, False]
     assert [(await cache.lookup(key)).layer for key in keys] == ["L1"] * 5
+
+
+async def test_closing_writes_the_entries_still_queued_for_the_shared_tiers(store_engine):
+    l3 = PersistentCache(store_engine, ttl_s=60, max_bytes=1 << 30, max_entry_bytes=1 << 20)
+    cache = ResponseCache([MemoryCache(max_bytes=1 << 20, ttl_s=60, max_entry_bytes=1 << 20),
+                           l3], CacheMetrics(CollectorRegistry()))
+    keys = [cache_key("t", "chat.completions", {"n": i}) for i in range(3)]
+    for key in keys:
+        await cache.store(key, entry())
+    await cache.aclose()  # no drain first: closing writes them
+    reader = PersistentCache(store_engine, ttl_s=60, max_bytes=1 << 30,
+                             max_entry_bytes=1 << 20)
+    assert [await reader.get(key) is not None for key in keys] == [True] * 3
+
+
+class HungTier(MemoryCache):
+    """A shared tier whose writes never return (a store that hangs), closed all the same."""
+
+    name = "L2"
+    closed = False
+
+    async def set_many(self, items):
+        await asyncio.Event().wait()
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+async def test_a_hung_shared_tier_is_given_up_after_the_close_timeout(caplog) -> None:
+    hung = HungTier(max_bytes=1 << 20, ttl_s=60, max_entry_bytes=1 << 20)
+    cache = ResponseCache([MemoryCache(max_bytes=1 << 20, ttl_s=60, max_entry_bytes=1 << 20),
+                           hung], CacheMetrics(CollectorRegistry()), close_timeout_s=0.2)
+    for i in range(4):
+        await cache.store(cache_key("t", "chat.completions", {"n": i}), entry())
+    await asyncio.wait_for(cache.aclose(), timeout=5)
+    assert hung.closed
+    assert [r.getMessage() for r in caplog.records if r.name == "services.caching.cache"] == [
+        "cache: 4 entries not written to the shared tiers within 0.2 s at close; dropped"]

@@ -48,6 +48,7 @@ from services.caching import (
     semantic_scope,
     stream_chunks,
 )
+from services.caching.cache import CLOSE_TIMEOUT_S
 from services.caching.semantic import SemanticCache
 from services.caching.semantic_store import SemanticStore
 from services.errors import InvalidRequest
@@ -58,7 +59,6 @@ log = logging.getLogger(__name__)
 
 INDEX_BATCH = 256  # questions indexed and persisted per store transaction
 MAX_PENDING_INDEX = 20_000
-CLOSE_TIMEOUT_S = 10.0  # how long closing waits for queued index writes
 
 
 @dataclass(slots=True)
@@ -299,10 +299,7 @@ class CacheStage:
         the count of entries not written is logged; they are dropped (their exact entries
         are stored; only their semantic matching is lost). A failed write is logged by
         ``_index_behind`` and the next batch goes on."""
-        try:
-            async with asyncio.timeout(self._close_timeout_s):
-                await self.drain()  # a timeout cancels the drain's gather, and its tasks
-        except TimeoutError:
+        if not await self._background.drain_within(self._close_timeout_s):
             log.warning("semantic index: %d entries not written within %.1f s at close; "
                         "dropped", len(self._to_index), self._close_timeout_s)
 

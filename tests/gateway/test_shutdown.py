@@ -1,0 +1,100 @@
+"""The gateway's shutdown closes its services in an order that loses nothing, and a step
+that fails is logged without skipping the ones after it: the telemetry flush, which
+writes the last requests' rows, runs whatever came before it."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from models import create_store_engine
+from models.tables import RequestLog
+from services.gateway.shutdown import close_in_order, shutdown_steps
+from tests.support.fake_openai import Answer, FakeOpenAI
+from tests.support.gateway import RunningGateway
+
+
+@pytest.fixture
+def upstream() -> Iterator[FakeOpenAI]:
+    server = FakeOpenAI({"m": Answer("Closing time.")}).start()
+    yield server
+    server.stop()
+
+
+def record_steps(gateway: RunningGateway, ran: list[str], failing: str) -> list[str]:
+    """Wrap each of the gateway's shutdown steps to append its name to ``ran`` once it has
+    run; the one named ``failing`` raises after running instead (a close that fails
+    half-way). Returns the names, in the order planned."""
+    steps = shutdown_steps(gateway.services)
+    for name, call in steps:
+        owner, method = call.__self__, call.__name__  # type: ignore[attr-defined]
+
+        async def wrapped(name: str = name, call: Callable[[], object] = call) -> None:
+            result = call()
+            if inspect.isawaitable(result):
+                await result
+            if name == failing:
+                raise RuntimeError(f"{name} is broken")
+            ran.append(name)
+
+        setattr(owner, method, wrapped)
+    return [name for name, _ in steps]
+
+
+def test_every_step_runs_in_order_though_one_fails_and_the_last_rows_are_written(
+    upstream, make_settings, start_gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    gateway = start_gateway(make_settings(workers=[upstream.url],
+                                          cache_semantic_tenants=["*"]))
+    ran: list[str] = []
+    planned = record_steps(gateway, ran, failing="response cache")
+    for i in range(3):
+        body = {"model": "m", "messages": [{"role": "user", "content": f"question {i}"}],
+                "max_tokens": 8, "temperature": 0}
+        reply = httpx.post(f"{gateway.url}/v1/chat/completions", json=body, timeout=30)
+        assert reply.status_code == 200, reply.text
+    gateway.stop()
+    assert not gateway.running
+
+    assert ran == [name for name in planned if name != "response cache"]
+    # sources of traffic stop before anything they use; the cache stage's queued index
+    # writes go out before the semantic cache and the store close; telemetry flushes
+    # after every stage that may record a request; the store is disposed of last
+    assert planned[0] == "batch launcher"
+    assert planned.index("worker pool") < planned.index("cache stage")
+    assert planned.index("cache stage") < planned.index("semantic sync")
+    assert planned.index("cache stage") < planned.index("response cache")
+    stages = ["cache stage", "response cache", "routing", "budgets", "token optimization",
+              "experiments", "rate limiter"]
+    assert all(planned.index(s) < planned.index("telemetry") for s in stages if s in planned)
+    assert planned[-1] == "metrics store"
+
+    failures = [r for r in caplog.records if r.name == "services.gateway.shutdown"]
+    assert [r.getMessage() for r in failures] == [
+        "shutdown: closing the response cache failed; going on"]
+    assert "response cache is broken" in str(failures[0].exc_info[1])
+    engine = create_store_engine(gateway.settings.database_url)
+    try:
+        with engine.connect() as conn:
+            assert conn.scalar(select(func.count()).select_from(RequestLog)) == 3
+    finally:
+        engine.dispose()
+
+
+def test_close_in_order_reports_the_steps_that_failed() -> None:
+    calls: list[str] = []
+
+    async def closes() -> None:
+        calls.append("async")
+
+    def breaks() -> None:
+        raise OSError("gone")
+
+    steps = [("first", closes), ("second", breaks), ("third", lambda: calls.append("sync"))]
+    assert asyncio.run(close_in_order(steps)) == ["second"]
+    assert calls == ["async", "sync"]
