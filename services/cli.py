@@ -68,6 +68,7 @@ def serve(
         http="httptools",
         access_log=False,
         log_level=log_level.lower(),
+        timeout_graceful_shutdown=settings.shutdown_grace_s,
     )
 
 

@@ -378,6 +378,11 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="tenant -> high | normal | low (default normal); X-Priority may only lower",
     )
+    shutdown_grace_s: float = Field(
+        default=20.0, gt=0,
+        description="on SIGTERM, how long requests in flight may finish; past it they are "
+        "cancelled and recorded (503 gateway_shutdown) before the services close",
+    )
     worker_drain_timeout_s: float = Field(
         default=60.0, gt=0,
         description="how long draining a worker waits for its requests in flight",

@@ -7,7 +7,9 @@ the pipeline raises. Routes only parse, call ``handle`` and return.
 A client that hangs up before its answer is ready (``disconnected`` resolves) gets its
 pipeline cancelled, which cancels the upstream call (vLLM aborts a request whose
 connection closes), and is logged as status 499 ``client_closed`` with the time it
-actually waited. Once a stream has started, the stream's own end does the same.
+actually waited. Once a stream has started, the stream's own end does the same. A
+request still running when shutdown's grace is over is cancelled and recorded as 503
+``gateway_shutdown``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 
 _SSE_DONE = b"data: [DONE]\n\n"
 CLIENT_CLOSED = 499  # nginx's status for a client that closed the connection first
+SHUTDOWN_CUT = 503  # recorded for a request the gateway's shutdown cancelled
 
 
 class _ClientGone(Exception):
@@ -80,6 +83,11 @@ class OpenAIServing:
             ctx.finished_at = time.perf_counter()
             self._record(ctx)
             return Response(status_code=CLIENT_CLOSED)  # nobody reads it
+        except asyncio.CancelledError:  # shutdown cut it (past shutdown_grace_s)
+            ctx.status_code, ctx.error_type = SHUTDOWN_CUT, "gateway_shutdown"
+            ctx.finished_at = time.perf_counter()
+            self._record(ctx)
+            raise
         except EngineError as exc:
             ctx.status_code, ctx.error_type = exc.status_code, exc.error_type
             exc.headers.setdefault("x-request-id", ctx.request_id)

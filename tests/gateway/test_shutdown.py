@@ -6,7 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
+import signal
+import subprocess
+import sys
+import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -15,8 +21,10 @@ from sqlalchemy import func, select
 from models import create_store_engine
 from models.tables import RequestLog
 from services.gateway.shutdown import close_in_order, shutdown_steps
+from services.settings import load_settings
+from services.workers import free_port
 from tests.support.fake_openai import Answer, FakeOpenAI
-from tests.support.gateway import RunningGateway
+from tests.support.gateway import RunningGateway, wait_for
 
 
 @pytest.fixture
@@ -98,3 +106,61 @@ def test_close_in_order_reports_the_steps_that_failed() -> None:
     steps = [("first", closes), ("second", breaks), ("third", lambda: calls.append("sync"))]
     assert asyncio.run(close_in_order(steps)) == ["second"]
     assert calls == ["async", "sync"]
+
+
+def test_sigterm_cuts_a_request_past_the_grace_and_records_it(tmp_path: Path) -> None:
+    """``optengine serve`` on SIGTERM gives requests in flight ``shutdown_grace_s``; one
+    still waiting on its upstream then is cancelled and written to request_log as 503
+    ``gateway_shutdown``, and the process exits (a hung upstream does not hold it)."""
+    held = threading.Semaphore(0)
+    upstream = FakeOpenAI({"m": Answer("too late", hold=held)}).start()
+    port = free_port()
+    env = {**os.environ, "OPTENGINE_ENV": "test", "OPTENGINE_DATA_DIR": str(tmp_path),
+           "OPTENGINE_SHUTDOWN_GRACE_S": "1", "OPTENGINE_HEALTH_INTERVAL_S": "0.5"}
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "serve", "--port", str(port),
+         "--worker", upstream.url], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    replies: list[object] = []
+
+    def ask() -> None:
+        body = {"model": "m", "messages": [{"role": "user", "content": "still there?"}],
+                "max_tokens": 8}
+        try:
+            replies.append(httpx.post(f"{base}/v1/chat/completions", json=body, timeout=60))
+        except httpx.HTTPError as exc:  # the connection closes under it
+            replies.append(exc)
+
+    client = threading.Thread(target=ask)
+    try:
+        assert wait_for(lambda: ready(base), timeout_s=60), "the gateway did not get ready"
+        client.start()
+        assert wait_for(lambda: len(upstream.requests) == 1)  # held at the upstream
+        gateway.send_signal(signal.SIGTERM)
+        gateway.wait(timeout=40)  # the grace, then the services close
+        client.join(timeout=30)
+    finally:
+        if gateway.poll() is None:
+            gateway.kill()
+        held.release()
+        upstream.stop()
+    stderr = gateway.stderr.read().decode() if gateway.stderr else ""
+    # uvicorn raises the signal again once it has shut down: the exit status says SIGTERM
+    assert gateway.returncode in (0, -signal.SIGTERM), stderr
+    assert "Application shutdown complete" in stderr
+    [reply] = replies  # the client got no answer: the connection closed under it
+    assert not isinstance(reply, httpx.Response) or reply.status_code >= 500, reply
+    engine = create_store_engine(load_settings(env="test", data_dir=tmp_path).database_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(select(RequestLog.status_code, RequestLog.error_type)).all()
+    finally:
+        engine.dispose()
+    assert [tuple(row) for row in rows] == [(503, "gateway_shutdown")]
+
+
+def ready(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
